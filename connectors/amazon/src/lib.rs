@@ -1,0 +1,1 @@
+//! Amazon buyer-seller messages, read from the seller's mailbox.

@@ -1,0 +1,87 @@
+//! The contract between the hourglass daemon and its connectors.
+//!
+//! A connector is a stateless adapter to one platform account (an
+//! *instance*). It never touches the store, never schedules itself and never
+//! sends alerts: the daemon owns the cursor, the transaction, the retries,
+//! the rate limits and the reply clock. A connector only answers three
+//! questions: what is new since this cursor (`poll`), has anything changed
+//! (`wait_for_change`), and please deliver this reply (`send_reply`).
+//!
+//! Errors are typed ([`ConnectorError`]) so that the daemon can decide what
+//! to do: stop and alert on `Auth`, wait on `RateLimited`, back off on
+//! `Transient`, quarantine on `BadData`.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod error;
+mod model;
+mod order;
+pub mod secret;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use error::ConnectorError;
+pub use model::{
+    Attachment, Batch, Capabilities, Cursors, CustomerIdentity, Direction, Message, OutgoingReply,
+    Quarantined, SentCheck, SentReply,
+};
+pub use order::extract_order_id;
+
+/// One configured platform account, seen from the daemon.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// The platform kind, as written in config (`type = "amazon"`).
+    fn kind(&self) -> &str;
+
+    /// The channel threads of this instance belong to (`amazon`, `email`,
+    /// `ebay`, `messenger`, ...). Clock policies and alert routing use it.
+    fn channel(&self) -> &str {
+        self.kind()
+    }
+
+    /// The configured instance name (`amazon-eu`).
+    fn instance(&self) -> &str;
+
+    /// What this connector can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A cheap check that the credentials and the endpoint work. Run at boot,
+    /// by `check-config --online` and `connectors test NAME`.
+    async fn health_check(&self) -> Result<(), ConnectorError>;
+
+    /// Everything new since `cursors`. The returned batch carries the cursor
+    /// values that cover exactly its messages; the daemon commits both in one
+    /// transaction, so a crash re-polls and never loses a message. Returning
+    /// already-seen messages is harmless (ingest is idempotent by
+    /// `external_id`), missing one is not.
+    async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError>;
+
+    /// Waits until the platform signals a change (IMAP IDLE, a long poll) or
+    /// `timeout` passes. Returns `true` when something changed. Connectors
+    /// without push return `Ok(false)` after the timeout; the daemon then
+    /// relies on the schedule alone.
+    async fn wait_for_change(
+        &self,
+        _cursors: &Cursors,
+        timeout: Duration,
+    ) -> Result<bool, ConnectorError> {
+        tokio::time::sleep(timeout).await;
+        Ok(false)
+    }
+
+    /// Delivers one reply. `reply.outbox_id` is the idempotency key: a
+    /// connector that can pass it to the platform (a Message-ID, a client
+    /// token) does so, so that [`Connector::check_sent`] can find it later.
+    async fn send_reply(&self, reply: &OutgoingReply) -> Result<SentReply, ConnectorError>;
+
+    /// After a crash during a send, looks for the reply on the platform.
+    /// The default cannot tell, and the daemon marks the reply `uncertain`.
+    async fn check_sent(&self, _reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
+        Ok(SentCheck::CannotTell)
+    }
+}

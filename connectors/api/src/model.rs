@@ -1,0 +1,204 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Cursor values of one instance, keyed by scope (an IMAP folder, a REST
+/// endpoint; `""` when the connector has one). Opaque to the daemon.
+pub type Cursors = BTreeMap<String, String>;
+
+/// Who wrote a message, relative to the seller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the customer. Starts the reply clock.
+    Inbound,
+    /// From the seller (hourglass or elsewhere). Stops the reply clock,
+    /// unless it is automatic.
+    Outbound,
+    /// From the platform: delivery notices, order notifications, auto
+    /// acknowledgements. Never starts a clock.
+    System,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+            Direction::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Direction> {
+        match s {
+            "inbound" => Some(Direction::Inbound),
+            "outbound" => Some(Direction::Outbound),
+            "system" => Some(Direction::System),
+            _ => None,
+        }
+    }
+}
+
+/// A customer's identity on one channel: an Amazon relay address, an eBay
+/// user id, a Messenger PSID, a Telegram user id, an e-mail address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerIdentity {
+    /// `email`, `amazon`, `ebay`, `messenger`, ...
+    pub channel: String,
+    /// The stable handle on that channel (for Amazon: the relay address
+    /// without its per-case `+suffix`).
+    pub handle: String,
+    pub display_name: Option<String>,
+    /// A real e-mail address, when the platform shows one; identities that
+    /// share it may be linked into one customer.
+    pub email: Option<String>,
+}
+
+/// File attached to a message. `data` is `None` when only metadata is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: u64,
+    #[serde(skip)]
+    pub data: Option<Vec<u8>>,
+}
+
+/// One message, normalized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Unique per instance: ingest is idempotent on it.
+    pub external_id: String,
+    /// The platform's conversation key (DESIGN §2): Amazon relay address +
+    /// order id, eBay conversation id, e-mail thread root, chat id.
+    pub thread_key: String,
+    pub direction: Direction,
+    /// An auto-responder or other automatic message. Automatic outbound
+    /// messages never stop the clock.
+    pub automatic: bool,
+    /// The platform's time of the message.
+    pub sent_at: DateTime<Utc>,
+    /// Display name of the author.
+    pub author: Option<String>,
+    /// The customer this conversation is with (the counterpart, whichever
+    /// direction the message goes).
+    pub customer: Option<CustomerIdentity>,
+    pub subject: Option<String>,
+    /// Plain text body (HTML converted to text).
+    pub text: String,
+    /// The original HTML, when there was one.
+    pub html: Option<String>,
+    pub attachments: Vec<Attachment>,
+    pub order_id: Option<String>,
+    /// Marketplace, for marketplaces with several (`amazon.de`).
+    pub marketplace: Option<String>,
+    /// BCP 47 language tag when known.
+    pub language: Option<String>,
+    /// Where a reply goes (an e-mail address, a chat id), when it differs
+    /// from the customer handle.
+    pub reply_to: Option<String>,
+    /// Platform-specific data the connector needs back when replying
+    /// (Message-ID, References, conversation id). Stored as JSON.
+    pub meta: serde_json::Value,
+}
+
+impl Message {
+    /// A message with the required fields and everything else empty.
+    pub fn new(
+        external_id: impl Into<String>,
+        thread_key: impl Into<String>,
+        direction: Direction,
+        sent_at: DateTime<Utc>,
+        text: impl Into<String>,
+    ) -> Message {
+        Message {
+            external_id: external_id.into(),
+            thread_key: thread_key.into(),
+            direction,
+            automatic: false,
+            sent_at,
+            author: None,
+            customer: None,
+            subject: None,
+            text: text.into(),
+            html: None,
+            attachments: Vec::new(),
+            order_id: None,
+            marketplace: None,
+            language: None,
+            reply_to: None,
+            meta: serde_json::Value::Null,
+        }
+    }
+}
+
+/// An item the connector could not read: kept with its raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The platform's id of the item when it could be read (an IMAP UID).
+    pub external_id: Option<String>,
+    /// Where it came from (a folder, an endpoint), for the operator.
+    pub source: String,
+    pub error: String,
+    pub raw: Vec<u8>,
+}
+
+/// The result of one poll.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub messages: Vec<Message>,
+    pub quarantined: Vec<Quarantined>,
+    /// Cursor values to commit together with `messages`. Scopes not named
+    /// here keep their stored value.
+    pub cursors: Cursors,
+    /// More is waiting: the daemon polls again at once.
+    pub more: bool,
+}
+
+/// What a connector supports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    pub poll: bool,
+    /// `wait_for_change` really waits on the platform (IDLE, long poll).
+    pub push: bool,
+    pub send: bool,
+    /// `check_sent` can find a reply after a crash.
+    pub check_sent: bool,
+}
+
+/// A reply the daemon asks a connector to deliver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutgoingReply {
+    /// The outbox id: the idempotency key.
+    pub outbox_id: String,
+    pub thread_key: String,
+    /// Where to send it (an address, a chat id): the last inbound message's
+    /// `reply_to`, else the customer's handle.
+    pub to: String,
+    pub subject: Option<String>,
+    pub text: String,
+    /// The `meta` of the message being answered.
+    pub in_reply_to_meta: serde_json::Value,
+    pub order_id: Option<String>,
+}
+
+/// A reply the platform accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentReply {
+    /// The platform's id of the sent message (becomes the outbound
+    /// message's `external_id`).
+    pub external_id: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// What `check_sent` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SentCheck {
+    /// The reply is on the platform.
+    Sent(SentReply),
+    /// The platform has no trace of it: safe to send.
+    NotSent,
+    /// The platform cannot tell us.
+    CannotTell,
+}

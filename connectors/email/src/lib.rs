@@ -1,0 +1,1 @@
+//! E-mail connector: IMAP (async-imap) and Maildir ingest, SMTP (lettre) replies.

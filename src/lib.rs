@@ -1,0 +1,1 @@
+//! hourglass: the daemon.
