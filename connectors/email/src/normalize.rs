@@ -1,0 +1,596 @@
+//! Raw RFC 5322 mail to the normalized [`Message`]: MIME decoding, the
+//! direction, the thread key, the plausible date. Pure functions only, so
+//! every decision has a table test; IMAP and Maildir both feed this.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, TimeZone, Utc};
+use hourglass_connector::{Attachment, CustomerIdentity, Direction, Message};
+use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+use regex::Regex;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// What the parser needs to know besides the bytes.
+#[derive(Debug, Clone)]
+pub struct ParseContext<'a> {
+    /// The folder the mail was read from (`INBOX`, `Sent`).
+    pub folder: &'a str,
+    /// The IMAP UID, when read over IMAP.
+    pub uid: Option<u32>,
+    /// The server's arrival time (IMAP INTERNALDATE, the Maildir file's
+    /// mtime): the fallback when the Date header is implausible.
+    pub internal_date: Option<DateTime<Utc>>,
+    /// Mail in the sent folder is the seller's, whoever it claims to be from.
+    pub is_sent_folder: bool,
+    /// The seller's own addresses, lowercased: mail from them is outbound.
+    pub own_addresses: &'a [String],
+    /// The current time, for the plausibility of the Date header.
+    pub now: DateTime<Utc>,
+}
+
+/// Why a mail could not be read. Goes to the quarantine with the raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ParseError {
+    pub reason: String,
+}
+
+fn parse_error(reason: impl Into<String>) -> ParseError {
+    ParseError {
+        reason: reason.into(),
+    }
+}
+
+/// Parses one raw mail into a normalized message.
+pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseError> {
+    let mail = MessageParser::default()
+        .parse(raw)
+        .ok_or_else(|| parse_error("not an e-mail: no header block found"))?;
+
+    let message_id = mail.message_id().map(str::to_owned);
+    let from = first_addr(mail.from());
+    // mail-parser accepts almost anything as a header block; a mail with
+    // none of the headers every MTA adds is garbage, not a message.
+    if from.is_none() && message_id.is_none() && mail.date().is_none() {
+        return Err(parse_error(
+            "not an e-mail: no From, Message-ID or Date header",
+        ));
+    }
+
+    let to: Vec<(Option<String>, String)> = all_addrs(mail.to());
+    let subject = mail.subject().map(|s| s.trim().to_owned());
+    let references = id_list(mail.references());
+    let in_reply_to = id_list(mail.in_reply_to()).into_iter().next();
+
+    let from_addr = from.as_ref().map(|(_, a)| a.clone());
+    let content_type = mail
+        .content_type()
+        .map(|ct| {
+            format!(
+                "{}/{}",
+                ct.ctype(),
+                ct.subtype().unwrap_or_default()
+            )
+            .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let is_report = content_type == "multipart/report";
+    let direction = classify_direction(&DirectionInput {
+        from: from_addr.as_deref(),
+        is_report,
+        is_sent_folder: ctx.is_sent_folder,
+        own_addresses: ctx.own_addresses,
+    });
+    let automatic = is_automatic(|name| header_text(&mail, name));
+
+    // The counterpart: the customer for inbound mail, the first recipient
+    // of the seller's own mail.
+    let counterpart: Option<(Option<String>, String)> = match direction {
+        Direction::Outbound => to.first().cloned(),
+        _ => from.clone(),
+    };
+    if direction == Direction::Inbound && counterpart.is_none() {
+        return Err(parse_error("inbound mail without a From address"));
+    }
+
+    let (text, html) = bodies(&mail);
+    let attachments = attachments(&mail);
+
+    let header_date = mail
+        .date()
+        .filter(|d| d.is_valid())
+        .and_then(|d| Utc.timestamp_opt(d.to_timestamp(), 0).single());
+    let sent_at = choose_sent_at(header_date, ctx.internal_date, ctx.now);
+
+    let root = thread_root(&references, in_reply_to.as_deref(), message_id.as_deref());
+    // A bounce concerns the mail it returns: thread it with that mail.
+    let original = if direction == Direction::System {
+        embedded_original(&mail)
+    } else {
+        None
+    };
+    let thread_key = match &original {
+        Some(o) => thread_key(
+            o.to.as_deref().unwrap_or_default(),
+            o.subject.as_deref().unwrap_or_default(),
+            o.message_id.as_deref(),
+        ),
+        None => thread_key(
+            counterpart.as_ref().map(|(_, a)| a.as_str()).unwrap_or_default(),
+            subject.as_deref().unwrap_or_default(),
+            root.as_deref(),
+        ),
+    };
+
+    let external_id = external_id(message_id.as_deref(), raw);
+    let mut m = Message::new(external_id, thread_key, direction, sent_at, text);
+    m.automatic = automatic;
+    m.author = from.as_ref().map(|(n, a)| n.clone().unwrap_or_else(|| a.clone()));
+    m.customer = match direction {
+        Direction::System => None,
+        _ => counterpart.as_ref().map(|(name, addr)| CustomerIdentity {
+            channel: "email".to_owned(),
+            handle: addr.clone(),
+            display_name: name.clone(),
+            email: Some(addr.clone()),
+        }),
+    };
+    m.subject = subject.clone();
+    m.html = html;
+    m.attachments = attachments;
+    m.order_id = subject
+        .as_deref()
+        .and_then(hourglass_connector::extract_order_id)
+        .or_else(|| hourglass_connector::extract_order_id(&m.text));
+    m.reply_to = first_addr(mail.reply_to())
+        .map(|(_, a)| a)
+        .or_else(|| from_addr.clone());
+    m.meta = json!({
+        "message_id": message_id,
+        "references": references,
+        "in_reply_to": in_reply_to,
+        "thread_root": root,
+        "folder": ctx.folder,
+        "uid": ctx.uid,
+        "from": from_addr,
+        "from_name": from.as_ref().and_then(|(n, _)| n.clone()),
+        "to": to.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(),
+        "subject": subject,
+        "original_message_id": original.as_ref().and_then(|o| o.message_id.clone()),
+    });
+    Ok(m)
+}
+
+/// The inputs of [`classify_direction`].
+#[derive(Debug, Clone, Copy)]
+pub struct DirectionInput<'a> {
+    /// The From address, lowercased.
+    pub from: Option<&'a str>,
+    /// The mail is a `multipart/report` (a DSN or MDN).
+    pub is_report: bool,
+    pub is_sent_folder: bool,
+    pub own_addresses: &'a [String],
+}
+
+/// Bounces and delivery reports are `system`; the seller's own mail
+/// (the sent folder, or From one of the seller's addresses) is `outbound`;
+/// everything else is `inbound`.
+pub fn classify_direction(input: &DirectionInput<'_>) -> Direction {
+    let local = input
+        .from
+        .and_then(|f| f.split('@').next())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if input.is_report || local == "mailer-daemon" || local == "postmaster" {
+        return Direction::System;
+    }
+    if input.is_sent_folder {
+        return Direction::Outbound;
+    }
+    match input.from {
+        Some(f) if input.own_addresses.iter().any(|o| o.eq_ignore_ascii_case(f)) => {
+            Direction::Outbound
+        }
+        _ => Direction::Inbound,
+    }
+}
+
+/// Whether the headers mark an automatic message (RFC 3834
+/// `Auto-Submitted`, and the older conventions of vacation responders).
+pub fn is_automatic(header: impl Fn(&str) -> Option<String>) -> bool {
+    if let Some(v) = header("Auto-Submitted") {
+        if !v.trim().eq_ignore_ascii_case("no") {
+            return true;
+        }
+    }
+    if header("X-Autoreply").is_some()
+        || header("X-Autorespond").is_some()
+        || header("X-Autogenerated").is_some()
+    {
+        return true;
+    }
+    if let Some(p) = header("Precedence") {
+        let p = p.trim().to_ascii_lowercase();
+        if matches!(p.as_str(), "auto_reply" | "bulk" | "junk") {
+            return true;
+        }
+    }
+    // Microsoft Exchange's out-of-office replies carry neither of the
+    // above, only this.
+    header("X-MS-Exchange-Generated-Message-Source").is_some_and(|v| v.contains("Mailbox Rules"))
+}
+
+/// The platform time of a mail: the Date header when it is plausible (not
+/// more than a day ahead, not before 1990, as broken clients and spam
+/// produce both), else the server's arrival time, else now.
+pub fn choose_sent_at(
+    header: Option<DateTime<Utc>>,
+    internal: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let floor = Utc.with_ymd_and_hms(1990, 1, 1, 0, 0, 0).single();
+    let plausible = |d: &DateTime<Utc>| {
+        *d <= now + chrono::Duration::days(1) && floor.map_or(true, |f| *d >= f)
+    };
+    header
+        .filter(plausible)
+        .or(internal.filter(plausible))
+        .unwrap_or(now)
+}
+
+/// The subject without reply and forward prefixes in the languages our
+/// sellers' customers write (`Re:`, `Fwd:`, `AW:`, `WG:`, `Réf. :`,
+/// `Odp:`, `RE[2]:` ...), whitespace collapsed, lowercased.
+pub fn normalize_subject(subject: &str) -> String {
+    static RE: OnceLock<Option<Regex>> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(
+            r"(?i)^\s*(?:\[[^\]]*\]\s*)?(?:re|fwd?|aw|wg|sv|vs|antw|antwort|réf|ref|rif|tr|odp|enc|res|rv|r|ynt|fs|vb)\s*(?:\[\d+\]|\(\d+\))?\s*\.?\s*[:：]\s*",
+        )
+        .ok()
+    });
+    let mut s = subject.trim().to_owned();
+    if let Some(re) = re {
+        loop {
+            let next = re.replace(&s, "").into_owned();
+            if next == s {
+                break;
+            }
+            s = next;
+        }
+    }
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The root of the References / In-Reply-To chain, else the mail's own id.
+pub fn thread_root(
+    references: &[String],
+    in_reply_to: Option<&str>,
+    message_id: Option<&str>,
+) -> Option<String> {
+    references
+        .first()
+        .map(String::as_str)
+        .or(in_reply_to)
+        .or(message_id)
+        .map(str::to_owned)
+}
+
+/// The thread key of an e-mail conversation.
+///
+/// The References root alone is not stable without state: a customer's
+/// first mail carries no references (its key would be its own Message-ID)
+/// while a client that drops headers starts a new root with every reply.
+/// The counterpart plus the normalized subject is the same for the
+/// customer's mail and the seller's reply from the Sent folder, whatever
+/// headers survive, so it is the key; the root is only used when there is
+/// no subject to go by (and kept in `meta.thread_root`).
+pub fn thread_key(counterpart: &str, subject: &str, root: Option<&str>) -> String {
+    let subject = normalize_subject(subject);
+    let counterpart = counterpart.trim().to_lowercase();
+    if subject.is_empty() {
+        if let Some(root) = root {
+            return format!("email:{counterpart}:<{root}>");
+        }
+    }
+    format!("email:{counterpart}:{subject}")
+}
+
+/// The id a mail is ingested under: its Message-ID, which survives a
+/// UIDVALIDITY change and copies between folders; a hash of the bytes when
+/// it has none.
+pub fn external_id(message_id: Option<&str>, raw: &[u8]) -> String {
+    match message_id.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(id) => id.to_owned(),
+        None => {
+            let digest = Sha256::digest(raw);
+            format!("sha256:{}", hex::encode(&digest[..16]))
+        }
+    }
+}
+
+/// HTML to readable text: paragraphs and lists kept, links as footnotes.
+pub fn html_to_text(html: &str) -> String {
+    match html2text::from_read(html.as_bytes(), 1000) {
+        Ok(t) => t.trim().to_owned(),
+        Err(_) => strip_tags(html),
+    }
+}
+
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_owned()
+}
+
+/// `Name <addr@host>` or `addr@host` to the lowercased address.
+pub fn address_of(s: &str) -> String {
+    let s = s.trim();
+    let addr = match (s.rfind('<'), s.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &s[a + 1..b],
+        _ => s,
+    };
+    addr.trim().to_lowercase()
+}
+
+fn first_addr(a: Option<&Address<'_>>) -> Option<(Option<String>, String)> {
+    all_addrs(a).into_iter().next()
+}
+
+fn all_addrs(a: Option<&Address<'_>>) -> Vec<(Option<String>, String)> {
+    let Some(a) = a else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter_map(|addr| {
+            let address = addr.address()?.trim().to_lowercase();
+            if address.is_empty() {
+                return None;
+            }
+            let name = addr
+                .name()
+                .map(|n| n.trim().trim_matches('"').trim().to_owned())
+                .filter(|n| !n.is_empty());
+            Some((name, address))
+        })
+        .collect()
+}
+
+fn id_list(v: &HeaderValue<'_>) -> Vec<String> {
+    match v {
+        HeaderValue::Text(t) => vec![t.trim().to_owned()],
+        HeaderValue::TextList(l) => l.iter().map(|t| t.trim().to_owned()).collect(),
+        _ => Vec::new(),
+    }
+    .into_iter()
+    .filter(|s| !s.is_empty())
+    .collect()
+}
+
+fn header_text(mail: &mail_parser::Message<'_>, name: &str) -> Option<String> {
+    mail.header_raw(name).map(|v| v.trim().to_owned())
+}
+
+/// The plain text (decoded text/plain parts, else the HTML converted) and
+/// the original HTML when there was some.
+fn bodies(mail: &mail_parser::Message<'_>) -> (String, Option<String>) {
+    let mut plain = Vec::new();
+    for part in mail.text_bodies() {
+        if let PartType::Text(t) = &part.body {
+            if !t.trim().is_empty() {
+                plain.push(t.trim_end().to_owned());
+            }
+        }
+    }
+    let mut html = Vec::new();
+    for part in mail.html_bodies() {
+        if let PartType::Html(h) = &part.body {
+            html.push(h.to_string());
+        }
+    }
+    let html = if html.is_empty() {
+        None
+    } else {
+        Some(html.join("\n"))
+    };
+    let text = if plain.is_empty() {
+        html.as_deref().map(html_to_text).unwrap_or_default()
+    } else {
+        plain.join("\n\n")
+    };
+    (text, html)
+}
+
+fn attachments(mail: &mail_parser::Message<'_>) -> Vec<Attachment> {
+    mail.attachments()
+        .map(|part| {
+            let data = part.contents().to_vec();
+            let content_type = part
+                .content_type()
+                .map(|ct| match ct.subtype() {
+                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                    None => ct.ctype().to_owned(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".to_owned())
+                .to_ascii_lowercase();
+            Attachment {
+                filename: part.attachment_name().map(str::to_owned),
+                content_type,
+                size: data.len() as u64,
+                data: Some(data),
+            }
+        })
+        .collect()
+}
+
+/// The headers of the mail a bounce returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginalHeaders {
+    pub message_id: Option<String>,
+    /// The first recipient, lowercased.
+    pub to: Option<String>,
+    pub subject: Option<String>,
+}
+
+/// Finds the returned mail in a bounce: a `message/rfc822` part, or the
+/// `text/rfc822-headers` part of a DSN (RFC 3462).
+pub fn embedded_original(mail: &mail_parser::Message<'_>) -> Option<OriginalHeaders> {
+    for part in &mail.parts {
+        let ct = part
+            .content_type()
+            .map(|ct| {
+                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()).to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let headers = match &part.body {
+            PartType::Message(inner) => Some(headers_of(inner)),
+            _ if ct == "text/rfc822-headers" || ct == "message/rfc822-headers" => {
+                let bytes = part.contents();
+                MessageParser::default()
+                    .parse_headers(bytes)
+                    .map(|inner| headers_of(&inner))
+            }
+            _ => None,
+        };
+        if let Some(h) = headers.filter(|h| h.message_id.is_some() || h.to.is_some()) {
+            return Some(h);
+        }
+    }
+    None
+}
+
+fn headers_of(inner: &mail_parser::Message<'_>) -> OriginalHeaders {
+    OriginalHeaders {
+        message_id: inner.message_id().map(str::to_owned),
+        to: first_addr(inner.to()).map(|(_, a)| a),
+        subject: inner.subject().map(|s| s.trim().to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_lose_reply_prefixes_in_many_languages() {
+        let cases = [
+            ("Re: Order question", "order question"),
+            ("RE: RE: Order question", "order question"),
+            ("Fwd: Re: Order  question ", "order question"),
+            ("AW: WG: Lieferung", "lieferung"),
+            ("Réf. : Commande", "commande"),
+            ("RE[2]: Status", "status"),
+            ("Odp: Zwrot", "zwrot"),
+            ("SV: Retur", "retur"),
+            ("Re : Question", "question"),
+            ("Reservation", "reservation"),
+            ("Rechnung: 42", "rechnung: 42"),
+            ("", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(normalize_subject(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn direction_rules() {
+        let own = vec!["seller@shop.example".to_owned()];
+        let d = |from: Option<&str>, is_report: bool, is_sent_folder: bool| {
+            classify_direction(&DirectionInput {
+                from,
+                is_report,
+                is_sent_folder,
+                own_addresses: &own,
+            })
+        };
+        assert_eq!(d(Some("ana@example.com"), false, false), Direction::Inbound);
+        assert_eq!(d(Some("SELLER@shop.example"), false, false), Direction::Outbound);
+        assert_eq!(d(Some("ana@example.com"), false, true), Direction::Outbound);
+        assert_eq!(d(Some("MAILER-DAEMON@mx.example"), false, false), Direction::System);
+        assert_eq!(d(Some("postmaster@mx.example"), false, true), Direction::System);
+        assert_eq!(d(Some("ana@example.com"), true, false), Direction::System);
+        assert_eq!(d(None, false, false), Direction::Inbound);
+    }
+
+    #[test]
+    fn automatic_markers() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("Auto-Submitted", "auto-replied")], true),
+            (&[("Auto-Submitted", "no")], false),
+            (&[("Auto-Submitted", " No ")], false),
+            (&[("X-Autoreply", "yes")], true),
+            (&[("Precedence", "bulk")], true),
+            (&[("Precedence", "auto_reply")], true),
+            (&[("Precedence", "list")], false),
+            (&[], false),
+        ];
+        for (headers, want) in cases {
+            let got = is_automatic(|name| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| (*v).to_owned())
+            });
+            assert_eq!(got, *want, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn sent_at_prefers_a_plausible_date_header() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let internal = Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap();
+        let header = Utc.with_ymd_and_hms(2026, 11, 23, 10, 59, 0).unwrap();
+        let future = Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap();
+        let ancient = Utc.with_ymd_and_hms(1980, 1, 1, 0, 0, 0).unwrap();
+        let slightly_ahead = now + chrono::Duration::hours(3);
+        let cases = [
+            (Some(header), Some(internal), header),
+            (Some(future), Some(internal), internal),
+            (Some(ancient), Some(internal), internal),
+            (Some(slightly_ahead), Some(internal), slightly_ahead),
+            (None, Some(internal), internal),
+            (None, None, now),
+            (Some(future), None, now),
+        ];
+        for (h, i, want) in cases {
+            assert_eq!(choose_sent_at(h, i, now), want, "{h:?} {i:?}");
+        }
+    }
+
+    #[test]
+    fn thread_keys_join_both_directions_and_fall_back_to_the_root() {
+        assert_eq!(
+            thread_key("Ana@Example.com", "Re: AW: Where is my parcel?", Some("a@x")),
+            thread_key("ana@example.com", "Where is my  parcel?", None)
+        );
+        assert_eq!(thread_key("ana@example.com", "", Some("a@x")), "email:ana@example.com:<a@x>");
+        assert_eq!(
+            thread_root(&["r1@x".into(), "r2@x".into()], Some("r2@x"), Some("me@x")),
+            Some("r1@x".into())
+        );
+        assert_eq!(thread_root(&[], Some("p@x"), Some("me@x")), Some("p@x".into()));
+        assert_eq!(thread_root(&[], None, Some("me@x")), Some("me@x".into()));
+    }
+
+    #[test]
+    fn addresses_and_ids() {
+        assert_eq!(address_of("Shop <Seller@Shop.example>"), "seller@shop.example");
+        assert_eq!(address_of(" seller@shop.example "), "seller@shop.example");
+        assert_eq!(external_id(Some("abc@x"), b"raw"), "abc@x");
+        let h = external_id(None, b"raw");
+        assert!(h.starts_with("sha256:") && h.len() == 7 + 32, "{h}");
+        assert_eq!(h, external_id(Some("  "), b"raw"));
+    }
+}
