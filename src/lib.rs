@@ -1,1 +1,17 @@
-//! hourglass: the daemon.
+//! hourglass: never miss a customer's reply deadline.
+//!
+//! The daemon pulls messages from every configured platform account into
+//! one store, keeps each conversation's reply clock, alerts agents before a
+//! deadline passes and sends replies through a durable outbox.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod connectors;
+pub mod daemon;
+pub mod duration;
+pub mod store;
+pub mod telemetry;

@@ -1,1 +1,5 @@
-fn main() {}
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+fn main() -> std::process::ExitCode {
+    hourglass::cli::main()
+}

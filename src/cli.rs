@@ -1,0 +1,491 @@
+//! The command line (DESIGN §6). Every listing has `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::Status;
+use crate::config::{Config, LogFormat};
+use crate::daemon;
+use crate::duration::{format_left, Dur};
+use crate::store::{Store, ThreadFilter, ThreadSummary};
+
+/// hourglass: never miss a customer's reply deadline.
+#[derive(Debug, Parser)]
+#[command(name = "hourglass", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "HOURGLASS_CONFIG",
+        default_value = "/etc/hourglass/hourglass.toml"
+    )]
+    pub config: PathBuf,
+
+    /// Log format on stderr, overriding [log] format.
+    #[arg(long, global = true, value_parser = ["human", "json"])]
+    pub log_format: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: poll every instance on its schedule, keep the clocks,
+    /// send alerts and replies. SIGHUP reloads, SIGTERM stops.
+    Run,
+    /// Check the configuration; prints FILE:LINE:COL: message per problem
+    /// and exits 2 when there is one.
+    CheckConfig {
+        /// Also build every connector (reads secrets, does not connect).
+        #[arg(long)]
+        connectors: bool,
+    },
+    /// Create or upgrade the store's schema.
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Poll instances once and exit.
+    Sync {
+        /// Required: one pass (the daemon is `run`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Only this instance.
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List threads by deadline.
+    Threads(ThreadsArgs),
+    /// Show a thread and its whole conversation.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a thread: no response needed, or snoozed for a while.
+    Mark {
+        id: i64,
+        #[arg(long, conflicts_with = "snooze", required_unless_present = "snooze")]
+        no_response_needed: bool,
+        /// Snooze for this long (e.g. 2h).
+        #[arg(long)]
+        snooze: Option<Dur>,
+        /// Who marks it (recorded in the audit log).
+        #[arg(long, env = "USER", default_value = "cli")]
+        actor: String,
+    },
+    /// Connector instances.
+    Connectors {
+        #[command(subcommand)]
+        command: ConnectorsCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ThreadsArgs {
+    /// Only threads due within this duration (e.g. 2h); includes breached.
+    #[arg(long)]
+    pub due_within: Option<Dur>,
+    /// Only this channel (amazon, email, ebay, ...).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only this instance.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// awaiting | breached | snoozed | answered | no_response_needed
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<Status>,
+    /// At most this many.
+    #[arg(long)]
+    pub limit: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    Status::parse(s).ok_or_else(|| {
+        format!("unknown status {s:?}: awaiting, breached, snoozed, answered, no_response_needed")
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectorsCommand {
+    /// Configured instances and their state (ok, backoff, auth_failed, ...).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one instance's health check.
+    Test { name: String },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads the config or prints its problems; `Err(code)` to exit with.
+fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
+    match Config::load(&cli.config) {
+        Ok(c) => {
+            let format = match cli.log_format.as_deref() {
+                Some("json") => LogFormat::Json,
+                Some(_) => LogFormat::Human,
+                None => c.log.format,
+            };
+            crate::telemetry::init(format, &c.log.level);
+            Ok(c)
+        }
+        Err(diags) => {
+            eprintln!("{diags}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    match &cli.command {
+        Command::CheckConfig { connectors } => {
+            if *connectors {
+                if let Err(e) = daemon::build_instances(&config) {
+                    eprintln!("{}: {e:#}", cli.config.display());
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            println!(
+                "{}: ok ({} instances)",
+                cli.config.display(),
+                config.instances.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            daemon::forward_unix_signals(tx)?;
+            daemon::run(cli.config.clone(), config, rx, &[]).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { json } => {
+            let store = crate::store::SqlStore::connect(
+                &config.store.url,
+                config
+                    .store
+                    .password
+                    .as_ref()
+                    .map(|p| p.resolve())
+                    .transpose()?
+                    .as_ref(),
+                1,
+            )
+            .await?;
+            let applied = store.migrate().await?;
+            let all = store.applied_migrations().await?;
+            if *json {
+                print_json(&serde_json::json!({ "applied": applied, "versions": all }))?;
+            } else if applied.is_empty() {
+                println!("Schema up to date (version {}).", all.last().copied().unwrap_or(0));
+            } else {
+                println!("Applied migrations {applied:?}.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync {
+            once: _,
+            connector,
+            json,
+        } => {
+            let store = daemon::open_store(&config).await?;
+            if let Some(name) = connector {
+                if config.instance(name).is_none() {
+                    eprintln!("error: no instance named {name:?} in the configuration");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            let instances = daemon::build_instances(&config)?;
+            let results = daemon::sync_once(store.as_ref(), &instances, connector.as_deref()).await;
+            let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+            if *json {
+                let v: Vec<_> = results
+                    .iter()
+                    .map(|(name, r)| match r {
+                        Ok(n) => serde_json::json!({"instance": name, "ok": true, "messages": n}),
+                        Err(e) => serde_json::json!({"instance": name, "ok": false, "error": e.to_string()}),
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for (name, r) in &results {
+                    match r {
+                        Ok(n) => println!("{name}: {n} new messages"),
+                        Err(e) => println!("{name}: failed: {e}"),
+                    }
+                }
+            }
+            Ok(if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Threads(args) => {
+            let store = daemon::open_store(&config).await?;
+            let filter = ThreadFilter {
+                due_within: args.due_within.map(|d| d.0),
+                channel: args.channel.clone(),
+                instance: args.instance.clone(),
+                status: args.status,
+                limit: args.limit,
+            };
+            let threads = store.threads(&filter, Utc::now()).await?;
+            if args.json {
+                print_json(&threads)?;
+            } else {
+                print!("{}", render_threads(&threads));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { id, json } => {
+            let store = daemon::open_store(&config).await?;
+            let Some(detail) = store.thread(*id, Utc::now()).await? else {
+                eprintln!("error: thread {id} not found");
+                return Ok(ExitCode::from(1));
+            };
+            if *json {
+                print_json(&detail)?;
+            } else {
+                let t = &detail.thread;
+                println!(
+                    "Thread {} · {} · {} · {}",
+                    t.id,
+                    t.instance,
+                    t.channel,
+                    t.status.as_str()
+                );
+                println!("Customer: {}", t.customer.as_deref().unwrap_or("-"));
+                if let Some(o) = &t.order_id {
+                    println!(
+                        "Order:    {o}{}",
+                        t.marketplace
+                            .as_ref()
+                            .map(|m| format!(" ({m})"))
+                            .unwrap_or_default()
+                    );
+                }
+                println!("Subject:  {}", t.subject.as_deref().unwrap_or("-"));
+                if let (Some(due), Some(left)) = (t.due_at, t.time_left_ms) {
+                    println!("Due:      {} ({})", due.format("%Y-%m-%d %H:%M UTC"), format_left(left));
+                }
+                if let Some(w) = t.reply_window_closes_at {
+                    println!("Platform reply window closes {}", w.format("%Y-%m-%d %H:%M UTC"));
+                }
+                if let Some(err) = &t.last_error {
+                    println!("Error:    {err}");
+                }
+                for m in &detail.messages {
+                    println!(
+                        "\n--- {} {} {}{}",
+                        m.sent_at.format("%Y-%m-%d %H:%M"),
+                        m.direction,
+                        m.author.as_deref().unwrap_or(""),
+                        if m.automatic { " (automatic)" } else { "" }
+                    );
+                    println!("{}", m.text.trim_end());
+                }
+                for o in &detail.outbox {
+                    println!(
+                        "\n[outbox {} {}{}]",
+                        o.id,
+                        o.state,
+                        o.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                    );
+                }
+                for a in &detail.audit {
+                    println!(
+                        "[{} {} {} {}]",
+                        a.at.format("%Y-%m-%d %H:%M"),
+                        a.actor,
+                        a.action,
+                        a.detail
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mark {
+            id,
+            no_response_needed,
+            snooze,
+            actor,
+        } => {
+            let store = daemon::open_store(&config).await?;
+            let now = Utc::now();
+            let detail = store
+                .thread(*id, now)
+                .await?
+                .with_context(|| format!("Thread {id} not found"))?;
+            let instances = daemon::build_instances(&config).unwrap_or_default();
+            let clockings = daemon::clockings(&config, &instances);
+            let clocking = clockings
+                .get(&detail.thread.instance)
+                .cloned()
+                .unwrap_or_else(|| crate::store::Clocking {
+                    channel: detail.thread.channel.clone(),
+                    policy: crate::clock::Policy::wall_clock(config.clock.window.chrono()),
+                    points: crate::clock::thresholds(
+                        &config.clock.thresholds.iter().map(|d| d.0).collect::<Vec<_>>(),
+                    ),
+                });
+            if *no_response_needed {
+                store
+                    .mark_no_response_needed(*id, actor, &clocking, now)
+                    .await?;
+                println!("Thread {id} marked: no response needed.");
+            } else if let Some(d) = snooze {
+                let until = now + d.chrono();
+                store.snooze(*id, until, actor, &clocking, now).await?;
+                println!(
+                    "Thread {id} snoozed until {}.",
+                    until.format("%Y-%m-%d %H:%M UTC")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connectors { command } => match command {
+            ConnectorsCommand::List { json } => {
+                let store = daemon::open_store(&config).await?;
+                let known = store.instances().await?;
+                let mut rows = Vec::new();
+                for inst in &config.instances {
+                    let status = known.iter().find(|k| k.name == inst.name());
+                    rows.push(serde_json::json!({
+                        "name": inst.name(),
+                        "type": inst.kind.as_str(),
+                        "enabled": inst.enabled,
+                        "schedule": inst.schedule.as_ref().map(|s| s.get_ref().clone())
+                            .unwrap_or_else(|| crate::config::DEFAULT_SCHEDULE.to_owned()),
+                        "channel": status.map(|s| s.channel.clone()),
+                        "state": status.map(|s| s.state.clone()).unwrap_or_else(|| "idle".into()),
+                        "failures": status.map(|s| s.failures).unwrap_or(0),
+                        "last_error": status.and_then(|s| s.last_error.clone()),
+                        "last_error_kind": status.and_then(|s| s.last_error_kind.clone()),
+                        "last_poll_at": status.and_then(|s| s.last_poll_at),
+                        "last_success_at": status.and_then(|s| s.last_success_at),
+                        "next_poll_at": status.and_then(|s| s.next_poll_at),
+                        "messages_total": status.map(|s| s.messages_total).unwrap_or(0),
+                    }));
+                }
+                if *json {
+                    print_json(&rows)?;
+                } else {
+                    println!(
+                        "{:<20} {:<10} {:<12} {:>8}  LAST ERROR",
+                        "NAME", "TYPE", "STATE", "MESSAGES"
+                    );
+                    for r in &rows {
+                        println!(
+                            "{:<20} {:<10} {:<12} {:>8}  {}",
+                            r["name"].as_str().unwrap_or(""),
+                            r["type"].as_str().unwrap_or(""),
+                            r["state"].as_str().unwrap_or(""),
+                            r["messages_total"].as_i64().unwrap_or(0),
+                            r["last_error"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ConnectorsCommand::Test { name } => {
+                let Some(inst) = config.instance(name) else {
+                    eprintln!("error: no instance named {name:?} in the configuration");
+                    return Ok(ExitCode::from(2));
+                };
+                let conn = crate::connectors::build(inst).map_err(anyhow::Error::msg)?;
+                match conn.health_check().await {
+                    Ok(()) => {
+                        println!("{name}: ok");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        println!("{name}: {} failure: {e}", e.kind());
+                        Ok(ExitCode::from(1))
+                    }
+                }
+            }
+        },
+    }
+}
+
+/// The deadline table.
+pub fn render_threads(threads: &[ThreadSummary]) -> String {
+    let mut out = format!(
+        "{:>5}  {:<18}  {:<20}  {:<10}  {:<14}  {:<22}  {:<19}  {}\n",
+        "ID", "STATUS", "DUE", "CHANNEL", "INSTANCE", "CUSTOMER", "ORDER", "SUBJECT"
+    );
+    for t in threads {
+        let due = t.time_left_ms.map(format_left).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:>5}  {:<18}  {:<20}  {:<10}  {:<14}  {:<22}  {:<19}  {}\n",
+            t.id,
+            t.status.as_str(),
+            due,
+            t.channel,
+            truncate(&t.instance, 14),
+            truncate(t.customer.as_deref().unwrap_or("-"), 22),
+            t.order_id.as_deref().unwrap_or("-"),
+            truncate(t.subject.as_deref().unwrap_or(""), 50),
+        ));
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// For tests and embedding: the store behind a config, as a trait object.
+pub async fn store_for(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(daemon::open_store(config).await?)
+}

@@ -1,0 +1,773 @@
+//! Configuration: one TOML file plus `connectors.d/*.toml`, each of those
+//! holding the keys of one `[[instances]]` entry.
+//!
+//! Unknown keys are errors, every problem is reported as
+//! `FILE:LINE:COL: message`, and secrets are only ever references.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use hourglass_connector::secret::SecretRef;
+use hourglass_connector::testkit::SimulatedConfig;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::clock::{BusinessHours, Policy};
+use crate::duration::Dur;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where threads, messages, the outbox and alerts are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The reply clock: default window and alert thresholds.
+    #[serde(default)]
+    pub clock: ClockConfig,
+    /// Connector instances: one per platform account.
+    #[serde(default)]
+    pub instances: Vec<InstanceConfig>,
+    /// Alert sinks and routing.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// The HTTP API, webhooks, metrics and web inbox.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Daemon-wide settings.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Where reply templates live.
+    #[serde(default)]
+    pub templates: TemplatesConfig,
+    /// Files the configuration was read from, for messages.
+    #[serde(skip)]
+    pub sources: Vec<PathBuf>,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:///path/to/hourglass.db` (created if missing) or
+    /// `postgres://user@host/db`. Passwords belong in `password`, not here.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    /// Password for PostgreSQL, by reference (`env:PGPASSWORD`).
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// Maximum connections in the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_store_url() -> String {
+    "sqlite:///var/lib/hourglass/hourglass.db".into()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: default_store_url(),
+            password: None,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// `[clock]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    /// Time allowed for a reply, counted from the first unanswered customer
+    /// message. Amazon counts 24 h on the wall clock, weekends included.
+    #[serde(default = "default_window")]
+    pub window: Dur,
+    /// Remaining times at which alerts fire, besides the breach itself.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Vec<Dur>,
+    /// Policies per channel (`[clock.channels.email]`), overriding `window`.
+    #[serde(default)]
+    pub channels: BTreeMap<String, PolicyConfig>,
+}
+
+fn default_window() -> Dur {
+    Dur::from_secs(24 * 3600)
+}
+fn default_thresholds() -> Vec<Dur> {
+    vec![
+        Dur::from_secs(6 * 3600),
+        Dur::from_secs(3600),
+        Dur::from_secs(15 * 60),
+    ]
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            window: default_window(),
+            thresholds: default_thresholds(),
+            channels: BTreeMap::new(),
+        }
+    }
+}
+
+/// A clock policy for a channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Reply window for this channel.
+    pub window: Option<Dur>,
+    /// Count only business hours instead of the wall clock.
+    pub business_hours: Option<BusinessHours>,
+}
+
+/// Every platform hourglass can talk to. A closed set: adding one is a new
+/// variant here and an arm in `connectors::build`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceType {
+    Email,
+    Maildir,
+    Amazon,
+    Ebay,
+    Messenger,
+    Instagram,
+    Whatsapp,
+    Telegram,
+    X,
+    /// A simulated marketplace (demo, tests, drills).
+    Simulated,
+}
+
+impl InstanceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceType::Email => "email",
+            InstanceType::Maildir => "maildir",
+            InstanceType::Amazon => "amazon",
+            InstanceType::Ebay => "ebay",
+            InstanceType::Messenger => "messenger",
+            InstanceType::Instagram => "instagram",
+            InstanceType::Whatsapp => "whatsapp",
+            InstanceType::Telegram => "telegram",
+            InstanceType::X => "x",
+            InstanceType::Simulated => "simulated",
+        }
+    }
+}
+
+impl fmt::Display for InstanceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[[instances]]`: one platform account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Unique name (`amazon-eu`); used in logs, the CLI and the store.
+    pub name: Spanned<String>,
+    /// The platform.
+    #[serde(rename = "type")]
+    pub kind: InstanceType,
+    /// When to poll: cron with 5 fields (`*/2 * * * *`) or 6 with seconds.
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+    /// Set to false to keep the instance configured but idle.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Reply window for this instance, overriding the channel's.
+    #[serde(default)]
+    pub window: Option<Dur>,
+    /// Business hours for this instance, overriding the channel's.
+    #[serde(default)]
+    pub business_hours: Option<BusinessHours>,
+    /// Free labels for alert routing.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// IMAP mailbox (email, amazon).
+    #[serde(default)]
+    pub imap: Option<toml::Table>,
+    /// SMTP server for replies (email, amazon).
+    #[serde(default)]
+    pub smtp: Option<toml::Table>,
+    /// Local Maildir source (maildir, or amazon without IMAP).
+    #[serde(default)]
+    pub maildir: Option<toml::Table>,
+    /// Simulated marketplace settings (`type = "simulated"`).
+    #[serde(default)]
+    pub simulated: Option<SimulatedConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl InstanceConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+
+    /// The clock policy of this instance given the global clock config.
+    pub fn policy(&self, clock: &ClockConfig, channel: &str) -> Policy {
+        let channel_policy = clock.channels.get(channel);
+        let window = self
+            .window
+            .or_else(|| channel_policy.and_then(|p| p.window))
+            .unwrap_or(clock.window);
+        let business_hours = self
+            .business_hours
+            .clone()
+            .or_else(|| channel_policy.and_then(|p| p.business_hours.clone()));
+        Policy {
+            window: window.chrono(),
+            business_hours,
+        }
+    }
+
+    /// The cron schedule in the 6/7-field form the `cron` crate reads.
+    pub fn cron_schedule(&self) -> Result<cron::Schedule, String> {
+        let text = self
+            .schedule
+            .as_ref()
+            .map(|s| s.get_ref().as_str())
+            .unwrap_or(DEFAULT_SCHEDULE);
+        parse_schedule(text)
+    }
+}
+
+/// Poll every two minutes unless told otherwise.
+pub const DEFAULT_SCHEDULE: &str = "*/2 * * * *";
+
+/// Accepts the usual 5-field cron form (minute first) as well as the
+/// 6/7-field form with seconds that the `cron` crate reads.
+pub fn parse_schedule(text: &str) -> Result<cron::Schedule, String> {
+    let fields = text.split_whitespace().count();
+    let normalized = if fields == 5 {
+        format!("0 {text}")
+    } else {
+        text.to_owned()
+    };
+    normalized
+        .parse::<cron::Schedule>()
+        .map_err(|e| format!("invalid cron schedule {text:?}: {e}"))
+}
+
+/// `[alerts]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Where alerts go.
+    #[serde(default)]
+    pub sinks: Vec<toml::Table>,
+    /// Which sinks get which alerts.
+    #[serde(default)]
+    pub routes: Vec<toml::Table>,
+    /// Scheduled digests.
+    #[serde(default)]
+    pub digests: Vec<toml::Table>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; loopback by default.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Set to false to run without the HTTP server.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Bearer token for the API, by reference.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// Public base URL of the web inbox, used for links in alerts.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8787".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            enabled: true,
+            token: None,
+            public_url: None,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `hourglass=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// How long shutdown waits for in-flight polls and sends.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// First backoff after a failure; doubles up to `max_backoff`.
+    #[serde(default = "default_min_backoff")]
+    pub min_backoff: Dur,
+    /// Longest backoff between retries of a failing instance.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Dur,
+    /// Directory of per-instance files; relative to the main file.
+    #[serde(default = "default_connectors_dir")]
+    pub connectors_dir: PathBuf,
+}
+
+fn default_shutdown_timeout() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_min_backoff() -> Dur {
+    Dur::from_secs(2)
+}
+fn default_max_backoff() -> Dur {
+    Dur::from_secs(300)
+}
+fn default_connectors_dir() -> PathBuf {
+    PathBuf::from("connectors.d")
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_timeout: default_shutdown_timeout(),
+            min_backoff: default_min_backoff(),
+            max_backoff: default_max_backoff(),
+            connectors_dir: default_connectors_dir(),
+        }
+    }
+}
+
+/// `[templates]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// Folder of reply templates (`NAME.LANG.txt` or `NAME.txt`), relative
+    /// to the main file.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// A problem in a config file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, Clone)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// One source file, kept for locating problems.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn diag_at(&self, offset: usize, message: impl Into<String>) -> Diagnostic {
+        let (line, col) = line_col(&self.text, offset);
+        Diagnostic {
+            file: self.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+
+    /// Turns a TOML/serde error into a located diagnostic. For an unknown
+    /// field, toml points at the enclosing table; we find the key itself.
+    fn diag_from_toml(&self, err: &toml::de::Error) -> Diagnostic {
+        let message = err.message().trim().to_owned();
+        let span = err.span().unwrap_or(0..0);
+        let mut offset = span.start;
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            let region = self.text.get(span.clone()).unwrap_or("");
+            if let Some(pos) = find_key(region, field) {
+                offset = span.start + pos;
+            } else if let Some(pos) = find_key(&self.text, field) {
+                offset = pos;
+            }
+        }
+        self.diag_at(offset, message)
+    }
+
+    /// The place of a string value, for errors found after parsing.
+    fn find_value(&self, value: &str) -> usize {
+        self.text.find(&format!("\"{value}\"")).unwrap_or(0)
+    }
+}
+
+/// Byte offset of `key` written as a key (at a line start or after `{`/`,`).
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(key) {
+        let at = from + pos;
+        let before = text[..at].trim_end_matches([' ', '\t']);
+        let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
+        let starts_key = before.is_empty()
+            || before.ends_with('\n')
+            || before.ends_with('{')
+            || before.ends_with(',')
+            || before.ends_with('.');
+        if starts_key && (after.starts_with('=') || after.starts_with('.')) {
+            return Some(at);
+        }
+        from = at + key.len();
+    }
+    None
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Reads the main file and `connectors.d/*.toml` beside it, checking
+    /// everything that can be checked without the network.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let mut diags = Vec::new();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                file: path.to_owned(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read config file: {e}"),
+            }])
+        })?;
+        let main = Source {
+            path: path.to_owned(),
+            text,
+        };
+        let mut config: Config = match toml::from_str(&main.text) {
+            Ok(c) => c,
+            Err(e) => return Err(Diagnostics(vec![main.diag_from_toml(&e)])),
+        };
+        let mut sources = vec![main];
+        let mut origin: Vec<usize> = vec![0; config.instances.len()];
+
+        let base = path.parent().unwrap_or(Path::new("."));
+        let dir = base.join(&config.daemon.connectors_dir);
+        if dir.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            for file in files {
+                let text = match std::fs::read_to_string(&file) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        diags.push(Diagnostic {
+                            file: file.clone(),
+                            line: 1,
+                            col: 1,
+                            message: format!("cannot read: {e}"),
+                        });
+                        continue;
+                    }
+                };
+                let src = Source { path: file, text };
+                match toml::from_str::<InstanceConfig>(&src.text) {
+                    Ok(inst) => {
+                        config.instances.push(inst);
+                        origin.push(sources.len());
+                    }
+                    Err(e) => diags.push(src.diag_from_toml(&e)),
+                }
+                sources.push(src);
+            }
+        }
+        if let Some(dir) = &config.templates.dir {
+            if dir.is_relative() {
+                config.templates.dir = Some(base.join(dir));
+            }
+        }
+
+        validate(&config, &sources, &origin, &mut diags);
+        config.sources = sources.iter().map(|s| s.path.clone()).collect();
+        if diags.is_empty() {
+            Ok(config)
+        } else {
+            Err(Diagnostics(diags))
+        }
+    }
+
+    pub fn instance(&self, name: &str) -> Option<&InstanceConfig> {
+        self.instances.iter().find(|i| i.name() == name)
+    }
+}
+
+fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut Vec<Diagnostic>) {
+    let main = &sources[0];
+    let mut names = HashSet::new();
+    for (i, inst) in config.instances.iter().enumerate() {
+        let src = &sources[origin.get(i).copied().unwrap_or(0)];
+        let name_at = inst.name.span().start;
+        let name = inst.name();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            diags.push(src.diag_at(
+                name_at,
+                format!("instance name {name:?} must be letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        if !names.insert(name.to_owned()) {
+            diags.push(src.diag_at(name_at, format!("instance name {name:?} is used twice")));
+        }
+        if let Some(s) = &inst.schedule {
+            if let Err(e) = parse_schedule(s.get_ref()) {
+                diags.push(src.diag_at(s.span().start, e));
+            }
+        }
+        let need = |table: bool, key: &str, diags: &mut Vec<Diagnostic>| {
+            if !table {
+                diags.push(src.diag_at(
+                    name_at,
+                    format!(
+                        "instance {name:?} of type {} needs an [instances.{key}] table",
+                        inst.kind
+                    ),
+                ));
+            }
+        };
+        match inst.kind {
+            InstanceType::Simulated => {}
+            InstanceType::Email => need(inst.imap.is_some(), "imap", diags),
+            InstanceType::Maildir => need(inst.maildir.is_some(), "maildir", diags),
+            InstanceType::Amazon => need(
+                inst.imap.is_some() || inst.maildir.is_some(),
+                "imap",
+                diags,
+            ),
+            other => diags.push(src.diag_at(
+                name_at,
+                format!("instance {name:?}: connector type {other} is not available in this build yet"),
+            )),
+        }
+    }
+    for (i, t) in config.clock.thresholds.iter().enumerate() {
+        if t.0 >= config.clock.window.0 {
+            diags.push(main.diag_at(
+                main.text.find("thresholds").unwrap_or(0),
+                format!(
+                    "threshold {} (#{}) is not shorter than the window {}",
+                    t,
+                    i + 1,
+                    config.clock.window
+                ),
+            ));
+        }
+    }
+    if let Some(pw) = &config.store.password {
+        if let Err(e) = pw.resolve() {
+            diags.push(main.diag_at(main.find_value(&pw.to_string()), format!("store.password: {e}")));
+        }
+    }
+    if let Some(token) = &config.http.token {
+        if let Err(e) = token.resolve() {
+            diags.push(main.diag_at(main.find_value(&token.to_string()), format!("http.token: {e}")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn unknown_key_is_reported_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[store]\nurl = \"sqlite:///tmp/x.db\"\n\n[clock]\nwindow = \"24h\"\n\n[[instances]]\nname = \"sim\"\ntype = \"simulated\"\n[instances.simulated]\nchannel = \"amazon\"\ncolour = \"blue\"\n";
+        let path = write(dir.path(), "hourglass.toml", text);
+        let err = Config::load(&path).unwrap_err();
+        let d = &err.0[0];
+        assert_eq!(d.line, 12, "{err}");
+        assert_eq!(d.col, 1);
+        assert!(d.message.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_in_a_connectors_d_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "hourglass.toml", "[clock]\nwindow = \"24h\"\n");
+        std::fs::create_dir(dir.path().join("connectors.d")).unwrap();
+        write(
+            &dir.path().join("connectors.d"),
+            "sim.toml",
+            "name = \"sim\"\ntype = \"simulated\"\nshedule = \"* * * * *\"\n",
+        );
+        let err = Config::load(&path).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("sim.toml:3:1:"), "{shown}");
+    }
+
+    #[test]
+    fn connectors_d_adds_instances_and_names_must_be_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "hourglass.toml",
+            "[[instances]]\nname = \"a\"\ntype = \"simulated\"\n",
+        );
+        std::fs::create_dir(dir.path().join("connectors.d")).unwrap();
+        write(
+            &dir.path().join("connectors.d"),
+            "b.toml",
+            "name = \"b\"\ntype = \"simulated\"\nschedule = \"*/5 * * * *\"\n",
+        );
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.instances.len(), 2);
+        write(
+            &dir.path().join("connectors.d"),
+            "c.toml",
+            "name = \"a\"\ntype = \"simulated\"\n",
+        );
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert!(shown.contains("c.toml:1:8: instance name \"a\" is used twice"), "{shown}");
+    }
+
+    #[test]
+    fn bad_schedule_and_plain_secret_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "hourglass.toml",
+            "[http]\ntoken = \"hunter2\"\n",
+        );
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert!(shown.contains(":2:9:"), "{shown}");
+        assert!(!shown.contains("hunter2"), "a secret leaked: {shown}");
+
+        let path = write(
+            dir.path(),
+            "hourglass.toml",
+            "[[instances]]\nname = \"a\"\ntype = \"simulated\"\nschedule = \"every tuesday\"\n",
+        );
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert!(shown.contains(":4:12: invalid cron schedule"), "{shown}");
+    }
+
+    #[test]
+    fn five_and_six_field_schedules() {
+        assert!(parse_schedule("*/2 * * * *").is_ok());
+        assert!(parse_schedule("0 9 * * MON-FRI").is_ok());
+        assert!(parse_schedule("*/5 * * * * *").is_ok());
+        assert!(parse_schedule("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn instance_policy_overrides_channel_and_default() {
+        let mut clock = ClockConfig::default();
+        clock.channels.insert(
+            "email".into(),
+            PolicyConfig {
+                window: Some(Dur::from_secs(8 * 3600)),
+                business_hours: None,
+            },
+        );
+        let inst: InstanceConfig =
+            toml::from_str("name = \"m\"\ntype = \"email\"\n").unwrap();
+        assert_eq!(inst.policy(&clock, "email").window, chrono::Duration::hours(8));
+        assert_eq!(inst.policy(&clock, "amazon").window, chrono::Duration::hours(24));
+        let inst: InstanceConfig =
+            toml::from_str("name = \"m\"\ntype = \"email\"\nwindow = \"2h\"\n").unwrap();
+        assert_eq!(inst.policy(&clock, "email").window, chrono::Duration::hours(2));
+    }
+}

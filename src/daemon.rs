@@ -1,0 +1,518 @@
+//! The daemon: one poll loop per instance on its cron schedule, reloading
+//! on SIGHUP and stopping cleanly on SIGTERM/SIGINT.
+//!
+//! Work is grouped in *generations*: everything started from one config.
+//! A reload builds the next generation from the new file first; only when
+//! that succeeds is the old one stopped (letting in-flight polls finish) and
+//! the new one started. A bad file leaves the old generation running.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use hourglass_connector::{Connector, ConnectorError};
+use rand::Rng;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::clock;
+use crate::config::{Config, InstanceConfig};
+use crate::store::{Clocking, PollOutcome, SqlStore, Store};
+
+/// What the outside world asks of a running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Reload,
+    Shutdown,
+}
+
+/// Opens the store named in `config` and applies pending migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<SqlStore>> {
+    let password = match &config.store.password {
+        Some(r) => Some(r.resolve().context("Cannot read store.password")?),
+        None => None,
+    };
+    let store = SqlStore::connect(
+        &config.store.url,
+        password.as_ref(),
+        config.store.max_connections,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "Cannot open the store at {}",
+            crate::store::sql_redact(&config.store.url)
+        )
+    })?;
+    store.migrate().await.context("Cannot migrate the store")?;
+    Ok(Arc::new(store))
+}
+
+/// One instance, ready to poll.
+#[derive(Clone)]
+pub struct Instance {
+    pub config: InstanceConfig,
+    pub connector: Arc<dyn Connector>,
+    pub clocking: Clocking,
+    pub schedule: cron::Schedule,
+}
+
+/// Builds every enabled instance of `config`. Any failure fails the whole
+/// set, so a reload never half-applies.
+pub fn build_instances(config: &Config) -> anyhow::Result<Vec<Instance>> {
+    let points = clock::thresholds(
+        &config
+            .clock
+            .thresholds
+            .iter()
+            .map(|d| d.0)
+            .collect::<Vec<_>>(),
+    );
+    let mut out = Vec::new();
+    for inst in config.instances.iter().filter(|i| i.enabled) {
+        let connector = crate::connectors::build(inst).map_err(anyhow::Error::msg)?;
+        let channel = connector.channel().to_owned();
+        let schedule = inst.cron_schedule().map_err(anyhow::Error::msg)?;
+        out.push(Instance {
+            clocking: Clocking {
+                policy: inst.policy(&config.clock, &channel),
+                channel,
+                points: points.clone(),
+            },
+            config: inst.clone(),
+            connector,
+            schedule,
+        });
+    }
+    Ok(out)
+}
+
+/// The clocking of every configured instance by name (also disabled ones:
+/// their threads still exist).
+pub fn clockings(config: &Config, instances: &[Instance]) -> HashMap<String, Clocking> {
+    instances
+        .iter()
+        .map(|i| (i.config.name().to_owned(), i.clocking.clone()))
+        .collect::<HashMap<_, _>>()
+        .into_iter()
+        .chain(config.instances.iter().filter(|i| !i.enabled).map(|i| {
+            let channel = i.kind.as_str().to_owned();
+            (
+                i.name().to_owned(),
+                Clocking {
+                    policy: i.policy(&config.clock, &channel),
+                    channel,
+                    points: Vec::new(),
+                },
+            )
+        }))
+        .collect()
+}
+
+/// Backoff before retry number `failures` (1-based): doubling from `min`,
+/// capped at `max`, with jitter so that instances failing together do not
+/// retry together.
+pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(20);
+    let base = min.saturating_mul(1u32 << exp).min(max);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    base.mul_f64(jitter).max(Duration::from_millis(100))
+}
+
+/// How many polls a single pass makes at most when the connector keeps
+/// saying there is more: a guard against a connector that never finishes.
+const MAX_ROUNDS: usize = 1000;
+
+/// Polls an instance until it has nothing more, committing each batch with
+/// its cursor. Returns the number of new messages.
+pub async fn poll_instance(store: &dyn Store, inst: &Instance) -> Result<usize, PollError> {
+    let name = inst.config.name();
+    let mut total = 0;
+    for _ in 0..MAX_ROUNDS {
+        let cursors = store.cursors(name).await.map_err(PollError::Store)?;
+        let batch = inst
+            .connector
+            .poll(&cursors)
+            .await
+            .map_err(PollError::Connector)?;
+        let report = store
+            .ingest(name, &batch, &inst.clocking)
+            .await
+            .map_err(PollError::Store)?;
+        if report.quarantined > 0 {
+            warn!(
+                instance = name,
+                quarantined = report.quarantined,
+                "Some items could not be read and were quarantined with their raw bytes."
+            );
+        }
+        total += report.inserted;
+        if !batch.more {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Connector(ConnectorError),
+    #[error(transparent)]
+    Store(crate::store::StoreError),
+}
+
+impl PollError {
+    fn kind(&self) -> &'static str {
+        match self {
+            PollError::Connector(e) => e.kind(),
+            PollError::Store(_) => "store",
+        }
+    }
+}
+
+/// The poll loop of one instance.
+async fn poll_loop(
+    store: Arc<dyn Store>,
+    inst: Instance,
+    config: Arc<Config>,
+    stop: CancellationToken,
+    ingested: Arc<Notify>,
+) {
+    let name = inst.config.name().to_owned();
+    let caps = inst.connector.capabilities();
+    let mut failures: u32 = 0;
+    let mut next_at = tokio::time::Instant::now(); // first poll right away
+    loop {
+        let wait = next_at.saturating_duration_since(tokio::time::Instant::now());
+        if !wait.is_zero() {
+            let cursors = if caps.push && failures == 0 {
+                store.cursors(&name).await.ok()
+            } else {
+                None
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                changed = async {
+                    match &cursors {
+                        Some(c) => inst.connector.wait_for_change(c, wait).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = changed {
+                        warn!(instance = %name, error = %e, "Waiting for changes failed; polling on schedule.");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        // The poll itself is not cancelled: it commits or it does not, and
+        // shutdown waits for it (up to the shutdown timeout).
+        match poll_instance(store.as_ref(), &inst).await {
+            Ok(n) => {
+                if failures > 0 {
+                    info!(instance = %name, after_failures = failures, "Instance recovered.");
+                }
+                failures = 0;
+                if n > 0 {
+                    info!(instance = %name, messages = n, "Ingested new messages.");
+                    ingested.notify_waiters();
+                }
+                if let Err(e) = store.record_poll(&name, &PollOutcome::Ok { messages: n }).await {
+                    warn!(instance = %name, error = %e, "Cannot record poll status.");
+                }
+                next_at = next_tick(&inst.schedule);
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = match &e {
+                    PollError::Connector(ConnectorError::RateLimited {
+                        retry_after: Some(d),
+                    }) => *d,
+                    _ => backoff(
+                        failures,
+                        config.daemon.min_backoff.0,
+                        config.daemon.max_backoff.0,
+                    ),
+                };
+                let auth = matches!(e, PollError::Connector(ConnectorError::Auth(_)));
+                let next_poll_at = Utc::now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+                let outcome = PollOutcome::Failed {
+                    kind: e.kind().to_owned(),
+                    error: e.to_string(),
+                    failures,
+                    next_poll_at,
+                };
+                if let Err(se) = store.record_poll(&name, &outcome).await {
+                    warn!(instance = %name, error = %se, "Cannot record poll status.");
+                }
+                if auth {
+                    error!(instance = %name, error = %e, "Credentials refused; polling stops until the config is fixed and reloaded.");
+                    break;
+                }
+                warn!(
+                    instance = %name,
+                    kind = e.kind(),
+                    failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = %e,
+                    "Poll failed; backing off."
+                );
+                next_at = tokio::time::Instant::now() + delay;
+            }
+        }
+    }
+}
+
+fn next_tick(schedule: &cron::Schedule) -> tokio::time::Instant {
+    let now = Utc::now();
+    let wait = schedule
+        .after(&now)
+        .next()
+        .and_then(|t| (t - now).to_std().ok())
+        .unwrap_or(Duration::from_secs(60));
+    tokio::time::Instant::now() + wait
+}
+
+/// Everything started from one config.
+struct Generation {
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Generation {
+    /// Stops the generation, waiting up to `timeout` for in-flight work.
+    async fn shutdown(mut self, timeout: Duration) {
+        self.stop.cancel();
+        let drained = tokio::time::timeout(timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "Work still in flight after the shutdown timeout; abandoning it (it will be redone)."
+            );
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Context shared by the workers of a generation.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub instances: Arc<Vec<Instance>>,
+    pub clockings: Arc<HashMap<String, Clocking>>,
+    /// Notified after new messages are committed.
+    pub ingested: Arc<Notify>,
+}
+
+/// Extra workers run beside the poll loops (alert engine, outbox, HTTP).
+pub type Worker = fn(Context, CancellationToken) -> futures::future::BoxFuture<'static, ()>;
+
+async fn start_generation(
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    instances: Vec<Instance>,
+    workers: &[Worker],
+) -> Generation {
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let ingested = Arc::new(Notify::new());
+    for inst in &instances {
+        let name = inst.config.name();
+        if let Err(e) = store
+            .register_instance(name, inst.connector.kind(), &inst.clocking.channel)
+            .await
+        {
+            warn!(instance = name, error = %e, "Cannot register instance.");
+        }
+    }
+    let ctx = Context {
+        clockings: Arc::new(clockings(&config, &instances)),
+        config: config.clone(),
+        store: store.clone(),
+        instances: Arc::new(instances.clone()),
+        ingested: ingested.clone(),
+    };
+    for inst in instances {
+        tasks.spawn(poll_loop(
+            store.clone(),
+            inst,
+            config.clone(),
+            stop.child_token(),
+            ingested.clone(),
+        ));
+    }
+    for w in workers {
+        tasks.spawn(w(ctx.clone(), stop.child_token()));
+    }
+    Generation { stop, tasks }
+}
+
+/// Runs the daemon until `Signal::Shutdown`. Returns when everything has
+/// stopped.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    mut signals: mpsc::Receiver<Signal>,
+    workers: &[Worker],
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = open_store(&config).await?;
+    let instances = build_instances(&config)?;
+    let mut config = Arc::new(config);
+    info!(
+        instances = instances.len(),
+        store = %crate::store::sql_redact(&config.store.url),
+        "hourglass is running."
+    );
+    let mut generation = start_generation(config.clone(), store.clone(), instances, workers).await;
+    notify_systemd("READY=1");
+    while let Some(signal) = signals.recv().await {
+        match signal {
+            Signal::Shutdown => break,
+            Signal::Reload => {
+                notify_systemd("RELOADING=1");
+                match reload(&config_path, &config) {
+                    Ok((new_config, instances)) => {
+                        info!(instances = instances.len(), "Configuration reloaded.");
+                        generation.shutdown(config.daemon.shutdown_timeout.0).await;
+                        config = Arc::new(new_config);
+                        generation =
+                            start_generation(config.clone(), store.clone(), instances, workers)
+                                .await;
+                    }
+                    Err(e) => {
+                        error!(error = %format!("{e:#}"), "The new configuration is invalid; keeping the running one.");
+                    }
+                }
+                notify_systemd("READY=1");
+            }
+        }
+    }
+    notify_systemd("STOPPING=1");
+    info!("Shutting down: finishing in-flight work.");
+    generation.shutdown(config.daemon.shutdown_timeout.0).await;
+    info!("Stopped.");
+    Ok(())
+}
+
+fn reload(path: &Path, current: &Config) -> anyhow::Result<(Config, Vec<Instance>)> {
+    let config = Config::load(path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    if config.store.url != current.store.url {
+        anyhow::bail!("store.url changed: that needs a restart, not a reload");
+    }
+    let instances = build_instances(&config)?;
+    Ok((config, instances))
+}
+
+/// Forwards SIGTERM, SIGINT and SIGHUP into `tx`.
+pub fn forward_unix_signals(tx: mpsc::Sender<Signal>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = term.recv() => Signal::Shutdown,
+                _ = int.recv() => Signal::Shutdown,
+                _ = hup.recv() => Signal::Reload,
+            };
+            if tx.send(s).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Tells systemd (Type=notify) about our state, when run under it.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let result = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = result {
+        warn!(error = %e, "Cannot notify systemd.");
+    }
+}
+
+/// `sync --once`: one pass over the chosen instances. Returns per-instance
+/// results; a failing instance does not stop the others.
+pub async fn sync_once(
+    store: &dyn Store,
+    instances: &[Instance],
+    only: Option<&str>,
+) -> Vec<(String, Result<usize, PollError>)> {
+    let mut out = Vec::new();
+    for inst in instances {
+        let name = inst.config.name();
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        if let Err(e) = store
+            .register_instance(name, inst.connector.kind(), &inst.clocking.channel)
+            .await
+        {
+            warn!(instance = name, error = %e, "Cannot register instance.");
+        }
+        let result = poll_instance(store, inst).await;
+        let outcome = match &result {
+            Ok(n) => PollOutcome::Ok { messages: *n },
+            Err(e) => PollOutcome::Failed {
+                kind: e.kind().to_owned(),
+                error: e.to_string(),
+                failures: 1,
+                next_poll_at: Utc::now(),
+            },
+        };
+        let _ = store.record_poll(name, &outcome).await;
+        out.push((name.to_owned(), result));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let (min, max) = (Duration::from_secs(2), Duration::from_secs(60));
+        for _ in 0..50 {
+            let first = backoff(1, min, max);
+            assert!(first >= Duration::from_secs(1) && first <= min, "{first:?}");
+            let third = backoff(3, min, max);
+            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8));
+            let late = backoff(30, min, max);
+            assert!(late >= max / 2 && late <= max, "{late:?}");
+        }
+    }
+}
