@@ -194,25 +194,21 @@ mod tests {
 
     #[test]
     fn refuses_unknown_keys_and_plain_passwords() {
-        let unknown = toml::from_str::<ImapConfig>(
-            "host = \"h\"\nusername = \"u\"\nfolder = \"INBOX\"\n",
-        );
+        let unknown =
+            toml::from_str::<ImapConfig>("host = \"h\"\nusername = \"u\"\nfolder = \"INBOX\"\n");
         assert!(unknown.is_err());
         // toml quotes the offending line in its error, so only the kind of
         // failure is checked here; the daemon must not log raw TOML errors
         // for secret-bearing lines.
-        let plain = toml::from_str::<SmtpConfig>(
-            "host = \"h\"\nfrom = \"a@b\"\npassword = \"hunter2\"\n",
-        );
+        let plain =
+            toml::from_str::<SmtpConfig>("host = \"h\"\nfrom = \"a@b\"\npassword = \"hunter2\"\n");
         assert!(plain.is_err());
     }
 
     #[test]
     fn sent_folder_is_polled_once() {
-        let imap: ImapConfig = toml::from_str(
-            "host = \"h\"\nusername = \"u\"\nsent_folder = \"Sent\"\n",
-        )
-        .unwrap();
+        let imap: ImapConfig =
+            toml::from_str("host = \"h\"\nusername = \"u\"\nsent_folder = \"Sent\"\n").unwrap();
         assert_eq!(imap.poll_folders(), vec!["INBOX", "Sent"]);
     }
 }

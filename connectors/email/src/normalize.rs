@@ -67,12 +67,7 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
     let content_type = mail
         .content_type()
         .map(|ct| {
-            format!(
-                "{}/{}",
-                ct.ctype(),
-                ct.subtype().unwrap_or_default()
-            )
-            .to_ascii_lowercase()
+            format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()).to_ascii_lowercase()
         })
         .unwrap_or_default();
     let is_report = content_type == "multipart/report";
@@ -117,7 +112,10 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
             o.message_id.as_deref(),
         ),
         None => thread_key(
-            counterpart.as_ref().map(|(_, a)| a.as_str()).unwrap_or_default(),
+            counterpart
+                .as_ref()
+                .map(|(_, a)| a.as_str())
+                .unwrap_or_default(),
             subject.as_deref().unwrap_or_default(),
             root.as_deref(),
         ),
@@ -126,7 +124,9 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
     let external_id = external_id(message_id.as_deref(), raw);
     let mut m = Message::new(external_id, thread_key, direction, sent_at, text);
     m.automatic = automatic;
-    m.author = from.as_ref().map(|(n, a)| n.clone().unwrap_or_else(|| a.clone()));
+    m.author = from
+        .as_ref()
+        .map(|(n, a)| n.clone().unwrap_or_else(|| a.clone()));
     m.customer = match direction {
         Direction::System => None,
         _ => counterpart.as_ref().map(|(name, addr)| CustomerIdentity {
@@ -189,7 +189,12 @@ pub fn classify_direction(input: &DirectionInput<'_>) -> Direction {
         return Direction::Outbound;
     }
     match input.from {
-        Some(f) if input.own_addresses.iter().any(|o| o.eq_ignore_ascii_case(f)) => {
+        Some(f)
+            if input
+                .own_addresses
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(f)) =>
+        {
             Direction::Outbound
         }
         _ => Direction::Inbound,
@@ -229,10 +234,10 @@ pub fn choose_sent_at(
     internal: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    let floor = Utc.with_ymd_and_hms(1990, 1, 1, 0, 0, 0).single();
-    let plausible = |d: &DateTime<Utc>| {
-        *d <= now + chrono::Duration::days(1) && floor.map_or(true, |f| *d >= f)
-    };
+    // 1990-01-01T00:00:00Z
+    const FLOOR: i64 = 631_152_000;
+    let plausible =
+        |d: &DateTime<Utc>| *d <= now + chrono::Duration::days(1) && d.timestamp() >= FLOOR;
     header
         .filter(plausible)
         .or(internal.filter(plausible))
@@ -516,10 +521,19 @@ mod tests {
             })
         };
         assert_eq!(d(Some("ana@example.com"), false, false), Direction::Inbound);
-        assert_eq!(d(Some("SELLER@shop.example"), false, false), Direction::Outbound);
+        assert_eq!(
+            d(Some("SELLER@shop.example"), false, false),
+            Direction::Outbound
+        );
         assert_eq!(d(Some("ana@example.com"), false, true), Direction::Outbound);
-        assert_eq!(d(Some("MAILER-DAEMON@mx.example"), false, false), Direction::System);
-        assert_eq!(d(Some("postmaster@mx.example"), false, true), Direction::System);
+        assert_eq!(
+            d(Some("MAILER-DAEMON@mx.example"), false, false),
+            Direction::System
+        );
+        assert_eq!(
+            d(Some("postmaster@mx.example"), false, true),
+            Direction::System
+        );
         assert_eq!(d(Some("ana@example.com"), true, false), Direction::System);
         assert_eq!(d(None, false, false), Direction::Inbound);
     }
@@ -572,21 +586,34 @@ mod tests {
     #[test]
     fn thread_keys_join_both_directions_and_fall_back_to_the_root() {
         assert_eq!(
-            thread_key("Ana@Example.com", "Re: AW: Where is my parcel?", Some("a@x")),
+            thread_key(
+                "Ana@Example.com",
+                "Re: AW: Where is my parcel?",
+                Some("a@x")
+            ),
             thread_key("ana@example.com", "Where is my  parcel?", None)
         );
-        assert_eq!(thread_key("ana@example.com", "", Some("a@x")), "email:ana@example.com:<a@x>");
+        assert_eq!(
+            thread_key("ana@example.com", "", Some("a@x")),
+            "email:ana@example.com:<a@x>"
+        );
         assert_eq!(
             thread_root(&["r1@x".into(), "r2@x".into()], Some("r2@x"), Some("me@x")),
             Some("r1@x".into())
         );
-        assert_eq!(thread_root(&[], Some("p@x"), Some("me@x")), Some("p@x".into()));
+        assert_eq!(
+            thread_root(&[], Some("p@x"), Some("me@x")),
+            Some("p@x".into())
+        );
         assert_eq!(thread_root(&[], None, Some("me@x")), Some("me@x".into()));
     }
 
     #[test]
     fn addresses_and_ids() {
-        assert_eq!(address_of("Shop <Seller@Shop.example>"), "seller@shop.example");
+        assert_eq!(
+            address_of("Shop <Seller@Shop.example>"),
+            "seller@shop.example"
+        );
         assert_eq!(address_of(" seller@shop.example "), "seller@shop.example");
         assert_eq!(external_id(Some("abc@x"), b"raw"), "abc@x");
         let h = external_id(None, b"raw");

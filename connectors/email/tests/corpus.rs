@@ -34,12 +34,42 @@ fn parse(name: &str) -> Message {
 #[test]
 fn charsets_and_transfer_encodings_decode_to_the_same_text_a_reader_sees() {
     let cases = [
-        ("ro_utf8_qp.eml", "Comandă întârziată", "Puteți să verificați, vă rog?", "Ioana Popescu"),
-        ("fr_latin1_8bit.eml", "Commande non reçue", "où elle en est", "Chloé Martin"),
-        ("ro_latin2_b64.eml", "Produs deteriorat", "trimiteţi un înlocuitor", "Andrei Ştefănescu"),
-        ("de_latin9_qp.eml", "Rücksendung", "49,90 € bezahlt, aber die Größe", "Jürgen Weiß"),
-        ("pl_cp1250_b64.eml", "Zwrot produktu świętego", "czy mogę zwrócić", "Marta Nowak"),
-        ("fr_cp1252_qp.eml", "Échange taille", "Le cœur du problème : la « taille M »", "Élodie Lefèvre"),
+        (
+            "ro_utf8_qp.eml",
+            "Comandă întârziată",
+            "Puteți să verificați, vă rog?",
+            "Ioana Popescu",
+        ),
+        (
+            "fr_latin1_8bit.eml",
+            "Commande non reçue",
+            "où elle en est",
+            "Chloé Martin",
+        ),
+        (
+            "ro_latin2_b64.eml",
+            "Produs deteriorat",
+            "trimiteţi un înlocuitor",
+            "Andrei Ştefănescu",
+        ),
+        (
+            "de_latin9_qp.eml",
+            "Rücksendung",
+            "49,90 € bezahlt, aber die Größe",
+            "Jürgen Weiß",
+        ),
+        (
+            "pl_cp1250_b64.eml",
+            "Zwrot produktu świętego",
+            "czy mogę zwrócić",
+            "Marta Nowak",
+        ),
+        (
+            "fr_cp1252_qp.eml",
+            "Échange taille",
+            "Le cœur du problème : la « taille M »",
+            "Élodie Lefèvre",
+        ),
     ];
     for (name, subject, text, author) in cases {
         let m = parse(name);
@@ -77,7 +107,10 @@ fn the_customers_mail_the_sellers_reply_and_a_header_dropping_reply_share_a_thre
     let reply = parse_in("seller_reply.eml", "Sent");
     let again = parse("ro_reply_no_refs.eml");
     assert_eq!(reply.direction, Direction::Outbound);
-    assert_eq!(reply.customer.as_ref().unwrap().handle, "ioana.popescu@example.ro");
+    assert_eq!(
+        reply.customer.as_ref().unwrap().handle,
+        "ioana.popescu@example.ro"
+    );
     assert_eq!(first.thread_key, reply.thread_key);
     assert_eq!(first.thread_key, again.thread_key);
     assert_eq!(reply.meta["in_reply_to"], "CAF7x1-ro-0001@mail.example.ro");
@@ -91,22 +124,44 @@ fn the_customers_mail_the_sellers_reply_and_a_header_dropping_reply_share_a_thre
 #[test]
 fn html_only_mail_becomes_readable_text_and_keeps_the_html() {
     let m = parse("en_html_only.eml");
-    assert!(m.text.contains("The blue kettle I ordered arrived without a lid."), "{}", m.text);
+    assert!(
+        m.text
+            .contains("The blue kettle I ordered arrived without a lid."),
+        "{}",
+        m.text
+    );
     assert!(m.text.contains("Order placed: 10 November"), "{}", m.text);
-    assert!(!m.text.contains("<p>") && !m.text.contains("color: red"), "{}", m.text);
+    assert!(
+        !m.text.contains("<p>") && !m.text.contains("color: red"),
+        "{}",
+        m.text
+    );
     assert!(m.html.as_deref().unwrap().contains("<b>blue kettle</b>"));
 }
 
 #[test]
 fn attachments_come_with_metadata_and_bytes() {
     let m = parse("en_attachments.eml");
-    assert!(m.text.starts_with("Hello, photos and the invoice are attached."), "{}", m.text);
+    assert!(
+        m.text
+            .starts_with("Hello, photos and the invoice are attached."),
+        "{}",
+        m.text
+    );
     assert!(m.html.as_deref().unwrap().contains("<b>crushed</b>"));
-    let names: Vec<_> = m.attachments.iter().map(|a| a.filename.clone().unwrap()).collect();
+    let names: Vec<_> = m
+        .attachments
+        .iter()
+        .map(|a| a.filename.clone().unwrap())
+        .collect();
     assert_eq!(names, ["damage.png", "invoice.pdf"]);
     assert_eq!(m.attachments[0].content_type, "image/png");
     assert_eq!(m.attachments[0].size, 70);
-    assert!(m.attachments[1].data.as_ref().unwrap().starts_with(b"%PDF-1.4"));
+    assert!(m.attachments[1]
+        .data
+        .as_ref()
+        .unwrap()
+        .starts_with(b"%PDF-1.4"));
     assert_eq!(m.attachments[1].size, 45);
 }
 
@@ -116,7 +171,10 @@ fn a_bounce_is_system_and_lands_on_the_thread_of_the_returned_mail() {
     assert_eq!(bounce.direction, Direction::System);
     assert!(bounce.customer.is_none());
     assert!(bounce.text.contains("550 5.1.1"), "{}", bounce.text);
-    assert_eq!(bounce.meta["original_message_id"], "reply-0001@hourglass.shop.example");
+    assert_eq!(
+        bounce.meta["original_message_id"],
+        "reply-0001@hourglass.shop.example"
+    );
     assert_eq!(bounce.thread_key, parse("ro_utf8_qp.eml").thread_key);
 }
 
@@ -131,7 +189,10 @@ fn auto_replies_are_automatic() {
 #[test]
 fn an_implausible_date_header_gives_way_to_the_arrival_time() {
     let m = parse("future_date.eml");
-    assert_eq!(m.sent_at, Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap());
+    assert_eq!(
+        m.sent_at,
+        Utc.with_ymd_and_hms(2026, 11, 22, 8, 0, 0).unwrap()
+    );
 }
 
 #[test]

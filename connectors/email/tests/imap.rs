@@ -1,0 +1,375 @@
+//! `EmailConnector` against a real Dovecot (and aiosmtpd for replies).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hourglass_connector::secret::SecretRef;
+use hourglass_connector::testkit::conformance;
+use hourglass_connector::{Connector, Cursors, Direction, OutgoingReply, SentCheck};
+use hourglass_email::{EmailConnector, ImapAuth, ImapConfig, SmtpConfig, TlsMode};
+use hourglass_testsupport::dovecot::Dovecot;
+use hourglass_testsupport::smtp::SmtpSink;
+use serde_json::json;
+
+const PASSWORD_VAR: &str = "HG_TEST_IMAP_PASSWORD";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn imap_config(d: &Dovecot) -> ImapConfig {
+    // Every test uses the same value, so parallel tests may all set it.
+    std::env::set_var(PASSWORD_VAR, d.password());
+    ImapConfig {
+        host: d.host().to_owned(),
+        port: d.port(),
+        tls: TlsMode::None,
+        username: d.user().to_owned(),
+        password: Some(SecretRef::Env(PASSWORD_VAR.to_owned())),
+        auth: ImapAuth::Login,
+        folders: vec!["INBOX".to_owned()],
+        sent_folder: Some("Sent".to_owned()),
+        idle: true,
+        fetch_batch: 200,
+        accept_invalid_certs: false,
+    }
+}
+
+fn smtp_config(sink: &SmtpSink) -> SmtpConfig {
+    SmtpConfig {
+        host: sink.host().to_owned(),
+        port: sink.port(),
+        tls: TlsMode::None,
+        username: None,
+        password: None,
+        from: "Shop <seller@shop.example>".to_owned(),
+    }
+}
+
+fn seed(d: &Dovecot) {
+    for name in [
+        "ro_utf8_qp.eml",
+        "fr_latin1_8bit.eml",
+        "de_latin9_qp.eml",
+        "en_html_only.eml",
+        "en_attachments.eml",
+    ] {
+        d.append("INBOX", &fixture(name)).unwrap();
+    }
+    d.append("Sent", &fixture("seller_reply.eml")).unwrap();
+}
+
+/// Polls until the connector says there is no more; returns every message
+/// id and the final cursors.
+async fn drain(conn: &EmailConnector, mut cursors: Cursors) -> (Vec<String>, Cursors, usize) {
+    let mut ids = Vec::new();
+    let mut polls = 0;
+    loop {
+        let batch = conn.poll(&cursors).await.unwrap();
+        polls += 1;
+        ids.extend(batch.messages.iter().map(|m| m.external_id.clone()));
+        cursors.extend(batch.cursors);
+        if !batch.more {
+            return (ids, cursors, polls);
+        }
+        assert!(polls < 100, "poll never finished");
+    }
+}
+
+#[tokio::test]
+async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
+    let d = Dovecot::start().unwrap();
+    seed(&d);
+    d.append("INBOX", b"this is not a mail at all\r\n").unwrap();
+    let mut cfg = imap_config(&d);
+    cfg.fetch_batch = 2;
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+
+    let first = conn.poll(&Cursors::new()).await.unwrap();
+    assert!(
+        first.more,
+        "6 INBOX messages in batches of 2 must leave more"
+    );
+    assert_eq!(first.messages.len(), 3, "2 from INBOX, 1 from Sent");
+    let sent: Vec<_> = first
+        .messages
+        .iter()
+        .filter(|m| m.meta["folder"] == "Sent")
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].direction, Direction::Outbound);
+
+    let mut cursors = Cursors::new();
+    cursors.extend(first.cursors);
+    let mut quarantined = Vec::new();
+    let mut ids: Vec<String> = first
+        .messages
+        .iter()
+        .map(|m| m.external_id.clone())
+        .collect();
+    loop {
+        let b = conn.poll(&cursors).await.unwrap();
+        ids.extend(b.messages.iter().map(|m| m.external_id.clone()));
+        quarantined.extend(b.quarantined);
+        cursors.extend(b.cursors);
+        if !b.more {
+            break;
+        }
+    }
+    let unique: BTreeSet<_> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    assert_eq!(unique.len(), 6, "a message came twice: {ids:?}");
+    assert_eq!(quarantined.len(), 1);
+    assert!(
+        quarantined[0].error.contains("not an e-mail"),
+        "{:?}",
+        quarantined[0].error
+    );
+    assert_eq!(quarantined[0].raw, b"this is not a mail at all\r\n");
+    assert!(quarantined[0].source.contains("INBOX"));
+
+    // Nothing new: nothing returned, even though `UID n:*` matches the
+    // newest message.
+    let again = conn.poll(&cursors).await.unwrap();
+    assert!(again.messages.is_empty() && again.quarantined.is_empty());
+    assert!(!again.more);
+
+    d.append("INBOX", &fixture("pl_cp1250_b64.eml")).unwrap();
+    let next = conn.poll(&cursors).await.unwrap();
+    let new_ids: Vec<_> = next
+        .messages
+        .iter()
+        .map(|m| m.external_id.as_str())
+        .collect();
+    assert_eq!(new_ids, ["pl-cp1250-0001@example.pl"]);
+    assert_eq!(next.messages[0].meta["uid"], 7);
+}
+
+#[tokio::test]
+async fn a_new_uidvalidity_resyncs_under_the_same_external_ids() {
+    let mut d = Dovecot::start().unwrap();
+    seed(&d);
+    let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
+    let (before, cursors, _) = drain(&conn, Cursors::new()).await;
+    let old_validity = d.uidvalidity("INBOX").unwrap();
+
+    d.bump_uidvalidity().unwrap();
+    assert_ne!(d.uidvalidity("INBOX").unwrap(), old_validity);
+
+    // The cached session died with the server: the first poll may fail
+    // with a transient error, the next one reconnects.
+    let batch = match conn.poll(&cursors).await {
+        Ok(b) => b,
+        Err(e) => {
+            assert!(e.is_retryable(), "{e}");
+            conn.poll(&cursors)
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", d.logs()))
+        }
+    };
+    let after: BTreeSet<_> = batch
+        .messages
+        .iter()
+        .map(|m| m.external_id.clone())
+        .collect();
+    assert_eq!(after, before.into_iter().collect::<BTreeSet<_>>());
+    let inbox = batch.cursors.get("INBOX").unwrap();
+    assert!(!inbox.starts_with(&format!("{old_validity}:")), "{inbox}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_wakes_up_when_mail_arrives() {
+    let d = Dovecot::start().unwrap();
+    d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
+    let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
+    let (_, cursors, _) = drain(&conn, Cursors::new()).await;
+
+    // Nothing new: the wait runs into its timeout.
+    let start = Instant::now();
+    let changed = conn
+        .wait_for_change(&cursors, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    assert!(conn.capabilities().push);
+
+    let start = Instant::now();
+    let (changed, ()) = tokio::join!(
+        conn.wait_for_change(&cursors, Duration::from_secs(60)),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::task::block_in_place(|| d.append("INBOX", &fixture("fr_latin1_8bit.eml")))
+                .unwrap();
+        }
+    );
+    assert!(changed.unwrap());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Mail that arrived while nobody waited is reported at once.
+    d.append("INBOX", &fixture("de_latin9_qp.eml")).unwrap();
+    let start = Instant::now();
+    assert!(conn
+        .wait_for_change(&cursors, Duration::from_secs(30))
+        .await
+        .unwrap());
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_restarted_server_is_reconnected_on_the_next_poll() {
+    let mut d = Dovecot::start().unwrap();
+    seed(&d);
+    let mut cfg = imap_config(&d);
+    cfg.fetch_batch = 2;
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let first = conn.poll(&Cursors::new()).await.unwrap();
+    assert!(first.more);
+    let mut cursors = Cursors::new();
+    cursors.extend(first.cursors);
+
+    d.restart().unwrap();
+
+    let mut errors = Vec::new();
+    let mut ids: Vec<String> = first
+        .messages
+        .iter()
+        .map(|m| m.external_id.clone())
+        .collect();
+    for _ in 0..20 {
+        match conn.poll(&cursors).await {
+            Ok(b) => {
+                ids.extend(b.messages.iter().map(|m| m.external_id.clone()));
+                cursors.extend(b.cursors);
+                if !b.more {
+                    break;
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(errors.len() <= 1, "{errors:?}");
+    assert!(errors.iter().all(|e| e.kind() == "transient"), "{errors:?}");
+    let unique: BTreeSet<_> = ids.iter().collect();
+    assert_eq!(ids.len(), 6);
+    assert_eq!(unique.len(), 6);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_an_auth_error_without_the_password() {
+    let d = Dovecot::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "wrong-hunter2").unwrap();
+    let mut cfg = imap_config(&d);
+    cfg.password = Some(SecretRef::File(pw.display().to_string()));
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let err = conn.poll(&Cursors::new()).await.unwrap_err();
+    assert_eq!(err.kind(), "auth", "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = conn.health_check().await.unwrap_err();
+    assert_eq!(err.kind(), "auth", "{err}");
+}
+
+#[tokio::test]
+async fn authenticate_plain_works_too() {
+    let d = Dovecot::start().unwrap();
+    seed(&d);
+    let mut cfg = imap_config(&d);
+    cfg.auth = ImapAuth::Plain;
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let (ids, _, _) = drain(&conn, Cursors::new()).await;
+    assert_eq!(ids.len(), 6);
+}
+
+#[tokio::test]
+async fn email_connector_passes_the_conformance_suite() {
+    let d = Dovecot::start().unwrap();
+    seed(&d);
+    d.append("INBOX", b"garbage without headers\r\n").unwrap();
+    let mut cfg = imap_config(&d);
+    cfg.fetch_batch = 2;
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let report = conformance(&conn)
+        .await
+        .unwrap_or_else(|p| panic!("{p:#?}"));
+    assert_eq!(report.messages, 6);
+    assert_eq!(report.quarantined, 1);
+    assert!(report.polls >= 3);
+}
+
+#[tokio::test]
+async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent() {
+    let d = Dovecot::start().unwrap();
+    let sink = SmtpSink::start().unwrap();
+    d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
+    let conn = EmailConnector::new("mail", imap_config(&d), Some(smtp_config(&sink))).unwrap();
+    conn.health_check().await.unwrap();
+    let (_, cursors, _) = drain(&conn, Cursors::new()).await;
+    let batch = conn.poll(&Cursors::new()).await.unwrap();
+    let inbound = batch
+        .messages
+        .iter()
+        .find(|m| m.direction == Direction::Inbound)
+        .unwrap();
+
+    let reply = OutgoingReply {
+        outbox_id: "outbox-17".into(),
+        thread_key: inbound.thread_key.clone(),
+        to: inbound.reply_to.clone().unwrap(),
+        subject: inbound.subject.clone(),
+        text: "Bună ziua, coletul a plecat ieri.".into(),
+        in_reply_to_meta: inbound.meta.clone(),
+        order_id: None,
+    };
+    assert_eq!(conn.check_sent(&reply).await.unwrap(), SentCheck::NotSent);
+    let sent = conn.send_reply(&reply).await.unwrap();
+    assert_eq!(sent.external_id, "outbox-17@hourglass.shop.example");
+
+    let received = sink.wait_for(1, Duration::from_secs(10)).unwrap();
+    let raw = String::from_utf8_lossy(&received[0]).into_owned();
+    assert!(
+        raw.contains("Message-ID: <outbox-17@hourglass.shop.example>"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("In-Reply-To: <CAF7x1-ro-0001@mail.example.ro>"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("References: <CAF7x1-ro-0001@mail.example.ro>"),
+        "{raw}"
+    );
+    assert!(raw.contains("X-RcptTo: ioana.popescu@example.ro"), "{raw}");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&received[0])
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("Re: Comandă întârziată"));
+
+    match conn.check_sent(&reply).await.unwrap() {
+        SentCheck::Sent(s) => assert_eq!(s.external_id, sent.external_id),
+        other => panic!("{other:?}"),
+    }
+
+    // The copy in Sent comes back as the same outbound message, on the
+    // customer's thread.
+    let next = conn.poll(&cursors).await.unwrap();
+    assert_eq!(next.messages.len(), 1);
+    let copy = &next.messages[0];
+    assert_eq!(copy.external_id, sent.external_id);
+    assert_eq!(copy.direction, Direction::Outbound);
+    assert_eq!(copy.thread_key, inbound.thread_key);
+    assert_eq!(copy.meta["folder"], "Sent");
+
+    let other = OutgoingReply {
+        outbox_id: "outbox-18".into(),
+        ..reply
+    };
+    assert_eq!(conn.check_sent(&other).await.unwrap(), SentCheck::NotSent);
+    let _ = json!({});
+}

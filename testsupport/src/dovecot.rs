@@ -1,0 +1,396 @@
+//! A throwaway Dovecot IMAP server on a free loopback port, with one
+//! passwd-file user and a Maildir under a temp dir.
+//!
+//! Dovecot refuses to run its login and mail processes as root, so logins
+//! run as `dovenull`, internal processes as `dovecot`, and mail as a `vmail`
+//! system user (created when missing). The temp dir is made 0755: Dovecot's
+//! auth process, not root, reads the passwd file, and a 0700 dir gives
+//! "Temporary authentication failure".
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::net::{free_port, wait_for_port};
+
+const DOVECOT: &str = "/usr/sbin/dovecot";
+const MAIL_USER: &str = "vmail";
+
+/// A running Dovecot. Stopped on drop.
+pub struct Dovecot {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    user: String,
+    password: String,
+}
+
+impl Dovecot {
+    /// Writes the config and starts Dovecot for user `alice`, password
+    /// `secret`, with INBOX and Sent.
+    pub fn start() -> anyhow::Result<Dovecot> {
+        if !Path::new(DOVECOT).exists() {
+            bail!("{DOVECOT} not found: apt-get install dovecot-imapd");
+        }
+        ensure_mail_user()?;
+        let dir = tempfile::Builder::new().prefix("hg-dovecot-").tempdir()?;
+        let root = dir.path().to_path_buf();
+        let root = root.as_path();
+        chmod(root, "755")?;
+        for sub in ["run", "state", "mail"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        let status = Command::new("chown")
+            .arg(format!("{MAIL_USER}:{MAIL_USER}"))
+            .arg(root.join("mail"))
+            .status()?;
+        if !status.success() {
+            bail!("chown {MAIL_USER} of the mail dir failed");
+        }
+        let mut dovecot = Dovecot {
+            dir,
+            port: free_port(),
+            child: None,
+            user: "alice".to_owned(),
+            password: "secret".to_owned(),
+        };
+        std::fs::write(
+            root.join("passwd"),
+            format!("{}:{{PLAIN}}{}::::::\n", dovecot.user, dovecot.password),
+        )?;
+        chmod(&root.join("passwd"), "644")?;
+        dovecot.write_config()?;
+        dovecot.spawn()?;
+        Ok(dovecot)
+    }
+
+    fn write_config(&self) -> anyhow::Result<()> {
+        let root = self.dir.path().display();
+        let conf = format!(
+            r#"base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+instance_name = hg-dovecot-{port}
+listen = 127.0.0.1
+protocols = imap
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_login_user = dovenull
+default_internal_user = dovecot
+mail_location = maildir:{root}/mail/%u/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={MAIL_USER} gid={MAIL_USER} home={root}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    special_use = \Sent
+    auto = create
+  }}
+}}
+"#,
+            port = self.port
+        );
+        std::fs::write(self.dir.path().join("dovecot.conf"), conf)?;
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let conf = self.dir.path().join("dovecot.conf");
+        let out = std::fs::File::create(self.dir.path().join("stdout.log"))?;
+        let child = Command::new(DOVECOT)
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("Starting dovecot")?;
+        self.child = Some(child);
+        if let Err(e) = wait_for_port(self.port, Duration::from_secs(20)) {
+            bail!("{e}; dovecot said:\n{}", self.logs());
+        }
+        Ok(())
+    }
+
+    /// Everything Dovecot logged, for failure messages.
+    pub fn logs(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("stdout.log"), read("dovecot.log"))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The user's Maildir root (INBOX); `Sent` is `.Sent` below it.
+    pub fn maildir(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("mail")
+            .join(&self.user)
+            .join("Maildir")
+    }
+
+    /// Stops Dovecot (SIGTERM, then SIGKILL) and waits until its port is
+    /// closed.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let start = Instant::now();
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("dovecot still listens on {} after stop", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops and starts Dovecot on the same port; connections drop.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    /// Makes every folder get a new UIDVALIDITY, as after a server
+    /// migration: with Dovecot stopped, its UID list and indexes are
+    /// removed, so it numbers the mail anew.
+    pub fn bump_uidvalidity(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        remove_uid_state(&self.maildir())?;
+        // UIDVALIDITY is the creation time in seconds: make sure it moves.
+        std::thread::sleep(Duration::from_millis(1100));
+        self.spawn()
+    }
+
+    /// Appends a raw message to `folder` over IMAP, as a delivery would.
+    pub fn append(&self, folder: &str, raw: &[u8]) -> anyhow::Result<()> {
+        let mut imap = RawImap::login(self)?;
+        imap.append(folder, raw)?;
+        imap.logout()
+    }
+
+    /// Creates a folder.
+    pub fn create_folder(&self, folder: &str) -> anyhow::Result<()> {
+        let mut imap = RawImap::login(self)?;
+        imap.command(&format!("CREATE \"{folder}\""))?;
+        imap.logout()
+    }
+
+    /// The UIDVALIDITY of `folder` as the server reports it.
+    pub fn uidvalidity(&self, folder: &str) -> anyhow::Result<u32> {
+        let mut imap = RawImap::login(self)?;
+        let lines = imap.command(&format!("SELECT \"{folder}\""))?;
+        imap.logout()?;
+        lines
+            .iter()
+            .find_map(|l| {
+                let rest = l.split("[UIDVALIDITY ").nth(1)?;
+                rest.split(']').next()?.trim().parse().ok()
+            })
+            .context("no UIDVALIDITY in the SELECT response")
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn chmod(path: &Path, mode: &str) -> anyhow::Result<()> {
+    let status = Command::new("chmod").arg(mode).arg(path).status()?;
+    if !status.success() {
+        bail!("chmod {mode} {} failed", path.display());
+    }
+    Ok(())
+}
+
+fn ensure_mail_user() -> anyhow::Result<()> {
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(MAIL_USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if exists {
+        return Ok(());
+    }
+    let status = Command::new("useradd")
+        .args([
+            "-r",
+            "-M",
+            "-d",
+            "/nonexistent",
+            "-s",
+            "/usr/sbin/nologin",
+            MAIL_USER,
+        ])
+        .status()
+        .context("useradd (tests that start Dovecot run as root)")?;
+    // Two test binaries may race to create it; the loser finds it there.
+    let exists_now = Command::new("id")
+        .arg("-u")
+        .arg(MAIL_USER)
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    if !status.success() && !exists_now {
+        bail!("cannot create the {MAIL_USER} system user");
+    }
+    Ok(())
+}
+
+fn remove_uid_state(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_dir() {
+            if name.starts_with('.') {
+                remove_uid_state(&path)?;
+            }
+        } else if name.starts_with("dovecot") {
+            // dovecot-uidlist, dovecot.index*, and also dovecot.list.index*
+            // and dovecot-uidvalidity*, which remember the old UIDVALIDITY
+            // and fail the mailbox ("[SERVERBUG]") when they disagree.
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Just enough IMAP to seed a mailbox from a test without the client under
+/// test: LOGIN, APPEND with a synchronizing literal, plain commands.
+struct RawImap {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    tag: u32,
+}
+
+impl RawImap {
+    fn login(d: &Dovecot) -> anyhow::Result<RawImap> {
+        let stream = TcpStream::connect(("127.0.0.1", d.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut imap = RawImap {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            tag: 0,
+        };
+        let greeting = imap.line()?;
+        if !greeting.starts_with("* OK") {
+            bail!("unexpected greeting {greeting:?}");
+        }
+        imap.command(&format!("LOGIN \"{}\" \"{}\"", d.user, d.password))?;
+        Ok(imap)
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("IMAP connection closed");
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    fn next_tag(&mut self) -> String {
+        self.tag += 1;
+        format!("t{}", self.tag)
+    }
+
+    fn finish(&mut self, tag: &str) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line()?;
+            if let Some(rest) = line.strip_prefix(&format!("{tag} ")) {
+                if rest.starts_with("OK") {
+                    return Ok(lines);
+                }
+                bail!("IMAP said {line:?}");
+            }
+            lines.push(line);
+        }
+    }
+
+    fn command(&mut self, cmd: &str) -> anyhow::Result<Vec<String>> {
+        let tag = self.next_tag();
+        write!(self.writer, "{tag} {cmd}\r\n")?;
+        self.finish(&tag)
+    }
+
+    fn append(&mut self, folder: &str, raw: &[u8]) -> anyhow::Result<()> {
+        let tag = self.next_tag();
+        write!(
+            self.writer,
+            "{tag} APPEND \"{folder}\" {{{}}}\r\n",
+            raw.len()
+        )?;
+        let cont = self.line()?;
+        if !cont.starts_with('+') {
+            bail!("APPEND to {folder} refused: {cont:?}");
+        }
+        self.writer.write_all(raw)?;
+        self.writer.write_all(b"\r\n")?;
+        self.finish(&tag).map(|_| ())
+    }
+
+    fn logout(&mut self) -> anyhow::Result<()> {
+        let tag = self.next_tag();
+        write!(self.writer, "{tag} LOGOUT\r\n")?;
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+        Ok(())
+    }
+}
