@@ -413,7 +413,8 @@ mod tests {
     fn wall_clock_table() {
         let p = Policy::wall_clock(Duration::hours(24));
         // (facts, handled_at, expected awaiting_since)
-        let cases: Vec<(&str, Vec<Fact>, Option<&str>, Option<&str>)> = vec![
+        type Case = (&'static str, Vec<Fact>, Option<&'static str>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
             ("no messages", vec![], None, None),
             (
                 "one buyer message",

@@ -44,6 +44,9 @@ pub struct Config {
     /// Where reply templates live.
     #[serde(default)]
     pub templates: TemplatesConfig,
+    /// The reply outbox: lease, polling, retries.
+    #[serde(default)]
+    pub outbox: crate::outbox::OutboxConfig,
     /// Files the configuration was read from, for messages.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -206,6 +209,11 @@ pub struct InstanceConfig {
     /// Simulated marketplace settings (`type = "simulated"`).
     #[serde(default)]
     pub simulated: Option<SimulatedConfig>,
+    /// Rate limit for sending replies (`{ per_second = 1.0, burst = 5 }`),
+    /// overriding the platform's published quota that hourglass uses by
+    /// default.
+    #[serde(default)]
+    pub rate_limit: Option<crate::outbox::RateLimitConfig>,
 }
 
 fn default_true() -> bool {

@@ -5,7 +5,6 @@
 //! deadline passes and sends replies through a durable outbox.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod cli;
 pub mod clock;

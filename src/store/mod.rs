@@ -310,6 +310,21 @@ pub trait Store: Send + Sync {
         clocking: &Clocking,
     ) -> Result<()>;
     async fn outbox_counts(&self) -> Result<Vec<(String, i64)>>;
+    /// Like [`Store::claim_outbox`], for one instance only: each instance's
+    /// sender claims no more than its rate limit lets it send within the
+    /// lease, so a slow or limited instance never holds back the others.
+    async fn claim_outbox_for(
+        &self,
+        instance: &str,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>>;
+    /// Puts a claimed reply that was never handed to the platform back in
+    /// the queue (shutdown, a rate-limit pause), without counting an
+    /// attempt. Only rows still claimed by `worker` are touched.
+    async fn release_outbox(&self, id: &str, worker: &str) -> Result<()>;
 
     /// Threads whose next alert point is at or before `now`.
     async fn alert_candidates(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<AlertCandidate>>;

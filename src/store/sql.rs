@@ -1054,6 +1054,77 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn claim_outbox_for(
+        &self,
+        instance: &str,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>> {
+        let now_ms = ms(now);
+        let lease_until = now_ms + lease.as_millis() as i64;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT id, thread_id, instance, body, attempts, state FROM outbox
+             WHERE instance = $1
+               AND ((state = 'queued' AND next_attempt_at <= $2)
+                 OR (state = 'sending' AND claimed_until < $2))
+             ORDER BY next_attempt_at, created_at, id
+             LIMIT $3{lock}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(instance)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let item = OutboxItem {
+                id: r.try_get("id")?,
+                thread_id: r.try_get("thread_id")?,
+                instance: r.try_get("instance")?,
+                body: r.try_get("body")?,
+                attempts: r.try_get("attempts")?,
+                previous_state: r.try_get("state")?,
+            };
+            sqlx::query(
+                "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until = $2,
+                    attempts = attempts + 1, updated_at = $3
+                 WHERE id = $4",
+            )
+            .bind(worker)
+            .bind(lease_until)
+            .bind(now_ms)
+            .bind(&item.id)
+            .execute(&mut *tx)
+            .await?;
+            items.push(item);
+        }
+        tx.commit().await?;
+        Ok(items)
+    }
+
+    async fn release_outbox(&self, id: &str, worker: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'queued', claimed_by = NULL, claimed_until = NULL,
+                attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = $1
+             WHERE id = $2 AND state = 'sending' AND claimed_by = $3",
+        )
+        .bind(ms(Utc::now()))
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn outbox_counts(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT state, COUNT(*) AS n FROM outbox GROUP BY state ORDER BY state",

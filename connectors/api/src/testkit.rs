@@ -186,7 +186,7 @@ impl Connector for ScriptedConnector {
 }
 
 /// Settings of a simulated marketplace (`type = "simulated"` in config).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedConfig {
     /// The channel the simulated threads belong to (`amazon`, `ebay`, ...).
@@ -204,6 +204,18 @@ pub struct SimulatedConfig {
     /// Each poll takes this long (e.g. "2s"), to exercise shutdown.
     #[serde(default)]
     pub poll_delay_ms: u64,
+}
+
+impl Default for SimulatedConfig {
+    fn default() -> Self {
+        SimulatedConfig {
+            channel: default_sim_channel(),
+            per_poll: default_per_poll(),
+            threads: default_threads(),
+            fail: None,
+            poll_delay_ms: 0,
+        }
+    }
 }
 
 fn default_sim_channel() -> String {
@@ -323,8 +335,10 @@ impl Connector for SimulatedConnector {
         let start = cursor_index(cursors)? as u64;
         let end = start + u64::from(self.config.per_poll);
         let now = Utc::now();
-        let mut batch = Batch::default();
-        batch.messages = (start..end).map(|i| self.message(i, now)).collect();
+        let mut batch = Batch {
+            messages: (start..end).map(|i| self.message(i, now)).collect(),
+            ..Batch::default()
+        };
         batch.cursors.insert(String::new(), end.to_string());
         Ok(batch)
     }

@@ -1,0 +1,195 @@
+//! The store story: the same domain operations, run against SQLite and
+//! against a real PostgreSQL cluster started for the test.
+
+use chrono::{Duration, Utc};
+use hourglass::clock::{self, Policy, Status};
+use hourglass::store::{
+    Clocking, NewReply, OutboxOutcome, SqlStore, Store, ThreadFilter,
+};
+use hourglass_connector::{Batch, CustomerIdentity, Direction, Message, Quarantined};
+
+fn clocking() -> Clocking {
+    Clocking {
+        channel: "amazon".into(),
+        policy: Policy::wall_clock(Duration::hours(24)),
+        points: clock::thresholds(&[
+            std::time::Duration::from_secs(6 * 3600),
+            std::time::Duration::from_secs(3600),
+        ]),
+    }
+}
+
+fn buyer_message(id: &str, thread: &str, hours_ago: i64, name: &str) -> Message {
+    let mut m = Message::new(
+        id,
+        thread,
+        Direction::Inbound,
+        Utc::now() - Duration::hours(hours_ago),
+        format!("Where is my parcel? ({id})"),
+    );
+    m.customer = Some(CustomerIdentity {
+        channel: "amazon".into(),
+        handle: format!("{thread}@marketplace.amazon.de"),
+        display_name: Some(name.into()),
+        email: None,
+    });
+    m.author = Some(name.into());
+    m.subject = Some(format!("Inquiry from Amazon customer {name}"));
+    m.order_id = Some("302-1234567-7654321".into());
+    m.marketplace = Some("amazon.de".into());
+    m
+}
+
+async fn story(store: &dyn Store) {
+    let c = clocking();
+    store.migrate().await.unwrap();
+    assert!(store.migrate().await.unwrap().is_empty(), "migrate is idempotent");
+    store.register_instance("amazon-eu", "amazon", "amazon").await.unwrap();
+
+    // Ingest: three threads, one answered elsewhere, one quarantined item.
+    let mut batch = Batch::default();
+    batch.messages.push(buyer_message("m1", "anna", 20, "Anna Schmidt"));
+    batch.messages.push(buyer_message("m2", "bruno", 2, "Bruno Costa"));
+    batch.messages.push(buyer_message("m3", "chloe", 5, "Chloé Martin"));
+    let mut reply = Message::new(
+        "m4",
+        "chloe",
+        Direction::Outbound,
+        Utc::now() - Duration::hours(4),
+        "Sent today.",
+    );
+    reply.author = Some("Seller".into());
+    batch.messages.push(reply);
+    batch.quarantined.push(Quarantined {
+        external_id: Some("uid-9".into()),
+        source: "INBOX".into(),
+        error: "no header section".into(),
+        raw: b"\x00\xffgarbage".to_vec(),
+    });
+    batch.cursors.insert("INBOX".into(), "1:4".into());
+    let r = store.ingest("amazon-eu", &batch, &c).await.unwrap();
+    assert_eq!((r.inserted, r.duplicates, r.quarantined), (4, 0, 1));
+
+    // Re-ingest the same batch: no duplicates, cursor unchanged.
+    batch.quarantined.clear();
+    let r = store.ingest("amazon-eu", &batch, &c).await.unwrap();
+    assert_eq!((r.inserted, r.duplicates), (0, 4));
+    let cursors = store.cursors("amazon-eu").await.unwrap();
+    assert_eq!(cursors.get("INBOX").map(String::as_str), Some("1:4"));
+
+    // Threads by deadline: Anna (4h left) before Bruno (22h left); Chloé answered.
+    let now = Utc::now();
+    let all = store.threads(&ThreadFilter::default(), now).await.unwrap();
+    let names: Vec<_> = all.iter().map(|t| t.customer.clone().unwrap()).collect();
+    assert_eq!(names, ["Anna Schmidt", "Bruno Costa", "Chloé Martin"]);
+    assert_eq!(all[0].status, Status::Awaiting);
+    assert_eq!(all[2].status, Status::Answered);
+    assert_eq!(all[0].message_count, 1);
+    assert_eq!(all[0].order_id.as_deref(), Some("302-1234567-7654321"));
+    let due = all[0].due_at.unwrap();
+    let expected = batch.messages[0].sent_at + Duration::hours(24);
+    assert!((due - expected).num_milliseconds().abs() < 2, "{due} vs {expected}");
+    let soon = ThreadFilter {
+        due_within: Some(std::time::Duration::from_secs(6 * 3600)),
+        ..ThreadFilter::default()
+    };
+    let soon = store.threads(&soon, now).await.unwrap();
+    assert_eq!(soon.len(), 1);
+    assert_eq!(soon[0].customer.as_deref(), Some("Anna Schmidt"));
+
+    // The 6h alert point of Anna's thread has passed: it is a candidate.
+    let candidates = store.alert_candidates(now, 10).await.unwrap();
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0].thread.id, all[0].id);
+
+    // Outbox: enqueue, claim once (a second claim gets nothing), complete.
+    let anna = all[0].id;
+    store
+        .enqueue_reply(&NewReply {
+            id: "reply-1".into(),
+            thread_id: anna,
+            body: "Your parcel left our warehouse today.".into(),
+            template: None,
+            created_by: "agent".into(),
+        })
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let claimed = store
+        .claim_outbox("w1", std::time::Duration::from_secs(60), 10, now)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].previous_state, "queued");
+    let again = store
+        .claim_outbox("w2", std::time::Duration::from_secs(60), 10, now)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "a claimed reply is not handed out twice");
+    // A worker that died: its lease runs out and the item comes back as
+    // `sending`, so the next worker knows the outcome is unknown.
+    let later = now + Duration::minutes(5);
+    let reclaimed = store
+        .claim_outbox("w3", std::time::Duration::from_secs(60), 10, later)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].previous_state, "sending");
+    store
+        .complete_outbox(
+            "reply-1",
+            &OutboxOutcome::Sent {
+                external_id: "out-1".into(),
+                sent_at: Utc::now(),
+            },
+            &c,
+        )
+        .await
+        .unwrap();
+    let detail = store.thread(anna, Utc::now()).await.unwrap().unwrap();
+    assert_eq!(detail.thread.status, Status::Answered);
+    assert_eq!(detail.messages.len(), 2);
+    assert_eq!(detail.messages[1].direction, "outbound");
+    assert_eq!(detail.outbox[0].state, "sent");
+
+    // Marks are recorded with who did them.
+    let bruno = all[1].id;
+    store
+        .snooze(bruno, Utc::now() + Duration::hours(2), "ines", &c, Utc::now())
+        .await
+        .unwrap();
+    let detail = store.thread(bruno, Utc::now()).await.unwrap().unwrap();
+    assert_eq!(detail.thread.status, Status::Snoozed);
+    assert_eq!(detail.audit[0].actor, "ines");
+    store
+        .mark_no_response_needed(bruno, "ines", &c, Utc::now())
+        .await
+        .unwrap();
+    let detail = store.thread(bruno, Utc::now()).await.unwrap().unwrap();
+    assert_eq!(detail.thread.status, Status::NoResponseNeeded);
+
+    // Quarantine keeps the raw bytes.
+    let q = store.quarantine(Some("amazon-eu")).await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        store.quarantine_raw(q[0].id).await.unwrap().unwrap(),
+        b"\x00\xffgarbage"
+    );
+}
+
+#[tokio::test]
+async fn store_story_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/hourglass.db", dir.path().display());
+    let store = SqlStore::connect(&url, None, 4).await.unwrap();
+    story(&store).await;
+}
+
+#[tokio::test]
+async fn store_story_on_postgres() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let url = pg.create_database("story").unwrap();
+    let store = SqlStore::connect(&url, None, 4).await.unwrap();
+    story(&store).await;
+    store.close().await;
+}
