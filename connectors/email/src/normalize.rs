@@ -100,12 +100,10 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
 
     let root = thread_root(&references, in_reply_to.as_deref(), message_id.as_deref());
     // A bounce concerns the mail it returns: thread it with that mail.
-    let original = if direction == Direction::System {
-        embedded_original(&mail)
-    } else {
-        None
-    };
-    let thread_key = match &original {
+    // Other mail may carry one too (a platform's notice); it goes to
+    // `meta` for the platform connector to use.
+    let original = embedded_original(&mail);
+    let thread_key = match original.as_ref().filter(|_| direction == Direction::System) {
         Some(o) => thread_key(
             o.to.as_deref().unwrap_or_default(),
             o.subject.as_deref().unwrap_or_default(),
@@ -143,9 +141,9 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
         .as_deref()
         .and_then(hourglass_connector::extract_order_id)
         .or_else(|| hourglass_connector::extract_order_id(&m.text));
-    m.reply_to = first_addr(mail.reply_to())
-        .map(|(_, a)| a)
-        .or_else(|| from_addr.clone());
+    // Replies go to the address exactly as written: some relays (Amazon's)
+    // are picky, and the local part of an address is case-sensitive.
+    m.reply_to = exact_addr(mail.reply_to()).or_else(|| exact_addr(mail.from()));
     m.meta = json!({
         "message_id": message_id,
         "references": references,
@@ -158,6 +156,8 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
         "to": to.iter().map(|(_, a)| a.clone()).collect::<Vec<_>>(),
         "subject": subject,
         "original_message_id": original.as_ref().and_then(|o| o.message_id.clone()),
+        "original_to": original.as_ref().and_then(|o| o.to.clone()),
+        "original_subject": original.as_ref().and_then(|o| o.subject.clone()),
     });
     Ok(m)
 }
@@ -348,6 +348,13 @@ pub fn address_of(s: &str) -> String {
         _ => s,
     };
     addr.trim().to_lowercase()
+}
+
+fn exact_addr(a: Option<&Address<'_>>) -> Option<String> {
+    a?.iter()
+        .filter_map(|addr| addr.address())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
 }
 
 fn first_addr(a: Option<&Address<'_>>) -> Option<(Option<String>, String)> {

@@ -90,7 +90,9 @@ fn inbound_mail_names_the_customer_and_keeps_what_a_reply_needs() {
     assert_eq!(c.channel, "email");
     assert_eq!(c.handle, "ioana.popescu@example.ro");
     assert_eq!(c.display_name.as_deref(), Some("Ioana Popescu"));
-    assert_eq!(m.reply_to.as_deref(), Some("ioana.popescu@example.ro"));
+    // The handle is lowercased to identify the customer; replies go to
+    // the address as written.
+    assert_eq!(m.reply_to.as_deref(), Some("Ioana.Popescu@example.ro"));
     assert_eq!(
         m.sent_at,
         Utc.with_ymd_and_hms(2026, 11, 20, 7, 14, 3).unwrap()
