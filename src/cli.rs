@@ -72,6 +72,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Queue a reply to a thread; the daemon sends it. Prints the outbox id.
+    Reply(crate::outbox::ReplyArgs),
     /// Mark a thread: no response needed, or snoozed for a while.
     Mark {
         id: i64,
@@ -348,6 +350,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reply(args) => crate::outbox::reply_command(&config, args).await,
         Command::Mark {
             id,
             no_response_needed,

@@ -12,5 +12,6 @@ pub mod config;
 pub mod connectors;
 pub mod daemon;
 pub mod duration;
+pub mod outbox;
 pub mod store;
 pub mod telemetry;

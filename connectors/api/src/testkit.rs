@@ -204,6 +204,12 @@ pub struct SimulatedConfig {
     /// Each poll takes this long (e.g. "2s"), to exercise shutdown.
     #[serde(default)]
     pub poll_delay_ms: u64,
+    /// Base URL of an HTTP mock platform (tests, benchmarks, drills). When
+    /// set, replies are POSTed to `{api_url}/messages` with the outbox id as
+    /// `Idempotency-Key`, and `check_sent` asks `{api_url}/messages/{id}`:
+    /// what was sent lives outside the daemon and survives its crash.
+    #[serde(default)]
+    pub api_url: Option<String>,
 }
 
 impl Default for SimulatedConfig {
@@ -214,6 +220,7 @@ impl Default for SimulatedConfig {
             threads: default_threads(),
             fail: None,
             poll_delay_ms: 0,
+            api_url: None,
         }
     }
 }
@@ -256,14 +263,92 @@ pub struct SimulatedConnector {
     instance: String,
     config: SimulatedConfig,
     sent: Mutex<Vec<OutgoingReply>>,
+    /// Client for `api_url`, when set.
+    http: Option<reqwest::Client>,
 }
 
 impl SimulatedConnector {
     pub fn new(instance: &str, config: SimulatedConfig) -> Self {
+        let http = config.api_url.as_ref().map(|_| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default()
+        });
         SimulatedConnector {
             instance: instance.to_owned(),
             config,
             sent: Mutex::new(Vec::new()),
+            http,
+        }
+    }
+
+    /// Sends through the mock platform's HTTP API.
+    async fn send_http(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        reply: &OutgoingReply,
+    ) -> Result<SentReply, ConnectorError> {
+        let body = serde_json::json!({
+            "idempotency_key": reply.outbox_id,
+            "to": reply.to,
+            "subject": reply.subject,
+            "text": reply.text,
+            "thread_key": reply.thread_key,
+            "order_id": reply.order_id,
+        });
+        let resp = http
+            .post(format!("{}/messages", base.trim_end_matches('/')))
+            .header("Idempotency-Key", &reply.outbox_id)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("mock platform: {e}")))?;
+        let status = resp.status();
+        if status.is_success() {
+            return read_sent(resp).await;
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        Err(match status.as_u16() {
+            429 => ConnectorError::RateLimited { retry_after },
+            401 | 403 => ConnectorError::Auth(message),
+            400 | 404 | 409 | 413 | 422 => ConnectorError::Refused(message),
+            s if s >= 500 => ConnectorError::Transient(format!("HTTP {s}: {message}")),
+            s => ConnectorError::Other(format!("HTTP {s}: {message}")),
+        })
+    }
+
+    async fn check_http(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        reply: &OutgoingReply,
+    ) -> Result<SentCheck, ConnectorError> {
+        let resp = http
+            .get(format!(
+                "{}/messages/{}",
+                base.trim_end_matches('/'),
+                reply.outbox_id
+            ))
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("mock platform: {e}")))?;
+        match resp.status().as_u16() {
+            200 => Ok(SentCheck::Sent(read_sent(resp).await?)),
+            404 => Ok(SentCheck::NotSent),
+            429 => Err(ConnectorError::RateLimited { retry_after: None }),
+            s => Err(ConnectorError::Transient(format!("mock platform answered HTTP {s}"))),
         }
     }
 
@@ -314,7 +399,7 @@ impl Connector for SimulatedConnector {
             poll: true,
             push: false,
             send: true,
-            check_sent: false,
+            check_sent: self.config.api_url.is_some(),
         }
     }
 
@@ -347,12 +432,46 @@ impl Connector for SimulatedConnector {
         if let Some(mode) = self.config.fail {
             return Err(mode.error());
         }
+        if let (Some(http), Some(base)) = (&self.http, &self.config.api_url) {
+            return self.send_http(http, base, reply).await;
+        }
         lock(&self.sent).push(reply.clone());
         Ok(SentReply {
             external_id: format!("sim-sent-{}", reply.outbox_id),
             sent_at: Utc::now(),
         })
     }
+
+    async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
+        match (&self.http, &self.config.api_url) {
+            (Some(http), Some(base)) => self.check_http(http, base, reply).await,
+            // In memory, nothing survives a crash: the daemon cannot know.
+            _ => Ok(SentCheck::CannotTell),
+        }
+    }
+}
+
+/// Reads `{"id": ..., "sent_at": ...}` from the mock platform.
+async fn read_sent(resp: reqwest::Response) -> Result<SentReply, ConnectorError> {
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| ConnectorError::Transient(format!("mock platform: unreadable answer: {e}")))?;
+    let external_id = v
+        .get("id")
+        .and_then(|i| i.as_str())
+        .ok_or_else(|| ConnectorError::Other("mock platform: answer without an id".into()))?
+        .to_owned();
+    let sent_at = v
+        .get("sent_at")
+        .and_then(|t| t.as_str())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now);
+    Ok(SentReply {
+        external_id,
+        sent_at,
+    })
 }
 
 /// The conformance suite. Seed the platform behind `conn` with at least one

@@ -1,0 +1,141 @@
+//! `hourglass reply ID (--body TEXT | --template NAME)`: writes the reply
+//! to the outbox and returns; the daemon sends it.
+
+use std::process::ExitCode;
+
+use chrono::Utc;
+use clap::Args;
+
+use super::templates::{render_template, template_vars};
+use super::worker::notify_enqueued;
+use crate::config::Config;
+use crate::store::{NewReply, Store};
+
+/// Arguments of `reply`.
+#[derive(Debug, Args)]
+pub struct ReplyArgs {
+    /// The thread to answer.
+    pub id: i64,
+    /// The reply text.
+    #[arg(long, conflicts_with = "template", required_unless_present = "template")]
+    pub body: Option<String>,
+    /// A template from the [templates] folder: NAME.LANG.txt in the
+    /// thread's language, else NAME.txt.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// An extra template variable (repeatable): --var coupon=SPRING10
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Who replies (recorded in the audit log).
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub actor: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    let k = k.trim();
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("variable name {k:?} must be letters, digits or '_'"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// A new outbox id: 16 random hex digits. It is also the idempotency key
+/// the platform sees.
+pub fn new_outbox_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Queues a reply durably and wakes this process's outbox worker (the
+/// CLI runs in another process: the daemon finds it on its next look).
+pub async fn enqueue(store: &dyn Store, reply: &NewReply) -> crate::store::Result<()> {
+    store.enqueue_reply(reply).await?;
+    notify_enqueued();
+    Ok(())
+}
+
+/// Runs `reply`. Everything that can be wrong (unknown thread, template
+/// missing or with an undefined variable, empty text) is reported before
+/// anything is queued.
+pub async fn reply_command(config: &Config, args: &ReplyArgs) -> anyhow::Result<ExitCode> {
+    let store = crate::daemon::open_store(config).await?;
+    let Some(detail) = store.thread(args.id, Utc::now()).await? else {
+        eprintln!("error: thread {} not found", args.id);
+        return Ok(ExitCode::from(1));
+    };
+    let thread = &detail.thread;
+    let (body, template) = match (&args.body, &args.template) {
+        (Some(body), _) => (body.trim().to_owned(), None),
+        (None, Some(name)) => {
+            let vars = template_vars(thread, &args.vars);
+            match render_template(
+                config.templates.dir.as_deref(),
+                name,
+                thread.language.as_deref(),
+                &vars,
+            ) {
+                Ok(text) => (text, Some(name.clone())),
+                Err(e) => {
+                    eprintln!("error: nothing was queued: {e:#}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!("error: give --body TEXT or --template NAME");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if body.is_empty() {
+        eprintln!("error: nothing was queued: the reply is empty");
+        return Ok(ExitCode::from(1));
+    }
+    if config.instance(&thread.instance).is_none_or(|i| !i.enabled) {
+        eprintln!(
+            "warning: instance {:?} is not configured or not enabled; the reply waits in the outbox until it is",
+            thread.instance
+        );
+    }
+    let reply = NewReply {
+        id: new_outbox_id(),
+        thread_id: thread.id,
+        body,
+        template,
+        created_by: args.actor.clone(),
+    };
+    enqueue(store.as_ref(), &reply).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "id": reply.id,
+                "thread_id": reply.thread_id,
+                "state": "queued",
+                "text": reply.body,
+            }))?
+        );
+    } else {
+        println!("{}", reply.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_and_ids() {
+        assert_eq!(parse_var("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_var("novalue").is_err());
+        assert!(parse_var("bad name=x").is_err());
+        let id = new_outbox_id();
+        assert_eq!(id.len(), 16);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(id, new_outbox_id());
+    }
+}

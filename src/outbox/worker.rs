@@ -1,0 +1,556 @@
+//! The outbox worker: one sender per instance claims that instance's
+//! replies, sends them within its rate limit and records the outcome.
+//!
+//! Never twice: a reply is in `sending` while it may be on the wire. If the
+//! daemon dies there, the reply's lease runs out and the next claim sees
+//! `previous_state = "sending"`: the platform is asked whether the reply
+//! arrived (`check_sent`) before anything is resent, and a platform that
+//! cannot tell gets the reply marked `uncertain` for a human. Whenever the
+//! outcome of a call is unknown (a timeout, a store error after a send), the
+//! reply is left in `sending` on purpose so that this same check happens.
+//!
+//! Never lost: a reply leaves `sending` only through `complete_outbox`
+//! (sent, retry, failed, uncertain) or `release_outbox` (claimed but never
+//! handed to the platform).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use hourglass_connector::{ConnectorError, OutgoingReply, SentCheck};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::config::OutboxConfig;
+use super::limits::{default_rate_limit, limiter_for, Limiter};
+use crate::daemon::{backoff, Context, Instance};
+use crate::store::{OutboxItem, OutboxOutcome, Store, ThreadDetail};
+
+fn enqueued() -> &'static Notify {
+    static ENQUEUED: OnceLock<Notify> = OnceLock::new();
+    ENQUEUED.get_or_init(Notify::new)
+}
+
+/// Wakes the outbox senders of this process (a reply was just queued).
+pub(crate) fn notify_enqueued() {
+    enqueued().notify_waiters();
+}
+
+/// The outbox worker, run by the daemon beside the poll loops.
+pub fn worker(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    Box::pin(run(ctx, stop))
+}
+
+async fn run(ctx: Context, stop: CancellationToken) {
+    // Unique per process and generation: `release_outbox` only touches rows
+    // this worker claimed.
+    let worker_id = format!(
+        "{}-{}-{:08x}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    // SQLite has one writer, and a deferred transaction that reads before it
+    // writes fails at once when another commit slipped in between: the
+    // senders of this process take turns for their writes.
+    let writes = Arc::new(tokio::sync::Mutex::new(()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for inst in ctx.instances.iter() {
+        let name = inst.config.name().to_owned();
+        if !inst.connector.capabilities().send {
+            debug!(instance = %name, "The connector cannot send; no outbox sender.");
+            continue;
+        }
+        let limit = inst
+            .config
+            .rate_limit
+            .or_else(|| default_rate_limit(inst.config.kind));
+        let sender = Arc::new(Sender {
+            store: ctx.store.clone(),
+            inst: inst.clone(),
+            send_limit: limiter_for(&name, "send", limit),
+            check_limit: limiter_for(&name, "check", limit),
+            name,
+            worker_id: worker_id.clone(),
+            config: ctx.config.outbox.clone(),
+            min_backoff: ctx.config.daemon.min_backoff.0,
+            max_backoff: ctx.config.daemon.max_backoff.0,
+            writes: writes.clone(),
+            auth_failed: AtomicBool::new(false),
+        });
+        tasks.spawn(sender.run(stop.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hourglass".into())
+}
+
+/// The sender of one instance.
+struct Sender {
+    store: Arc<dyn Store>,
+    inst: Instance,
+    name: String,
+    send_limit: Arc<Limiter>,
+    check_limit: Arc<Limiter>,
+    worker_id: String,
+    config: OutboxConfig,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    writes: Arc<tokio::sync::Mutex<()>>,
+    /// The platform refused our credentials: nothing more is sent until the
+    /// configuration is reloaded.
+    auth_failed: AtomicBool,
+}
+
+/// What to do with a reply after looking for it on the platform.
+enum Checked {
+    Send,
+    Done,
+}
+
+impl Sender {
+    fn lease(&self) -> Duration {
+        self.config.lease.0.max(Duration::from_secs(1))
+    }
+
+    fn halted(&self, stop: &CancellationToken) -> bool {
+        stop.is_cancelled() || self.auth_failed.load(Ordering::Relaxed)
+    }
+
+    /// How many replies to claim at once: what the rate limit lets us send
+    /// in half a lease, so that no claimed reply waits until its lease runs
+    /// out.
+    fn claim_limit(&self) -> i64 {
+        let half_lease = self.lease().as_secs_f64() / 2.0;
+        let n = match self.send_limit.config() {
+            Some(c) => f64::from(c.burst.div_ceil(2)) + c.per_second * half_lease,
+            None => (self.config.concurrency.max(1) * 16) as f64,
+        };
+        (n.floor() as i64).clamp(1, 200)
+    }
+
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let poll = self.config.poll_interval.0.max(Duration::from_millis(10));
+        info!(
+            instance = %self.name,
+            rate_limit = ?self.send_limit.config(),
+            "Outbox sender started."
+        );
+        loop {
+            if self.halted(&stop) {
+                break;
+            }
+            // The platform asked us to wait: claiming now would only make
+            // replies sit out their lease.
+            if let Some(until) = self.send_limit.paused_until() {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+                continue;
+            }
+            // Registered before the claim, so that a reply queued between an
+            // empty claim and the wait still wakes us.
+            let notified = enqueued().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let claimed_at = Instant::now();
+            let claimed = {
+                let _w = self.writes.lock().await;
+                self.store
+                    .claim_outbox_for(
+                        &self.name,
+                        &self.worker_id,
+                        self.lease(),
+                        self.claim_limit(),
+                        Utc::now(),
+                    )
+                    .await
+            };
+            let items = match claimed {
+                Ok(items) => items,
+                Err(e) => {
+                    warn!(instance = %self.name, error = %e, "Cannot claim replies from the outbox; trying again.");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    continue;
+                }
+            };
+            if items.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                continue;
+            }
+            self.send_batch(items, claimed_at, &stop).await;
+        }
+        if self.auth_failed.load(Ordering::Relaxed) {
+            // Stay quiet until the generation ends (reload or shutdown).
+            stop.cancelled().await;
+        }
+        debug!(instance = %self.name, "Outbox sender stopped.");
+    }
+
+    /// Sends a claimed batch: threads concurrently, the replies of one
+    /// thread in order.
+    async fn send_batch(&self, items: Vec<OutboxItem>, claimed_at: Instant, stop: &CancellationToken) {
+        let mut groups: Vec<(i64, Vec<OutboxItem>)> = Vec::new();
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        for item in items {
+            match index.get(&item.thread_id) {
+                Some(&i) => groups[i].1.push(item),
+                None => {
+                    index.insert(item.thread_id, groups.len());
+                    groups.push((item.thread_id, vec![item]));
+                }
+            }
+        }
+        futures::stream::iter(groups)
+            .for_each_concurrent(self.config.concurrency.max(1), |(thread_id, items)| async move {
+                let detail = match self.store.thread(thread_id, Utc::now()).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        warn!(instance = %self.name, thread = thread_id, error = %e, "Cannot read the thread of a reply; trying again.");
+                        for item in &items {
+                            self.put_back(item, item.previous_state != "sending").await;
+                        }
+                        return;
+                    }
+                };
+                for item in &items {
+                    self.process(item, detail.as_ref(), claimed_at, stop).await;
+                }
+            })
+            .await;
+    }
+
+    async fn process(
+        &self,
+        item: &OutboxItem,
+        detail: Option<&ThreadDetail>,
+        claimed_at: Instant,
+        stop: &CancellationToken,
+    ) {
+        let lease = self.lease();
+        // A send starts in the first half of the lease and must end before
+        // the lease does, or another claim could take the reply meanwhile.
+        let start_by = claimed_at + lease / 2;
+        let finish_by = claimed_at + lease - lease / 10;
+        let recovering = item.previous_state == "sending";
+        if self.halted(stop) || Instant::now() >= start_by {
+            self.put_back(item, !recovering).await;
+            return;
+        }
+        let Some(detail) = detail else {
+            self.complete(
+                item,
+                OutboxOutcome::Failed {
+                    error: format!("Thread {} no longer exists", item.thread_id),
+                },
+            )
+            .await;
+            return;
+        };
+        let reply = match build_reply(item, detail) {
+            Ok(r) => r,
+            Err(error) => {
+                self.complete(item, OutboxOutcome::Failed { error }).await;
+                return;
+            }
+        };
+        if recovering {
+            match self.check(item, &reply, start_by, finish_by, stop).await {
+                Checked::Done => return,
+                Checked::Send => {}
+            }
+        }
+        let ready = tokio::select! {
+            _ = self.send_limit.acquire() => true,
+            _ = tokio::time::sleep_until(start_by) => false,
+            _ = stop.cancelled() => false,
+        };
+        // Not handed to the platform (and, when recovering, known to be
+        // absent from it): back in the queue as it was.
+        if !ready || self.halted(stop) {
+            self.put_back(item, true).await;
+            return;
+        }
+        let timeout = finish_by.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(timeout, self.inst.connector.send_reply(&reply)).await {
+            Err(_) => warn!(
+                instance = %self.name,
+                reply = %item.id,
+                timeout_ms = timeout.as_millis() as u64,
+                "The platform did not answer in time; whether the reply arrived is unknown. It stays in sending and is looked up on the platform after its lease."
+            ),
+            Ok(Ok(sent)) => {
+                info!(instance = %self.name, reply = %item.id, thread = item.thread_id, external_id = %sent.external_id, "Reply sent.");
+                self.complete(
+                    item,
+                    OutboxOutcome::Sent {
+                        external_id: sent.external_id,
+                        sent_at: sent.sent_at,
+                    },
+                )
+                .await;
+            }
+            Ok(Err(e)) => self.send_failed(item, e).await,
+        }
+    }
+
+    /// After a crash mid-send: is the reply on the platform?
+    async fn check(
+        &self,
+        item: &OutboxItem,
+        reply: &OutgoingReply,
+        start_by: Instant,
+        finish_by: Instant,
+        stop: &CancellationToken,
+    ) -> Checked {
+        let ready = tokio::select! {
+            _ = self.check_limit.acquire() => true,
+            _ = tokio::time::sleep_until(start_by) => false,
+            _ = stop.cancelled() => false,
+        };
+        if !ready {
+            // Still unknown; it stays in sending and is checked next time.
+            return Checked::Done;
+        }
+        let timeout = finish_by.saturating_duration_since(Instant::now());
+        let found = tokio::time::timeout(timeout, self.inst.connector.check_sent(reply))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnectorError::Transient(
+                    "the platform did not answer the check in time".into(),
+                ))
+            });
+        match found {
+            Ok(SentCheck::Sent(sent)) => {
+                info!(instance = %self.name, reply = %item.id, external_id = %sent.external_id, "A reply interrupted by a stop is on the platform; recorded as sent, not resent.");
+                self.complete(
+                    item,
+                    OutboxOutcome::Sent {
+                        external_id: sent.external_id,
+                        sent_at: sent.sent_at,
+                    },
+                )
+                .await;
+                Checked::Done
+            }
+            Ok(SentCheck::NotSent) => {
+                info!(instance = %self.name, reply = %item.id, "A reply interrupted by a stop is not on the platform; sending it.");
+                Checked::Send
+            }
+            Ok(SentCheck::CannotTell) => {
+                warn!(instance = %self.name, reply = %item.id, "A reply was interrupted mid-send and the platform cannot tell whether it arrived; marked uncertain for a human.");
+                self.complete(
+                    item,
+                    OutboxOutcome::Uncertain {
+                        error: format!(
+                            "hourglass stopped while sending this reply and {} cannot tell whether it arrived; check the conversation on the platform before sending it again",
+                            self.inst.connector.kind()
+                        ),
+                    },
+                )
+                .await;
+                Checked::Done
+            }
+            Err(e) => {
+                if let ConnectorError::RateLimited {
+                    retry_after: Some(d),
+                } = &e
+                {
+                    self.check_limit.pause_until(Instant::now() + *d);
+                }
+                let attempt = item.attempts + 1;
+                if attempt >= i64::from(self.config.max_attempts) {
+                    warn!(instance = %self.name, reply = %item.id, error = %e, "Cannot find out whether an interrupted reply arrived; marked uncertain for a human.");
+                    self.complete(
+                        item,
+                        OutboxOutcome::Uncertain {
+                            error: format!(
+                                "hourglass stopped while sending this reply and could not check it after {attempt} attempts: {e}"
+                            ),
+                        },
+                    )
+                    .await;
+                } else {
+                    warn!(instance = %self.name, reply = %item.id, error = %e, "Cannot check whether an interrupted reply arrived; it stays in sending and is checked again after its lease.");
+                }
+                Checked::Done
+            }
+        }
+    }
+
+    async fn send_failed(&self, item: &OutboxItem, e: ConnectorError) {
+        let attempt = item.attempts + 1;
+        let failures = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let now = Utc::now();
+        let at = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
+        let outcome = match &e {
+            ConnectorError::RateLimited { retry_after } => {
+                let delay = retry_after
+                    .unwrap_or_else(|| backoff(failures, self.min_backoff, self.max_backoff));
+                // The whole instance waits, not just this reply: the platform
+                // counts every call against the same quota.
+                self.send_limit.pause_until(Instant::now() + delay);
+                warn!(instance = %self.name, reply = %item.id, retry_in_ms = delay.as_millis() as u64, "The platform asked us to slow down; sending pauses for this instance.");
+                OutboxOutcome::Retry {
+                    error: e.to_string(),
+                    at: at(delay),
+                }
+            }
+            ConnectorError::Transient(_) if attempt >= i64::from(self.config.max_attempts) => {
+                warn!(instance = %self.name, reply = %item.id, attempts = attempt, error = %e, "Giving up on a reply after repeated failures; marked failed.");
+                OutboxOutcome::Failed {
+                    error: format!("Gave up after {attempt} attempts: {e}"),
+                }
+            }
+            ConnectorError::Transient(_) => {
+                let delay = backoff(failures, self.min_backoff, self.max_backoff);
+                warn!(instance = %self.name, reply = %item.id, attempts = attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "Sending failed; retrying later.");
+                OutboxOutcome::Retry {
+                    error: e.to_string(),
+                    at: at(delay),
+                }
+            }
+            ConnectorError::Auth(_) => {
+                self.auth_failed.store(true, Ordering::Relaxed);
+                error!(instance = %self.name, error = %e, "Credentials refused while sending; replies of this instance wait in the outbox until the config is fixed and reloaded.");
+                if let Err(se) = self.store.set_instance_state(&self.name, "auth_failed").await {
+                    warn!(instance = %self.name, error = %se, "Cannot record the instance state.");
+                }
+                OutboxOutcome::Retry {
+                    error: format!("Not sent yet: {e}"),
+                    at: now,
+                }
+            }
+            ConnectorError::Refused(_) | ConnectorError::BadData { .. } | ConnectorError::Other(_) => {
+                warn!(instance = %self.name, reply = %item.id, thread = item.thread_id, error = %e, "The platform refused a reply; marked failed and shown on the thread.");
+                OutboxOutcome::Failed {
+                    error: e.to_string(),
+                }
+            }
+        };
+        self.complete(item, outcome).await;
+    }
+
+    /// Records an outcome, retrying briefly on store errors. If it still
+    /// cannot be written, the reply stays in `sending` and its outcome is
+    /// looked up on the platform after the lease.
+    async fn complete(&self, item: &OutboxItem, outcome: OutboxOutcome) {
+        const TRIES: u64 = 6;
+        for attempt in 1..=TRIES {
+            let result = {
+                let _w = self.writes.lock().await;
+                self.store
+                    .complete_outbox(&item.id, &outcome, &self.inst.clocking)
+                    .await
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) if attempt < TRIES => {
+                    debug!(reply = %item.id, error = %e, "Cannot record a reply's outcome yet; retrying.");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => warn!(
+                    instance = %self.name,
+                    reply = %item.id,
+                    error = %e,
+                    "Cannot record a reply's outcome; it stays in sending and is looked up on the platform after its lease."
+                ),
+            }
+        }
+    }
+
+    /// Gives back a claimed reply that was not handed to the platform.
+    /// `known_unsent` is false for a reply whose earlier send is still
+    /// unexplained: that one stays in `sending` so the next claim checks it.
+    async fn put_back(&self, item: &OutboxItem, known_unsent: bool) {
+        if !known_unsent {
+            return;
+        }
+        let result = {
+            let _w = self.writes.lock().await;
+            self.store.release_outbox(&item.id, &self.worker_id).await
+        };
+        if let Err(e) = result {
+            // Harmless: the lease runs out and the reply is claimed again.
+            debug!(reply = %item.id, error = %e, "Cannot release a claimed reply.");
+        }
+    }
+}
+
+/// The reply as the connector needs it: addressed to the last inbound
+/// message's `reply_to` (else the thread's), answering its `meta`.
+fn build_reply(item: &OutboxItem, detail: &ThreadDetail) -> Result<OutgoingReply, String> {
+    let last_inbound = detail
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.direction == "inbound");
+    let to = last_inbound
+        .and_then(|m| m.reply_to.clone())
+        .or_else(|| detail.thread.reply_to.clone())
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| {
+            "The thread has no address to reply to (no customer message carries one)".to_owned()
+        })?;
+    let subject = last_inbound
+        .and_then(|m| m.subject.clone())
+        .or_else(|| detail.thread.subject.clone())
+        .map(|s| re_subject(&s));
+    Ok(OutgoingReply {
+        outbox_id: item.id.clone(),
+        thread_key: detail.thread.thread_key.clone(),
+        to,
+        subject,
+        text: item.body.clone(),
+        in_reply_to_meta: last_inbound
+            .map(|m| m.meta.clone())
+            .unwrap_or(serde_json::Value::Null),
+        order_id: detail.thread.order_id.clone(),
+    })
+}
+
+/// `Re: subject`, without stacking prefixes.
+fn re_subject(subject: &str) -> String {
+    let s = subject.trim();
+    let has_prefix = s
+        .get(..3)
+        .is_some_and(|p| p.eq_ignore_ascii_case("re:"));
+    if has_prefix {
+        s.to_owned()
+    } else {
+        format!("Re: {s}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_get_one_re() {
+        assert_eq!(re_subject("Where is my order?"), "Re: Where is my order?");
+        assert_eq!(re_subject("RE: Where"), "RE: Where");
+        assert_eq!(re_subject(" re: x "), "re: x");
+        assert_eq!(re_subject("Réclamation"), "Re: Réclamation");
+    }
+}
