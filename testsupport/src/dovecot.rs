@@ -20,10 +20,24 @@ use crate::net::{free_port, wait_for_port};
 const DOVECOT: &str = "/usr/sbin/dovecot";
 const MAIL_USER: &str = "vmail";
 
+/// What a test needs beyond plain IMAP with a password.
+#[derive(Debug, Clone, Default)]
+pub struct DovecotOptions {
+    /// TLS with a fresh self-signed certificate for `localhost`: STARTTLS
+    /// on the IMAP port, implicit TLS on [`Dovecot::imaps_port`].
+    pub tls: bool,
+    /// Accept `AUTHENTICATE XOAUTH2` with bearer tokens checked against
+    /// this tokeninfo URL (the token is appended); the JSON answer's
+    /// `email` names the user.
+    pub oauth2_tokeninfo_url: Option<String>,
+}
+
 /// A running Dovecot. Stopped on drop.
 pub struct Dovecot {
     dir: tempfile::TempDir,
     port: u16,
+    imaps_port: Option<u16>,
+    options: DovecotOptions,
     child: Option<Child>,
     user: String,
     password: String,
@@ -33,6 +47,11 @@ impl Dovecot {
     /// Writes the config and starts Dovecot for user `alice`, password
     /// `secret`, with INBOX and Sent.
     pub fn start() -> anyhow::Result<Dovecot> {
+        Dovecot::start_with(DovecotOptions::default())
+    }
+
+    /// Like [`Dovecot::start`], with TLS or XOAUTH2.
+    pub fn start_with(options: DovecotOptions) -> anyhow::Result<Dovecot> {
         if !Path::new(DOVECOT).exists() {
             bail!("{DOVECOT} not found: apt-get install dovecot-imapd");
         }
@@ -54,6 +73,8 @@ impl Dovecot {
         let mut dovecot = Dovecot {
             dir,
             port: free_port(),
+            imaps_port: options.tls.then(free_port),
+            options: options.clone(),
             child: None,
             user: "alice".to_owned(),
             password: "secret".to_owned(),
@@ -63,6 +84,30 @@ impl Dovecot {
             format!("{}:{{PLAIN}}{}::::::\n", dovecot.user, dovecot.password),
         )?;
         chmod(&root.join("passwd"), "644")?;
+        if options.tls {
+            let status = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=localhost"])
+                .arg("-keyout")
+                .arg(root.join("key.pem"))
+                .arg("-out")
+                .arg(root.join("cert.pem"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("openssl is needed for TLS tests: apt-get install openssl")?;
+            if !status.success() {
+                bail!("openssl could not make a test certificate");
+            }
+        }
+        if let Some(url) = &options.oauth2_tokeninfo_url {
+            std::fs::write(
+                root.join("oauth2.conf.ext"),
+                format!("tokeninfo_url = {url}\nusername_attribute = email\n"),
+            )?;
+        }
         dovecot.write_config()?;
         dovecot.spawn()?;
         Ok(dovecot)
@@ -70,6 +115,20 @@ impl Dovecot {
 
     fn write_config(&self) -> anyhow::Result<()> {
         let root = self.dir.path().display();
+        let ssl = if self.options.tls {
+            format!("ssl = yes\nssl_cert = <{root}/cert.pem\nssl_key = <{root}/key.pem\n")
+        } else {
+            "ssl = no\n".to_owned()
+        };
+        let (mechanisms, oauth2) = match &self.options.oauth2_tokeninfo_url {
+            Some(_) => (
+                "plain login xoauth2 oauthbearer",
+                format!(
+                    "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {root}/oauth2.conf.ext\n}}\n"
+                ),
+            ),
+            None => ("plain login", String::new()),
+        };
         let conf = format!(
             r#"base_dir = {root}/run
 state_dir = {root}/state
@@ -77,13 +136,12 @@ log_path = {root}/dovecot.log
 instance_name = hg-dovecot-{port}
 listen = 127.0.0.1
 protocols = imap
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
+{ssl}disable_plaintext_auth = no
+auth_mechanisms = {mechanisms}
 default_login_user = dovenull
 default_internal_user = dovecot
 mail_location = maildir:{root}/mail/%u/Maildir
-passdb {{
+{oauth2}passdb {{
   driver = passwd-file
   args = scheme=PLAIN {root}/passwd
 }}
@@ -97,7 +155,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
   }}
 }}
 namespace inbox {{
@@ -109,7 +168,8 @@ namespace inbox {{
   }}
 }}
 "#,
-            port = self.port
+            port = self.port,
+            imaps_port = self.imaps_port.unwrap_or(0),
         );
         std::fs::write(self.dir.path().join("dovecot.conf"), conf)?;
         Ok(())
@@ -143,6 +203,11 @@ namespace inbox {{
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The implicit-TLS port, when started with `tls`.
+    pub fn imaps_port(&self) -> Option<u16> {
+        self.imaps_port
     }
 
     pub fn host(&self) -> &'static str {
@@ -392,5 +457,61 @@ impl RawImap {
         let mut rest = Vec::new();
         let _ = self.reader.read_to_end(&mut rest);
         Ok(())
+    }
+}
+
+/// An OAuth2 tokeninfo endpoint for Dovecot's `oauth2` passdb: one valid
+/// bearer token for one user, 401 for anything else.
+pub struct TokenInfo {
+    port: u16,
+    child: Child,
+}
+
+const TOKENINFO_PY: &str = r#"
+import http.server, json, sys, urllib.parse
+port, token, user = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        q = urllib.parse.urlparse(self.path).query
+        got = urllib.parse.parse_qs(q).get("access_token", [""])[0]
+        auth = self.headers.get("Authorization", "")
+        ok = got == token or auth == "Bearer " + token
+        body = json.dumps({"email": user, "active": True} if ok else {"error": "invalid_token"}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+impl TokenInfo {
+    pub fn start(token: &str, user: &str) -> anyhow::Result<TokenInfo> {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-c", TOKENINFO_PY])
+            .arg(port.to_string())
+            .arg(token)
+            .arg(user)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("python3 is needed for the tokeninfo test server")?;
+        let info = TokenInfo { port, child };
+        wait_for_port(port, Duration::from_secs(10))?;
+        Ok(info)
+    }
+
+    /// The URL for [`DovecotOptions::oauth2_tokeninfo_url`].
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/tokeninfo?access_token=", self.port)
+    }
+}
+
+impl Drop for TokenInfo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
