@@ -86,6 +86,30 @@ pub enum Command {
         #[arg(long, env = "USER", default_value = "cli")]
         actor: String,
     },
+    /// Run the daemon on a simulated seller week: temp SQLite store, temp
+    /// Maildir, alerts delivered to a local capture and printed. No config
+    /// needed. Ctrl-C stops it.
+    Demo {
+        /// Stop after this long instead of waiting for Ctrl-C (e.g. 90s).
+        #[arg(long = "for")]
+        run_for: Option<Dur>,
+        /// Keep the temp directory (store, Maildir, config) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Response times, breach rate and volume.
+    Stats {
+        /// Period to cover (e.g. 7d).
+        #[arg(long, default_value = "7d")]
+        since: Dur,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Alert sinks.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
     /// Connector instances.
     Connectors {
         #[command(subcommand)]
@@ -118,6 +142,15 @@ fn parse_status(s: &str) -> Result<Status, String> {
     Status::parse(s).ok_or_else(|| {
         format!("unknown status {s:?}: awaiting, breached, snoozed, answered, no_response_needed")
     })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Send one test alert through every sink and report each result.
+    Test {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +212,10 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Demo { run_for, keep } = &cli.command {
+        crate::demo::run(run_for.map(|d| d.0), *keep).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -201,7 +238,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             daemon::forward_unix_signals(tx)?;
-            daemon::run(cli.config.clone(), config, rx, &[]).await?;
+            daemon::run(cli.config.clone(), config, rx, &crate::workers()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { json } => {
@@ -222,7 +259,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if *json {
                 print_json(&serde_json::json!({ "applied": applied, "versions": all }))?;
             } else if applied.is_empty() {
-                println!("Schema up to date (version {}).", all.last().copied().unwrap_or(0));
+                println!(
+                    "Schema up to date (version {}).",
+                    all.last().copied().unwrap_or(0)
+                );
             } else {
                 println!("Applied migrations {applied:?}.");
             }
@@ -312,10 +352,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 println!("Subject:  {}", t.subject.as_deref().unwrap_or("-"));
                 if let (Some(due), Some(left)) = (t.due_at, t.time_left_ms) {
-                    println!("Due:      {} ({})", due.format("%Y-%m-%d %H:%M UTC"), format_left(left));
+                    println!(
+                        "Due:      {} ({})",
+                        due.format("%Y-%m-%d %H:%M UTC"),
+                        format_left(left)
+                    );
                 }
                 if let Some(w) = t.reply_window_closes_at {
-                    println!("Platform reply window closes {}", w.format("%Y-%m-%d %H:%M UTC"));
+                    println!(
+                        "Platform reply window closes {}",
+                        w.format("%Y-%m-%d %H:%M UTC")
+                    );
                 }
                 if let Some(err) = &t.last_error {
                     println!("Error:    {err}");
@@ -335,7 +382,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         "\n[outbox {} {}{}]",
                         o.id,
                         o.state,
-                        o.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                        o.error
+                            .as_ref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
                     );
                 }
                 for a in &detail.audit {
@@ -372,7 +422,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     channel: detail.thread.channel.clone(),
                     policy: crate::clock::Policy::wall_clock(config.clock.window.chrono()),
                     points: crate::clock::thresholds(
-                        &config.clock.thresholds.iter().map(|d| d.0).collect::<Vec<_>>(),
+                        &config
+                            .clock
+                            .thresholds
+                            .iter()
+                            .map(|d| d.0)
+                            .collect::<Vec<_>>(),
                     ),
                 });
             if *no_response_needed {
@@ -389,6 +444,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { .. } => Ok(ExitCode::SUCCESS),
+        Command::Stats { since, json } => {
+            let store = daemon::open_store(&config).await?;
+            let now = Utc::now();
+            let samples = store.response_samples(now - since.chrono()).await?;
+            let report = crate::stats::compute(&samples, &config, now);
+            if *json {
+                print_json(&report)?;
+            } else {
+                print!("{}", crate::stats::render(&report, *since));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alerts {
+            command: AlertsCommand::Test { json },
+        } => {
+            let results = crate::alerts::test_all(&config.alerts)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+            if *json {
+                let v: Vec<_> = results
+                    .iter()
+                    .map(|(name, r)| match r {
+                        Ok(()) => serde_json::json!({"sink": name, "ok": true}),
+                        Err(e) => serde_json::json!({"sink": name, "ok": false, "error": e}),
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else if results.is_empty() {
+                println!("No alert sinks configured.");
+            } else {
+                for (name, r) in &results {
+                    match r {
+                        Ok(()) => println!("{name}: ok"),
+                        Err(e) => println!("{name}: failed: {e}"),
+                    }
+                }
+            }
+            Ok(if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Connectors { command } => match command {
             ConnectorsCommand::List { json } => {
@@ -462,7 +562,10 @@ pub fn render_threads(threads: &[ThreadSummary]) -> String {
         "ID", "STATUS", "DUE", "CHANNEL", "INSTANCE", "CUSTOMER", "ORDER", "SUBJECT"
     );
     for t in threads {
-        let due = t.time_left_ms.map(format_left).unwrap_or_else(|| "-".into());
+        let due = t
+            .time_left_ms
+            .map(format_left)
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
             "{:>5}  {:<18}  {:<20}  {:<10}  {:<14}  {:<22}  {:<19}  {}\n",
             t.id,

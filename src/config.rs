@@ -13,6 +13,7 @@ use hourglass_connector::testkit::SimulatedConfig;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub use crate::alerts::AlertsConfig;
 use crate::clock::{BusinessHours, Policy};
 use crate::duration::Dur;
 
@@ -199,13 +200,13 @@ pub struct InstanceConfig {
     pub tags: Vec<String>,
     /// IMAP mailbox (email, amazon).
     #[serde(default)]
-    pub imap: Option<toml::Table>,
-    /// SMTP server for replies (email, amazon).
+    pub imap: Option<hourglass_email::ImapConfig>,
+    /// SMTP server for replies (email, maildir, amazon).
     #[serde(default)]
-    pub smtp: Option<toml::Table>,
+    pub smtp: Option<hourglass_email::SmtpConfig>,
     /// Local Maildir source (maildir, or amazon without IMAP).
     #[serde(default)]
-    pub maildir: Option<toml::Table>,
+    pub maildir: Option<hourglass_email::MaildirConfig>,
     /// Simulated marketplace settings (`type = "simulated"`).
     #[serde(default)]
     pub simulated: Option<SimulatedConfig>,
@@ -268,21 +269,6 @@ pub fn parse_schedule(text: &str) -> Result<cron::Schedule, String> {
     normalized
         .parse::<cron::Schedule>()
         .map_err(|e| format!("invalid cron schedule {text:?}: {e}"))
-}
-
-/// `[alerts]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertsConfig {
-    /// Where alerts go.
-    #[serde(default)]
-    pub sinks: Vec<toml::Table>,
-    /// Which sinks get which alerts.
-    #[serde(default)]
-    pub routes: Vec<toml::Table>,
-    /// Scheduled digests.
-    #[serde(default)]
-    pub digests: Vec<toml::Table>,
 }
 
 /// `[http]`
@@ -629,18 +615,30 @@ fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut V
                 ));
             }
         };
+        let secrets = [
+            inst.imap.as_ref().and_then(|i| i.password.as_ref()),
+            inst.smtp.as_ref().and_then(|s| s.password.as_ref()),
+        ];
+        for r in secrets.into_iter().flatten() {
+            if let Err(e) = r.resolve() {
+                diags.push(src.diag_at(
+                    src.find_value(&r.to_string()),
+                    format!("instance {name:?}: {e}"),
+                ));
+            }
+        }
         match inst.kind {
             InstanceType::Simulated => {}
             InstanceType::Email => need(inst.imap.is_some(), "imap", diags),
             InstanceType::Maildir => need(inst.maildir.is_some(), "maildir", diags),
-            InstanceType::Amazon => need(
-                inst.imap.is_some() || inst.maildir.is_some(),
-                "imap",
-                diags,
-            ),
+            InstanceType::Amazon => {
+                need(inst.imap.is_some() || inst.maildir.is_some(), "imap", diags)
+            }
             other => diags.push(src.diag_at(
                 name_at,
-                format!("instance {name:?}: connector type {other} is not available in this build yet"),
+                format!(
+                    "instance {name:?}: connector type {other} is not available in this build yet"
+                ),
             )),
         }
     }
@@ -657,14 +655,23 @@ fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut V
             ));
         }
     }
+    for (value, message) in config.alerts.problems() {
+        diags.push(main.diag_at(main.find_value(&value), format!("alerts: {message}")));
+    }
     if let Some(pw) = &config.store.password {
         if let Err(e) = pw.resolve() {
-            diags.push(main.diag_at(main.find_value(&pw.to_string()), format!("store.password: {e}")));
+            diags.push(main.diag_at(
+                main.find_value(&pw.to_string()),
+                format!("store.password: {e}"),
+            ));
         }
     }
     if let Some(token) = &config.http.token {
         if let Err(e) = token.resolve() {
-            diags.push(main.diag_at(main.find_value(&token.to_string()), format!("http.token: {e}")));
+            diags.push(main.diag_at(
+                main.find_value(&token.to_string()),
+                format!("http.token: {e}"),
+            ));
         }
     }
 }
@@ -728,7 +735,10 @@ mod tests {
             "name = \"a\"\ntype = \"simulated\"\n",
         );
         let shown = Config::load(&path).unwrap_err().to_string();
-        assert!(shown.contains("c.toml:1:8: instance name \"a\" is used twice"), "{shown}");
+        assert!(
+            shown.contains("c.toml:1:8: instance name \"a\" is used twice"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -770,12 +780,20 @@ mod tests {
                 business_hours: None,
             },
         );
-        let inst: InstanceConfig =
-            toml::from_str("name = \"m\"\ntype = \"email\"\n").unwrap();
-        assert_eq!(inst.policy(&clock, "email").window, chrono::Duration::hours(8));
-        assert_eq!(inst.policy(&clock, "amazon").window, chrono::Duration::hours(24));
+        let inst: InstanceConfig = toml::from_str("name = \"m\"\ntype = \"email\"\n").unwrap();
+        assert_eq!(
+            inst.policy(&clock, "email").window,
+            chrono::Duration::hours(8)
+        );
+        assert_eq!(
+            inst.policy(&clock, "amazon").window,
+            chrono::Duration::hours(24)
+        );
         let inst: InstanceConfig =
             toml::from_str("name = \"m\"\ntype = \"email\"\nwindow = \"2h\"\n").unwrap();
-        assert_eq!(inst.policy(&clock, "email").window, chrono::Duration::hours(2));
+        assert_eq!(
+            inst.policy(&clock, "email").window,
+            chrono::Duration::hours(2)
+        );
     }
 }

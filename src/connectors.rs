@@ -17,8 +17,45 @@ pub fn build(inst: &InstanceConfig) -> Result<Arc<dyn Connector>, String> {
             name,
             inst.simulated.clone().unwrap_or_default(),
         ))),
+        InstanceType::Email => {
+            let imap = inst.imap.clone().ok_or_else(|| missing(name, "imap"))?;
+            hourglass_email::EmailConnector::new(name, imap, inst.smtp.clone())
+                .map(|c| Arc::new(c) as Arc<dyn Connector>)
+                .map_err(|e| format!("instance {name:?}: {e}"))
+        }
+        InstanceType::Maildir => {
+            let maildir = inst
+                .maildir
+                .clone()
+                .ok_or_else(|| missing(name, "maildir"))?;
+            hourglass_email::MaildirConnector::new(name, maildir, inst.smtp.clone())
+                .map(|c| Arc::new(c) as Arc<dyn Connector>)
+                .map_err(|e| format!("instance {name:?}: {e}"))
+        }
+        InstanceType::Amazon => {
+            let built = match (&inst.imap, &inst.maildir) {
+                (Some(imap), _) => hourglass_amazon::AmazonConnector::with_imap(
+                    name,
+                    imap.clone(),
+                    inst.smtp.clone(),
+                ),
+                (None, Some(maildir)) => hourglass_amazon::AmazonConnector::with_maildir(
+                    name,
+                    maildir.clone(),
+                    inst.smtp.clone(),
+                ),
+                (None, None) => return Err(missing(name, "imap")),
+            };
+            built
+                .map(|c| Arc::new(c) as Arc<dyn Connector>)
+                .map_err(|e| format!("instance {name:?}: {e}"))
+        }
         other => Err(format!(
             "instance {name:?}: connector type {other} is not available in this build"
         )),
     }
+}
+
+fn missing(name: &str, table: &str) -> String {
+    format!("instance {name:?} needs an [instances.{table}] table")
 }

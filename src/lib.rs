@@ -6,12 +6,22 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connectors;
 pub mod daemon;
+pub mod demo;
 pub mod duration;
 pub mod outbox;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
+
+/// The workers `hourglass run` starts beside the poll loops.
+pub fn workers() -> Vec<daemon::Worker> {
+    let mut workers = alerts::WORKERS.to_vec();
+    workers.push(outbox::worker);
+    workers
+}

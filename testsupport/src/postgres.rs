@@ -131,7 +131,15 @@ impl Postgres {
     pub fn create_database(&self, name: &str) -> anyhow::Result<String> {
         let psql = self.bin.join("psql");
         let out = Command::new(&psql)
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-c",
+            ])
             .arg(format!("CREATE DATABASE \"{name}\""))
             .output()
             .with_context(|| format!("running {}", psql.display()))?;
@@ -155,7 +163,14 @@ impl Drop for Postgres {
         let data = self.data_dir();
         let _ = self.run(
             "pg_ctl",
-            &["-D", &data.to_string_lossy(), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
         );
     }
 }

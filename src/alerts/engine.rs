@@ -1,0 +1,365 @@
+//! The alert engine and the delivery worker.
+//!
+//! The engine sleeps until the earliest `next_alert_at` in the store (an
+//! indexed query), or until new messages arrive, looks only at the threads
+//! whose point has come, and fires at most one alert per threshold and
+//! awaiting cycle: the store's unique key makes that hold across crashes.
+//! Deliveries are queued rows, sent by a separate worker with retries, each
+//! sink on its own so one that is down never holds back the others.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::sinks::{self, Rendered};
+use crate::clock::{self, Threshold};
+use crate::daemon::Context;
+use crate::duration::format_left;
+use crate::store::{AlertCandidate, Store, ThreadSummary};
+
+/// Longest sleep between checks, as a safety net (clock jumps, another
+/// daemon on the same PostgreSQL store changing threads).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+const BATCH: i64 = 500;
+const DELIVERY_LEASE: Duration = Duration::from_secs(60);
+
+/// Worker: the alert engine.
+pub fn engine(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let deliveries = Arc::new(Notify::new());
+        let delivery_task =
+            tokio::spawn(deliver_loop(ctx.clone(), stop.clone(), deliveries.clone()));
+        loop {
+            let now = Utc::now();
+            match tick(&ctx, now).await {
+                Ok(fired) if fired > 0 => deliveries.notify_one(),
+                Ok(_) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "Alert check failed; retrying."),
+            }
+            let sleep = match ctx.store.next_alert_at().await {
+                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                Ok(None) => MAX_SLEEP,
+                Err(_) => Duration::from_secs(1),
+            }
+            .min(MAX_SLEEP);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(sleep) => {}
+                _ = ctx.ingested.notified() => {}
+            }
+        }
+        let _ = delivery_task.await;
+    })
+}
+
+/// One pass: fires every alert whose point has come. Returns the number of
+/// deliveries queued.
+pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let mut queued = 0;
+    loop {
+        let candidates = ctx.store.alert_candidates(now, BATCH).await?;
+        let n = candidates.len();
+        for c in candidates {
+            queued += consider(ctx, &c, now).await?;
+        }
+        if (n as i64) < BATCH {
+            return Ok(queued);
+        }
+    }
+}
+
+async fn consider(ctx: &Context, c: &AlertCandidate, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let t = &c.thread;
+    let points = ctx
+        .clockings
+        .get(&t.instance)
+        .map(|cl| cl.points.clone())
+        .unwrap_or_else(|| clock::thresholds(&[]));
+    let (Some(due), Some(cycle)) = (t.due_at, t.awaiting_since) else {
+        ctx.store.set_next_alert_at(t.id, None).await?;
+        return Ok(0);
+    };
+    let fired = c.alerted_remaining_ms;
+    match clock::due_alert(due, &points, fired, t.snoozed_until, now) {
+        None => {
+            // Woken early (a snooze ended, the config changed): move on to
+            // the real next point.
+            let next = clock::next_alert_at(Some(due), &points, fired, t.snoozed_until);
+            let next = next.filter(|n| *n > now);
+            ctx.store.set_next_alert_at(t.id, next).await?;
+            Ok(0)
+        }
+        Some(threshold) => {
+            let label = threshold.label();
+            let tags = ctx
+                .config
+                .instance(&t.instance)
+                .map(|i| i.tags.clone())
+                .unwrap_or_default();
+            let sinks = ctx
+                .config
+                .alerts
+                .route(&t.instance, &t.channel, &label, &tags);
+            let payload = alert_payload(t, threshold, ctx.config.http.public_url.as_deref(), now);
+            let next = clock::next_alert_at(
+                Some(due),
+                &points,
+                Some(threshold.remaining_ms),
+                t.snoozed_until,
+            );
+            let deliveries: Vec<(String, Value)> =
+                sinks.iter().map(|s| (s.clone(), payload.clone())).collect();
+            let queued = ctx
+                .store
+                .fire_alert(t.id, cycle, threshold, &deliveries, next, now)
+                .await?;
+            info!(
+                thread = t.id,
+                instance = %t.instance,
+                threshold = %label,
+                sinks = sinks.len(),
+                late_ms = (now - (due - chrono::Duration::milliseconds(threshold.remaining_ms))).num_milliseconds(),
+                "Alert fired."
+            );
+            Ok(queued)
+        }
+    }
+}
+
+/// The alert as JSON: kept with the queued delivery and sent as-is to
+/// `format = "json"` webhooks.
+pub fn alert_payload(
+    t: &ThreadSummary,
+    threshold: Threshold,
+    public_url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Value {
+    json!({
+        "kind": if threshold.is_breach() { "breach" } else { "deadline" },
+        "threshold": threshold.label(),
+        "thread_id": t.id,
+        "instance": t.instance,
+        "channel": t.channel,
+        "customer": t.customer,
+        "order_id": t.order_id,
+        "marketplace": t.marketplace,
+        "subject": t.subject,
+        "awaiting_since": t.awaiting_since,
+        "due_at": t.due_at,
+        "fired_at": now,
+        "reply_window_closes_at": t.reply_window_closes_at,
+        "link": public_url.map(|u| format!("{}/threads/{}", u.trim_end_matches('/'), t.id)),
+    })
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Renders a queued alert for people. Time left is computed at delivery,
+/// so a late delivery says how late it really is.
+pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
+    let customer = s(payload, "customer").unwrap_or("a customer");
+    let channel = s(payload, "channel").unwrap_or("?");
+    let instance = s(payload, "instance").unwrap_or("?");
+    let due = s(payload, "due_at")
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&Utc));
+    let left = due
+        .map(|d| format_left((d - now).num_milliseconds()))
+        .unwrap_or_default();
+    let title = if s(payload, "kind") == Some("breach") {
+        format!("Deadline missed: {customer} on {channel}")
+    } else {
+        format!("{left}: reply to {customer} on {channel}")
+    };
+    let mut lines = vec![title.clone()];
+    let mut html = format!("<p><strong>{}</strong></p><table>", escape(&title));
+    let mut row = |k: &str, v: String| {
+        lines.push(format!("{k}: {v}"));
+        html.push_str(&format!(
+            "<tr><th align=left>{}</th><td>{}</td></tr>",
+            escape(k),
+            escape(&v)
+        ));
+    };
+    row("Thread", format!("#{} ({instance})", payload["thread_id"]));
+    if let Some(subject) = s(payload, "subject") {
+        row("Subject", subject.to_owned());
+    }
+    if let Some(order) = s(payload, "order_id") {
+        let market = s(payload, "marketplace")
+            .map(|m| format!(" on {m}"))
+            .unwrap_or_default();
+        row("Order", format!("{order}{market}"));
+    }
+    if let Some(d) = due {
+        row(
+            "Due",
+            format!("{} ({left})", d.format("%Y-%m-%d %H:%M UTC")),
+        );
+    }
+    if let Some(link) = s(payload, "link") {
+        row("Open", link.to_owned());
+    }
+    html.push_str("</table>");
+    Rendered {
+        title,
+        text: lines.join("\n"),
+        html,
+        json: payload.clone(),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Delivery backoff: 5 s doubling to 10 min.
+fn retry_delay(attempts: i64) -> Duration {
+    let exp = attempts.clamp(1, 8) as u32 - 1;
+    Duration::from_secs(5u64 << exp).min(Duration::from_secs(600))
+}
+
+async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) {
+    let sinks = match sinks::build(&ctx.config.alerts) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            warn!(error = %e, "Alert sinks cannot be built; alerts stay queued.");
+            return;
+        }
+    };
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        match ctx
+            .store
+            .claim_alert_deliveries(100, DELIVERY_LEASE, Utc::now())
+            .await
+        {
+            Ok(batch) => {
+                // Group by sink: each sink works through its own list, so a
+                // sink that times out delays only itself.
+                let mut by_sink: HashMap<String, Vec<_>> = HashMap::new();
+                for d in batch {
+                    by_sink.entry(d.sink.clone()).or_default().push(d);
+                }
+                for (name, list) in by_sink {
+                    let store = ctx.store.clone();
+                    let sinks = sinks.clone();
+                    let max_attempts = i64::from(ctx.config.alerts.max_attempts);
+                    running.spawn(async move {
+                        for d in list {
+                            let result = match sinks.get(&name) {
+                                Some(sink) => sink.send(&render(&d.payload, Utc::now())).await,
+                                None => Err(sinks::SendError {
+                                    message: format!("no sink named {name:?} in the configuration"),
+                                    retry_after: None,
+                                    permanent: false,
+                                }),
+                            };
+                            finish(store.as_ref(), &d, result, max_attempts).await;
+                        }
+                    });
+                }
+            }
+            Err(e) => warn!(error = %e, "Cannot claim alert deliveries."),
+        }
+        while running.try_join_next().is_some() {}
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    // Let deliveries in flight finish (bounded by the HTTP/SMTP timeouts
+    // and the daemon's shutdown timeout).
+    while running.join_next().await.is_some() {}
+}
+
+async fn finish(
+    store: &dyn Store,
+    d: &crate::store::AlertDelivery,
+    result: Result<(), sinks::SendError>,
+    max_attempts: i64,
+) {
+    let now = Utc::now();
+    let outcome = match result {
+        Ok(()) => {
+            info!(sink = %d.sink, thread = d.thread_id, threshold = %d.threshold, "Alert delivered.");
+            store.finish_alert_delivery(d.id, Ok(()), None, now).await
+        }
+        Err(e) => {
+            let give_up = e.permanent || d.attempts >= max_attempts;
+            let retry_at = (!give_up).then(|| {
+                let wait = e.retry_after.unwrap_or_else(|| retry_delay(d.attempts));
+                now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(60))
+            });
+            warn!(
+                sink = %d.sink,
+                thread = d.thread_id,
+                attempts = d.attempts,
+                retry = !give_up,
+                error = %e.message,
+                "Alert delivery failed."
+            );
+            store
+                .finish_alert_delivery(d.id, Err(e.message), retry_at, now)
+                .await
+        }
+    };
+    if let Err(e) = outcome {
+        warn!(error = %e, "Cannot record an alert delivery.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_time_left_and_breach() {
+        let now = Utc::now();
+        let payload = json!({
+            "kind": "deadline", "threshold": "1h", "thread_id": 7, "instance": "amazon-eu",
+            "channel": "amazon", "customer": "Ana Souza", "order_id": "702-1234567-1234567",
+            "marketplace": "amazon.com.br", "subject": "Pedido <atrasado>",
+            "due_at": (now + chrono::Duration::minutes(59)).to_rfc3339(), "link": null,
+        });
+        let r = render(&payload, now);
+        assert!(
+            r.title.starts_with("58m") || r.title.starts_with("59m"),
+            "{}",
+            r.title
+        );
+        assert!(
+            r.text
+                .contains("Order: 702-1234567-1234567 on amazon.com.br"),
+            "{}",
+            r.text
+        );
+        assert!(r.html.contains("Pedido &lt;atrasado&gt;"), "{}", r.html);
+        let mut breach = payload.clone();
+        breach["kind"] = json!("breach");
+        assert_eq!(
+            render(&breach, now).title,
+            "Deadline missed: Ana Souza on amazon"
+        );
+    }
+
+    #[test]
+    fn retry_delays_grow_and_cap() {
+        assert_eq!(retry_delay(1), Duration::from_secs(5));
+        assert_eq!(retry_delay(2), Duration::from_secs(10));
+        assert_eq!(retry_delay(50), Duration::from_secs(600));
+    }
+}
