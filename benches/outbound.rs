@@ -75,7 +75,11 @@ fn run_once(replies: usize) -> anyhow::Result<RunResult> {
         .arg(&path)
         .args(["sync", "--once"])
         .output()?;
-    anyhow::ensure!(out.status.success(), "sync failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No new buyer messages from here on: the daemon polls once at start.
     std::fs::write(&path, config(dir.path(), &mock, 0))?;
 
@@ -83,7 +87,11 @@ fn run_once(replies: usize) -> anyhow::Result<RunResult> {
     let cfg = hourglass::config::Config::load(&path).map_err(|d| anyhow::anyhow!("{d}"))?;
     let store = runtime.block_on(hourglass::cli::store_for(&cfg))?;
     let threads = runtime.block_on(store.threads(&ThreadFilter::default(), Utc::now()))?;
-    anyhow::ensure!(threads.len() == THREADS as usize, "{} threads", threads.len());
+    anyhow::ensure!(
+        threads.len() == THREADS as usize,
+        "{} threads",
+        threads.len()
+    );
     let started = Instant::now();
     runtime.block_on(async {
         for i in 0..replies {
@@ -100,7 +108,10 @@ fn run_once(replies: usize) -> anyhow::Result<RunResult> {
         }
         anyhow::Ok(())
     })?;
-    eprintln!("  queued {replies} replies in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "  queued {replies} replies in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut daemon = Command::new(BIN)
         .arg("--config")
@@ -113,10 +124,16 @@ fn run_once(replies: usize) -> anyhow::Result<RunResult> {
     while mock.accepted().len() < replies && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
     let _ = daemon.wait();
     let accepted = mock.accepted();
-    anyhow::ensure!(accepted.len() >= replies, "only {} of {replies} replies arrived", accepted.len());
+    anyhow::ensure!(
+        accepted.len() >= replies,
+        "only {} of {replies} replies arrived",
+        accepted.len()
+    );
     let (Some(first), Some(last)) = (accepted.first(), accepted.last()) else {
         anyhow::bail!("nothing arrived");
     };
@@ -138,7 +155,9 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let replies = env_or("OUTBOUND_REPLIES", 10_000);
     let runs = env_or("OUTBOUND_RUNS", 3).max(1);
-    println!("outbound: {replies} replies per run, quota {RATE}/s burst {BURST} (mock and hourglass)");
+    println!(
+        "outbound: {replies} replies per run, quota {RATE}/s burst {BURST} (mock and hourglass)"
+    );
     let mut results = Vec::new();
     for run in 1..=runs {
         let r = run_once(replies)?;

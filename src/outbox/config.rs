@@ -114,7 +114,13 @@ mod tests {
     #[test]
     fn rate_limit_parses_and_rejects_nonsense() {
         let h: Holder = toml::from_str("rate_limit = { per_second = 1.2, burst = 3 }").unwrap();
-        assert_eq!(h.rate_limit, RateLimitConfig { per_second: 1.2, burst: 3 });
+        assert_eq!(
+            h.rate_limit,
+            RateLimitConfig {
+                per_second: 1.2,
+                burst: 3
+            }
+        );
         let h: Holder = toml::from_str("rate_limit = { per_second = 5.0 }").unwrap();
         assert_eq!(h.rate_limit.burst, 1);
         for bad in [

@@ -159,7 +159,11 @@ fn registry() -> &'static Registry {
 /// The limiter of one instance and operation. It outlives a reload (SIGHUP)
 /// as long as its limit is unchanged, so a reload neither grants a fresh
 /// burst nor forgets a pause the platform asked for.
-pub fn limiter_for(instance: &str, op: &'static str, config: Option<RateLimitConfig>) -> Arc<Limiter> {
+pub fn limiter_for(
+    instance: &str,
+    op: &'static str,
+    config: Option<RateLimitConfig>,
+) -> Arc<Limiter> {
     let mut reg = lock(registry());
     let key = (instance.to_owned(), op);
     match reg.get(&key) {

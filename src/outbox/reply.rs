@@ -17,7 +17,11 @@ pub struct ReplyArgs {
     /// The thread to answer.
     pub id: i64,
     /// The reply text.
-    #[arg(long, conflicts_with = "template", required_unless_present = "template")]
+    #[arg(
+        long,
+        conflicts_with = "template",
+        required_unless_present = "template"
+    )]
     pub body: Option<String>,
     /// A template from the [templates] folder: NAME.LANG.txt in the
     /// thread's language, else NAME.txt.
@@ -39,7 +43,9 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
     let k = k.trim();
     if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!("variable name {k:?} must be letters, digits or '_'"));
+        return Err(format!(
+            "variable name {k:?} must be letters, digits or '_'"
+        ));
     }
     Ok((k.to_owned(), v.to_owned()))
 }

@@ -103,15 +103,29 @@ fn render_source(
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.add_template_owned(file.to_owned(), source)
         .map_err(|e| anyhow::anyhow!("Template {file} does not parse: {e}"))?;
-    let text = env
+    let template = env
         .get_template(file)
-        .and_then(|t| t.render(vars))
-        .map_err(|e| {
-            let known = vars.keys().cloned().collect::<Vec<_>>().join(", ");
+        .map_err(|e| anyhow::anyhow!("Template {file} does not parse: {e}"))?;
+    let text = template.render(vars).map_err(|e| {
+        // minijinja says "undefined value" and where; name the variables too.
+        let mut missing = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !vars.contains_key(v))
+            .collect::<Vec<_>>();
+        missing.sort();
+        let known = vars.keys().cloned().collect::<Vec<_>>().join(", ");
+        if missing.is_empty() {
             anyhow::anyhow!(
-                "Template {file} cannot be rendered for this thread: {e}. Variables available: {known}; add others with --var NAME=VALUE"
+                "Template {file} cannot be rendered for this thread: {e}. Variables available: {known}"
             )
-        })?;
+        } else {
+            anyhow::anyhow!(
+                "Template {file} cannot be rendered for this thread: {e}. Not set: {}; add with --var NAME=VALUE (available: {known})",
+                missing.join(", ")
+            )
+        }
+    })?;
     let text = text.trim().to_owned();
     if text.is_empty() {
         bail!("Template {file} rendered to an empty reply");
@@ -134,7 +148,11 @@ mod tests {
     fn language_specific_file_wins_and_falls_back() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("late.txt"), "Hello {{ customer }}").unwrap();
-        std::fs::write(dir.path().join("late.pt.txt"), "Olá {{ customer }}, não se preocupe").unwrap();
+        std::fs::write(
+            dir.path().join("late.pt.txt"),
+            "Olá {{ customer }}, não se preocupe",
+        )
+        .unwrap();
         let v = vars(&[("customer", "Ana")]);
         let pt = render_template(Some(dir.path()), "late", Some("pt-BR"), &v).unwrap();
         assert_eq!(pt, "Olá Ana, não se preocupe");
@@ -153,6 +171,7 @@ mod tests {
             .to_string();
         assert!(err.contains("t.txt"), "{err}");
         assert!(err.contains("undefined"), "{err}");
+        assert!(err.contains("Not set: order_id"), "{err}");
         // `is defined` lets a template cope without it.
         std::fs::write(
             dir.path().join("t.txt"),
@@ -171,8 +190,13 @@ mod tests {
         assert!(render_template(Some(dir.path()), "../etc/passwd", None, &vars(&[])).is_err());
         assert!(render_template(None, "x", None, &vars(&[])).is_err());
         std::fs::write(dir.path().join("amp.txt"), "{{ customer }}").unwrap();
-        let out = render_template(Some(dir.path()), "amp", None, &vars(&[("customer", "A & <B>")]))
-            .unwrap();
+        let out = render_template(
+            Some(dir.path()),
+            "amp",
+            None,
+            &vars(&[("customer", "A & <B>")]),
+        )
+        .unwrap();
         assert_eq!(out, "A & <B>");
     }
 }

@@ -209,7 +209,12 @@ impl Sender {
 
     /// Sends a claimed batch: threads concurrently, the replies of one
     /// thread in order.
-    async fn send_batch(&self, items: Vec<OutboxItem>, claimed_at: Instant, stop: &CancellationToken) {
+    async fn send_batch(
+        &self,
+        items: Vec<OutboxItem>,
+        claimed_at: Instant,
+        stop: &CancellationToken,
+    ) {
         let mut groups: Vec<(i64, Vec<OutboxItem>)> = Vec::new();
         let mut index: HashMap<i64, usize> = HashMap::new();
         for item in items {
@@ -402,7 +407,8 @@ impl Sender {
         let attempt = item.attempts + 1;
         let failures = u32::try_from(attempt).unwrap_or(u32::MAX);
         let now = Utc::now();
-        let at = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
+        let at =
+            |d: Duration| now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
         let outcome = match &e {
             ConnectorError::RateLimited { retry_after } => {
                 let delay = retry_after
@@ -433,7 +439,11 @@ impl Sender {
             ConnectorError::Auth(_) => {
                 self.auth_failed.store(true, Ordering::Relaxed);
                 error!(instance = %self.name, error = %e, "Credentials refused while sending; replies of this instance wait in the outbox until the config is fixed and reloaded.");
-                if let Err(se) = self.store.set_instance_state(&self.name, "auth_failed").await {
+                if let Err(se) = self
+                    .store
+                    .set_instance_state(&self.name, "auth_failed")
+                    .await
+                {
                     warn!(instance = %self.name, error = %se, "Cannot record the instance state.");
                 }
                 OutboxOutcome::Retry {
@@ -441,7 +451,9 @@ impl Sender {
                     at: now,
                 }
             }
-            ConnectorError::Refused(_) | ConnectorError::BadData { .. } | ConnectorError::Other(_) => {
+            ConnectorError::Refused(_)
+            | ConnectorError::BadData { .. }
+            | ConnectorError::Other(_) => {
                 warn!(instance = %self.name, reply = %item.id, thread = item.thread_id, error = %e, "The platform refused a reply; marked failed and shown on the thread.");
                 OutboxOutcome::Failed {
                     error: e.to_string(),
@@ -532,9 +544,7 @@ fn build_reply(item: &OutboxItem, detail: &ThreadDetail) -> Result<OutgoingReply
 /// `Re: subject`, without stacking prefixes.
 fn re_subject(subject: &str) -> String {
     let s = subject.trim();
-    let has_prefix = s
-        .get(..3)
-        .is_some_and(|p| p.eq_ignore_ascii_case("re:"));
+    let has_prefix = s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("re:"));
     if has_prefix {
         s.to_owned()
     } else {

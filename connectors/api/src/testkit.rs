@@ -150,7 +150,10 @@ impl Connector for ScriptedConnector {
         let all = lock(&self.platform.messages);
         let page = lock(&self.platform.page_size).unwrap_or(usize::MAX);
         let end = all.len().min(start.saturating_add(page));
-        let messages = all.get(start..end).map(<[Message]>::to_vec).unwrap_or_default();
+        let messages = all
+            .get(start..end)
+            .map(<[Message]>::to_vec)
+            .unwrap_or_default();
         let mut batch = Batch {
             messages,
             more: end < all.len(),
@@ -173,15 +176,13 @@ impl Connector for ScriptedConnector {
 
     async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
         let sent = lock(&self.platform.sent);
-        Ok(
-            match sent.iter().find(|r| r.outbox_id == reply.outbox_id) {
-                Some(r) => SentCheck::Sent(SentReply {
-                    external_id: format!("scripted-{}", r.outbox_id),
-                    sent_at: Utc::now(),
-                }),
-                None => SentCheck::NotSent,
-            },
-        )
+        Ok(match sent.iter().find(|r| r.outbox_id == reply.outbox_id) {
+            Some(r) => SentCheck::Sent(SentReply {
+                external_id: format!("scripted-{}", r.outbox_id),
+                sent_at: Utc::now(),
+            }),
+            None => SentCheck::NotSent,
+        })
     }
 }
 
@@ -348,7 +349,9 @@ impl SimulatedConnector {
             200 => Ok(SentCheck::Sent(read_sent(resp).await?)),
             404 => Ok(SentCheck::NotSent),
             429 => Err(ConnectorError::RateLimited { retry_after: None }),
-            s => Err(ConnectorError::Transient(format!("mock platform answered HTTP {s}"))),
+            s => Err(ConnectorError::Transient(format!(
+                "mock platform answered HTTP {s}"
+            ))),
         }
     }
 
@@ -373,7 +376,12 @@ impl SimulatedConnector {
             email: None,
         });
         m.subject = Some(format!("Question from {name}"));
-        m.order_id = Some(format!("{:03}-{:07}-{:07}", 100 + buyer, 1_000_000 + buyer, i));
+        m.order_id = Some(format!(
+            "{:03}-{:07}-{:07}",
+            100 + buyer,
+            1_000_000 + buyer,
+            i
+        ));
         m.language = Some(lang.to_owned());
         m.reply_to = Some(handle);
         m
@@ -676,7 +684,12 @@ mod tests {
         );
         let a = conn.poll(&Cursors::new()).await.unwrap();
         let b = conn.poll(&Cursors::new()).await.unwrap();
-        let ids = |b: &Batch| b.messages.iter().map(|m| m.external_id.clone()).collect::<Vec<_>>();
+        let ids = |b: &Batch| {
+            b.messages
+                .iter()
+                .map(|m| m.external_id.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(&a), ids(&b));
         assert_eq!(a.messages[0].thread_key, a.messages[2].thread_key);
         assert!(conformance(&conn).await.is_ok());
