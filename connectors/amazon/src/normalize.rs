@@ -118,6 +118,18 @@ pub fn comm_mgr_token(text: &str) -> Option<String> {
     Some(re.captures(text)?.get(1)?.as_str().to_owned())
 }
 
+/// The id in Amazon's "no response needed" link
+/// (`no-response-needed.html?msg=<ID>`), which lets the seller close a
+/// buyer message in Seller Central without answering.
+pub fn no_response_needed_id(text: &str) -> Option<String> {
+    static RE: OnceLock<Option<Regex>> = OnceLock::new();
+    let re = regex(
+        &RE,
+        r"no-response-needed\.html\?(?:[^\s\x22'<>]*&(?:amp;)?)?msg=([A-Za-z0-9_-]+)",
+    )?;
+    Some(re.captures(text)?.get(1)?.as_str().to_owned())
+}
+
 /// The thread of a buyer: `<relay handle>#<order id>`, or the handle
 /// alone for questions outside an order.
 pub fn thread_key(handle: &str, order_id: Option<&str>) -> String {
@@ -435,6 +447,11 @@ pub fn normalize(mut m: Message) -> Message {
     if let Some(t) = token {
         set_meta(&mut m, "comm_mgr_tok", Value::String(t));
     }
+    let no_response = no_response_needed_id(&original_text)
+        .or_else(|| m.html.as_deref().and_then(no_response_needed_id));
+    if let Some(id) = no_response {
+        set_meta(&mut m, "no_response_needed_msg", Value::String(id));
+    }
     m
 }
 
@@ -528,6 +545,18 @@ mod tests {
         assert_eq!(single_pre(html).as_deref(), Some("Bonjour,\nc'est cassé."));
         assert_eq!(single_pre("<pre>a</pre><pre>b</pre>"), None);
         assert_eq!(single_pre("<p>none</p>"), None);
+    }
+
+    #[test]
+    fn no_response_needed_links() {
+        let cases = [
+            ("https://sellercentral.amazon.de/messaging/no-response-needed.html?msg=A2BR3SOUZA77", Some("A2BR3SOUZA77")),
+            ("<a href=\"https://sellercentral.amazon.fr/messaging/no-response-needed.html?lang=fr&amp;msg=FR1\">", Some("FR1")),
+            ("no link here", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(no_response_needed_id(text).as_deref(), want, "{text}");
+        }
     }
 
     #[test]

@@ -36,8 +36,9 @@ fn imap_config(d: &Dovecot) -> ImapConfig {
         username: d.user().to_owned(),
         password: Some(SecretRef::Env(PASSWORD_VAR.to_owned())),
         auth: ImapAuth::Login,
-        folders: vec!["INBOX".to_owned()],
-        sent_folder: Some("Sent".to_owned()),
+        // The DESIGN example's shape: Sent listed, no `sent_folder`.
+        folders: vec!["INBOX".to_owned(), "Sent".to_owned()],
+        sent_folder: None,
         idle: true,
         fetch_batch: 3,
         accept_invalid_certs: false,

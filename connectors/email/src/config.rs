@@ -59,7 +59,8 @@ pub struct ImapConfig {
     pub folders: Vec<String>,
     /// The folder holding the seller's sent mail: messages there are
     /// outbound (they stop the reply clock), and replies sent by hourglass
-    /// are appended there.
+    /// are appended there. Default: the folder in `folders` with a usual
+    /// sent-mail name (`Sent`, `Sent Items`, `[Gmail]/Sent Mail`, ...).
     #[serde(default)]
     pub sent_folder: Option<String>,
     /// Wait for new mail with IMAP IDLE when the server offers it.
@@ -143,7 +144,41 @@ fn default_fetch_batch() -> u32 {
     200
 }
 
+/// Names mail clients and servers give the sent folder.
+const SENT_NAMES: &[&str] = &[
+    "sent",
+    "sent items",
+    "sent messages",
+    "sent mail",
+    "[gmail]/sent mail",
+    "[google mail]/sent mail",
+    "inbox.sent",
+    "inbox/sent",
+    "gesendet",
+    "gesendete objekte",
+    "gesendete elemente",
+    "envoyés",
+    "éléments envoyés",
+    "enviados",
+    "elementos enviados",
+    "inviata",
+    "posta inviata",
+    "trimise",
+];
+
 impl ImapConfig {
+    /// The sent folder: `sent_folder`, else the folder in `folders` with a
+    /// usual sent-mail name (the DESIGN example lists `["INBOX", "Sent"]`
+    /// and nothing more).
+    pub fn effective_sent_folder(&self) -> Option<&str> {
+        self.sent_folder.as_deref().or_else(|| {
+            self.folders
+                .iter()
+                .map(String::as_str)
+                .find(|f| SENT_NAMES.contains(&f.to_lowercase().as_str()))
+        })
+    }
+
     /// The folders one poll reads: `folders`, then the sent folder when it
     /// is not among them.
     pub fn poll_folders(&self) -> Vec<String> {
@@ -179,6 +214,7 @@ mod tests {
         assert_eq!(imap.fetch_batch, 200);
         assert!(!imap.accept_invalid_certs);
         assert_eq!(imap.poll_folders(), vec!["INBOX", "Sent"]);
+        assert_eq!(imap.effective_sent_folder(), Some("Sent"));
 
         // The alert sink form: no credentials.
         let smtp: SmtpConfig = toml::from_str(
@@ -210,5 +246,24 @@ mod tests {
         let imap: ImapConfig =
             toml::from_str("host = \"h\"\nusername = \"u\"\nsent_folder = \"Sent\"\n").unwrap();
         assert_eq!(imap.poll_folders(), vec!["INBOX", "Sent"]);
+        assert_eq!(imap.effective_sent_folder(), Some("Sent"));
+    }
+
+    #[test]
+    fn the_sent_folder_is_found_by_its_usual_names() {
+        let with = |folders: &[&str]| ImapConfig {
+            folders: folders.iter().map(|f| (*f).to_owned()).collect(),
+            ..toml::from_str("host = \"h\"\nusername = \"u\"\n").unwrap()
+        };
+        assert_eq!(with(&["INBOX"]).effective_sent_folder(), None);
+        assert_eq!(
+            with(&["INBOX", "[Gmail]/Sent Mail"]).effective_sent_folder(),
+            Some("[Gmail]/Sent Mail")
+        );
+        assert_eq!(
+            with(&["INBOX", "Gesendete Objekte"]).effective_sent_folder(),
+            Some("Gesendete Objekte")
+        );
+        assert_eq!(with(&["INBOX", "Archive"]).effective_sent_folder(), None);
     }
 }

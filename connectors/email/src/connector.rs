@@ -130,7 +130,7 @@ impl EmailConnector {
                 folder: &folder,
                 uid: None,
                 internal_date: None,
-                is_sent_folder: self.imap.sent_folder.as_deref() == Some(folder.as_str()),
+                is_sent_folder: self.imap.effective_sent_folder() == Some(folder.as_str()),
                 own_addresses: &self.own_addresses,
                 now,
             };
@@ -154,7 +154,7 @@ impl EmailConnector {
 
     /// Files a sent reply in the sent folder, as a mail client would.
     async fn append_sent(&self, raw: &[u8]) -> Result<(), ConnectorError> {
-        let Some(folder) = self.imap.sent_folder.as_deref() else {
+        let Some(folder) = self.imap.effective_sent_folder() else {
             return Ok(());
         };
         let mut slot = self.session.lock().await;
@@ -178,7 +178,7 @@ impl EmailConnector {
         &self,
         message_id: &str,
     ) -> Result<Option<chrono::DateTime<Utc>>, ConnectorError> {
-        let Some(folder) = self.imap.sent_folder.clone() else {
+        let Some(folder) = self.imap.effective_sent_folder().map(str::to_owned) else {
             return Err(ConnectorError::Other("no sent folder configured".into()));
         };
         let mut slot = self.session.lock().await;
@@ -326,7 +326,7 @@ impl Connector for EmailConnector {
             poll: true,
             push: self.imap.idle && self.idle_supported.load(Ordering::Relaxed) != IDLE_NO,
             send: self.smtp.is_some(),
-            check_sent: self.smtp.is_some() && self.imap.sent_folder.is_some(),
+            check_sent: self.smtp.is_some() && self.imap.effective_sent_folder().is_some(),
         }
     }
 
@@ -402,7 +402,7 @@ impl Connector for EmailConnector {
     }
 
     async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
-        let (Some(smtp), Some(_)) = (&self.smtp, &self.imap.sent_folder) else {
+        let (Some(smtp), Some(_)) = (&self.smtp, self.imap.effective_sent_folder()) else {
             return Ok(SentCheck::CannotTell);
         };
         let id = reply_message_id(&reply.outbox_id, smtp.from());

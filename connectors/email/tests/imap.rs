@@ -144,6 +144,17 @@ async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
         .collect();
     assert_eq!(new_ids, ["pl-cp1250-0001@example.pl"]);
     assert_eq!(next.messages[0].meta["uid"], 7);
+    cursors.extend(next.cursors);
+
+    // A Date header in 2099 gives way to the server's INTERNALDATE.
+    d.append("INBOX", &fixture("future_date.eml")).unwrap();
+    let next = conn.poll(&cursors).await.unwrap();
+    let age = chrono::Utc::now() - next.messages[0].sent_at;
+    assert!(
+        age.num_seconds().abs() < 120,
+        "{}",
+        next.messages[0].sent_at
+    );
 }
 
 #[tokio::test]
