@@ -62,7 +62,10 @@ impl TestApp {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "{args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
@@ -100,9 +103,8 @@ impl Daemon {
 
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
-        wait_until(timeout, || self.log().contains(needle)).unwrap_or_else(|_| {
-            panic!("log never showed {needle:?}; log:\n{}", self.log())
-        });
+        wait_until(timeout, || self.log().contains(needle))
+            .unwrap_or_else(|_| panic!("log never showed {needle:?}; log:\n{}", self.log()));
     }
 
     pub fn signal(&self, sig: &str) {
@@ -123,7 +125,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("daemon did not exit within {timeout:?}; log:\n{}", self.log());
+        panic!(
+            "daemon did not exit within {timeout:?}; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -152,4 +157,121 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<(
     } else {
         Err(())
     }
+}
+
+/// A request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A local HTTP endpoint that records every POST (a stand-in for Slack,
+/// Teams or an agent's webhook), answering 204.
+pub struct WebhookReceiver {
+    pub port: u16,
+    pub received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> WebhookReceiver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (head_end, content_length) = loop {
+                    let n = match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break (None, 0),
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..pos]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0usize);
+                        break (Some(pos + 4), len);
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                while buf.len() < head_end + content_length {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let mut lines = head.lines();
+                let path = lines
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .unwrap_or("")
+                    .to_owned();
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .collect();
+                let body = buf[head_end..(head_end + content_length).min(buf.len())].to_vec();
+                sink.lock().unwrap().push(Received {
+                    path,
+                    headers,
+                    body,
+                });
+                let _ = stream.write_all(
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        WebhookReceiver { port, received }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Writes a mail into a Maildir folder the way an MTA delivers it.
+pub fn deliver_mail(maildir: &Path, raw: &str) {
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!(
+        "{}.{}.{}.test",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    );
+    std::fs::write(maildir.join("tmp").join(&name), raw).unwrap();
+    std::fs::rename(
+        maildir.join("tmp").join(&name),
+        maildir.join("new").join(&name),
+    )
+    .unwrap();
 }

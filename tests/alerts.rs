@@ -1,0 +1,249 @@
+//! Deadline alerts end to end: a real SMTP server (aiosmtpd) and a local
+//! webhook receiver get each alert exactly once, across a SIGKILL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{deliver_mail, wait_until, TestApp, WebhookReceiver};
+use hmac::{Hmac, Mac};
+use hourglass_testsupport::smtp::SmtpSink;
+use sha2::Sha256;
+
+const HOOK_SECRET: &str = "hook-secret-for-tests";
+
+fn buyer_mail(seconds_ago: i64) -> String {
+    let date = (chrono::Utc::now() - chrono::Duration::seconds(seconds_ago)).to_rfc2822();
+    format!(
+        "From: \"Jürgen Weiß - Amazon Marketplace\" <q7w8e9r0@marketplace.amazon.de>\r\n\
+         To: seller@shop.example\r\n\
+         Subject: Anfrage von Amazon-Kunde Jürgen Weiß (Bestellung: 302-7654321-1234567)\r\n\
+         Date: {date}\r\n\
+         Message-ID: <alert-test-1@email.amazonses.com>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n\
+         ------------- Begin message -------------\r\n\r\n\
+         Hallo, wo bleibt meine Bestellung?\r\n\r\n\
+         ------------- End message -------------\r\n"
+    )
+}
+
+fn verify(body: &[u8], header: Option<&str>) -> bool {
+    let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    header == Some(expected.as_str())
+}
+
+#[test]
+fn alerts_reach_every_sink_exactly_once_across_a_crash_and_the_breach_escalates() {
+    let smtp = SmtpSink::start().unwrap();
+    let hooks = WebhookReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    // 23 h 59 min 20 s old: the 1 h point has passed, the breach is 40 s away.
+    deliver_mail(&mail, &buyer_mail(24 * 3600 - 40));
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(mail.join(".Sent").join(sub)).unwrap();
+    }
+
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            r#"[clock]
+window = "24h"
+thresholds = ["1h"]
+
+[daemon]
+shutdown_timeout = "3s"
+
+[http]
+enabled = false
+
+[[instances]]
+name = "amazon-de"
+type = "amazon"
+schedule = "* * * * * *"
+[instances.maildir]
+path = "{mail}"
+own_addresses = ["seller@shop.example"]
+
+[[alerts.sinks]]
+name = "agents-mail"
+type = "email"
+to = ["agents@shop.example"]
+smtp = {{ host = "127.0.0.1", port = {smtp_port}, tls = "none", from = "hourglass@shop.example" }}
+
+[[alerts.sinks]]
+name = "agents-hook"
+type = "webhook"
+url = "{agents}"
+format = "json"
+secret = "env:HG_HOOK_SECRET"
+
+[[alerts.sinks]]
+name = "managers"
+type = "webhook"
+url = "{managers}"
+format = "slack"
+
+[[alerts.routes]]
+sinks = ["agents-mail", "agents-hook"]
+
+[[alerts.routes]]
+thresholds = ["breach"]
+sinks = ["managers"]
+"#,
+            mail = mail.display(),
+            smtp_port = smtp.port(),
+            agents = hooks.url("/agents"),
+            managers = hooks.url("/managers"),
+        ),
+    );
+    app.env.push(("HG_HOOK_SECRET".into(), HOOK_SECRET.into()));
+
+    let to = |path: &str| {
+        hooks
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect::<Vec<_>>()
+    };
+
+    // The 1 h alert reaches both agent sinks.
+    let mut daemon = app.spawn_daemon();
+    wait_until(Duration::from_secs(30), || !to("/agents").is_empty())
+        .unwrap_or_else(|_| panic!("no webhook alert; log:\n{}", daemon.log()));
+    smtp.wait_for(1, Duration::from_secs(30)).unwrap();
+    let first = &to("/agents")[0];
+    assert_eq!(first.json()["threshold"], "1h");
+    assert_eq!(first.json()["customer"], "Jürgen Weiß");
+    assert_eq!(first.json()["order_id"], "302-7654321-1234567");
+    assert!(
+        verify(&first.body, first.header("X-Hourglass-Signature")),
+        "signature does not verify"
+    );
+    let mail_text = String::from_utf8_lossy(&smtp.messages().unwrap()[0]).into_owned();
+    assert!(mail_text.contains("Subject: [hourglass]"), "{mail_text}");
+    assert!(mail_text.contains("302-7654321-1234567"), "{mail_text}");
+
+    // Killed outright and restarted: nothing fires twice.
+    daemon.signal("KILL");
+    daemon.wait_exit(Duration::from_secs(10));
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("hourglass is running", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        to("/agents").len(),
+        1,
+        "the 1h alert was sent again after the restart"
+    );
+    assert_eq!(smtp.messages().unwrap().len(), 1);
+    assert!(to("/managers").is_empty(), "escalated before the breach");
+
+    // At 24 h the breach fires, to the agents and, escalated, the managers.
+    wait_until(Duration::from_secs(60), || !to("/managers").is_empty())
+        .unwrap_or_else(|_| panic!("no breach escalation; log:\n{}", daemon.log()));
+    wait_until(Duration::from_secs(20), || to("/agents").len() == 2).unwrap();
+    smtp.wait_for(2, Duration::from_secs(20)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    let agents = to("/agents");
+    let thresholds: Vec<_> = agents
+        .iter()
+        .map(|r| r.json()["threshold"].clone())
+        .collect();
+    assert_eq!(thresholds, ["1h", "breach"]);
+    assert!(agents
+        .iter()
+        .all(|r| verify(&r.body, r.header("X-Hourglass-Signature"))));
+    let managers = to("/managers");
+    assert_eq!(managers.len(), 1);
+    let text = managers[0].json()["text"].as_str().unwrap().to_owned();
+    assert!(
+        text.starts_with("Deadline missed: Jürgen Weiß on amazon"),
+        "{text}"
+    );
+    assert_eq!(smtp.messages().unwrap().len(), 2);
+
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn alerts_test_reports_each_sink() {
+    let hooks = WebhookReceiver::start();
+    let app = TestApp::new(
+        None,
+        &format!(
+            r#"[[alerts.sinks]]
+name = "good"
+type = "webhook"
+url = "{}"
+format = "teams"
+
+[[alerts.sinks]]
+name = "down"
+type = "webhook"
+url = "http://127.0.0.1:1/nothing-listens-here"
+"#,
+            hooks.url("/teams")
+        ),
+    );
+    let out = app.run(&["alerts", "test", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failing sink fails the command"
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results[0]["sink"], "good");
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(results[1]["sink"], "down");
+    assert_eq!(results[1]["ok"], false);
+    let got = hooks.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["@type"], "MessageCard");
+}
+
+#[test]
+fn demo_runs_from_a_fresh_machine_and_shows_alerts() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["demo", "--for", "40s"])
+        .env_remove("HOURGLASS_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The deadline table, ordered by deadline, breached first.
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Deadlines:"))
+        .collect();
+    assert!(
+        table[2].contains("breached") && table[2].contains("Lucía Fernández"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Jürgen Weiß") && stdout.contains("Ioana Popescu"));
+    assert!(stdout.contains("answered") && stdout.contains("Emily Clark"));
+    // Alerts reached the capture, signed, including the 1 h alert that
+    // comes about 30 s in.
+    let alerts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("[signature ok]"))
+        .collect();
+    assert!(alerts.len() >= 5, "{stdout}");
+    assert!(alerts
+        .iter()
+        .any(|l| l.contains("Deadline missed: Lucía Fernández")));
+    assert_eq!(
+        alerts.iter().filter(|l| l.contains("Ana Souza")).count(),
+        2,
+        "{stdout}"
+    );
+    assert!(!stdout.contains("BAD SIGNATURE"));
+}
