@@ -11,6 +11,7 @@
 
 pub mod normalize;
 pub mod rules;
+pub mod sp_api;
 
 use std::time::Duration;
 
@@ -22,9 +23,12 @@ use hourglass_email::{
     EmailConnector, ImapConfig, MailSource, MaildirConfig, MaildirConnector, SmtpConfig,
 };
 
+pub use sp_api::SpApiConfig;
+
 /// One Amazon seller account (one marketplace region's mailbox).
 pub struct AmazonConnector {
     source: MailSource,
+    sp_api: Option<sp_api::SpApi>,
 }
 
 impl AmazonConnector {
@@ -32,7 +36,15 @@ impl AmazonConnector {
     pub fn new(source: MailSource) -> AmazonConnector {
         AmazonConnector {
             source: source.with_kind("amazon"),
+            sp_api: None,
         }
+    }
+
+    /// Adds SP-API order enrichment (`[instances.sp_api]`): buyer messages
+    /// with an order id get `meta.order` (status, dates, total).
+    pub fn with_sp_api(mut self, config: SpApiConfig) -> Result<AmazonConnector, ConnectorError> {
+        self.sp_api = Some(sp_api::SpApi::new(config)?);
+        Ok(self)
     }
 
     /// Buyer messages from an IMAP mailbox (`[instances.imap]`), replies
@@ -86,6 +98,9 @@ impl Connector for AmazonConnector {
             .into_iter()
             .map(normalize::normalize)
             .collect();
+        if let Some(api) = &self.sp_api {
+            api.enrich(&mut batch.messages).await;
+        }
         Ok(batch)
     }
 
