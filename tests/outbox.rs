@@ -53,24 +53,19 @@ fn seed(
     rate: &str,
     extra: &str,
 ) -> HashMap<String, i64> {
+    // Keep the harness's [store] section (SQLite or PostgreSQL).
+    let text = std::fs::read_to_string(&app.config).unwrap();
+    let store = text.split("\n\n").next().unwrap().to_owned();
     std::fs::write(
         &app.config,
-        format!(
-            "[store]\nurl = \"sqlite://{}/hourglass.db\"\n\n{}",
-            app.path().display(),
-            shop(mock, threads, rate, extra)
-        ),
+        format!("{store}\n\n{}", shop(mock, threads, rate, extra)),
     )
     .unwrap();
     let sync = app.json(&["sync", "--once", "--json"]);
     assert_eq!(sync[0]["messages"], threads, "{sync}");
     std::fs::write(
         &app.config,
-        format!(
-            "[store]\nurl = \"sqlite://{}/hourglass.db\"\n\n{}",
-            app.path().display(),
-            shop(mock, 0, rate, extra)
-        ),
+        format!("{store}\n\n{}", shop(mock, 0, rate, extra)),
     )
     .unwrap();
     let list = app.json(&["threads", "--json"]);
@@ -87,7 +82,11 @@ fn seed(
 }
 
 fn new_app() -> TestApp {
-    let app = TestApp::new(None, "");
+    app_on(None)
+}
+
+fn app_on(store_url: Option<&str>) -> TestApp {
+    let app = TestApp::new(store_url, "");
     std::fs::create_dir(app.path().join("templates")).unwrap();
     app
 }
@@ -134,22 +133,32 @@ const NO_LIMIT: &str = "{ per_second = 1000.0, burst = 10 }";
 
 #[test]
 fn a_reply_is_sent_by_the_daemon_and_stops_the_clock_only_then() {
+    a_reply_is_sent_and_answers_its_thread(&new_app());
+}
+
+#[test]
+fn a_reply_is_sent_on_postgres() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let url = pg.create_database("outbox").unwrap();
+    a_reply_is_sent_and_answers_its_thread(&app_on(Some(&url)));
+}
+
+fn a_reply_is_sent_and_answers_its_thread(app: &TestApp) {
     let mock = MockPlatform::start(None).unwrap();
-    let app = new_app();
-    let threads = seed(&app, &mock, 3, NO_LIMIT, "");
+    let threads = seed(app, &mock, 3, NO_LIMIT, "");
     let ana = threads["Ana Souza"];
 
     // Queued while no daemon runs: nothing is sent, the clock still runs.
-    let id = reply(&app, ana, &["--body", "Olá Ana, a encomenda já seguiu."]);
+    let id = reply(app, ana, &["--body", "Olá Ana, a encomenda já seguiu."]);
     assert_eq!(id.len(), 16, "{id}");
-    let before = show(&app, ana);
+    let before = show(app, ana);
     assert_eq!(before["status"], "awaiting", "{before}");
     assert_eq!(before["outbox"][0]["state"], "queued");
     assert!(before["due_at"].is_string());
     assert!(mock.accepted().is_empty());
 
     let mut daemon = app.spawn_daemon();
-    wait_state(&app, &daemon, ana, &id, "sent");
+    wait_state(app, &daemon, ana, &id, "sent");
     daemon.signal("TERM");
     assert_eq!(
         daemon.wait_exit(Duration::from_secs(15)),
@@ -168,7 +177,7 @@ fn a_reply_is_sent_by_the_daemon_and_stops_the_clock_only_then() {
     );
     assert_eq!(sent[0].text, "Olá Ana, a encomenda já seguiu.");
 
-    let after = show(&app, ana);
+    let after = show(app, ana);
     assert_eq!(after["status"], "answered", "{after}");
     assert!(after["due_at"].is_null(), "{after}");
     let outbound: Vec<&Value> = after["messages"]
@@ -185,7 +194,7 @@ fn a_reply_is_sent_by_the_daemon_and_stops_the_clock_only_then() {
     assert_eq!(outbound[0]["text"], "Olá Ana, a encomenda já seguiu.");
     assert_eq!(after["outbox"][0]["state"], "sent");
     // The other threads were not touched.
-    assert_eq!(show(&app, threads["Ioana Popescu"])["status"], "awaiting");
+    assert_eq!(show(app, threads["Ioana Popescu"])["status"], "awaiting");
 }
 
 #[test]
@@ -448,4 +457,187 @@ fn kill_9_while_sending_never_sends_twice_and_never_loses_a_reply() {
         kills_mid_send >= ROUNDS / 4,
         "too few kills landed while sending: {line}"
     );
+}
+
+fn wait_all(app: &TestApp, daemon: &common::Daemon, replies: &[(i64, String)], state: &str) {
+    wait_until(Duration::from_secs(30), || {
+        replies
+            .iter()
+            .all(|(t, id)| outbox_state(app, *t, id) == state)
+    })
+    .unwrap_or_else(|_| panic!("not every reply became {state}; log:\n{}", daemon.log()));
+}
+
+#[test]
+fn transient_failures_back_off_then_fail_while_other_threads_go_out() {
+    let mock = MockPlatform::start(None).unwrap();
+    mock.answer_to("buyer0@shop.sim", 503, "down for maintenance");
+    let app = new_app();
+    let threads = seed(&app, &mock, 2, NO_LIMIT, "max_attempts = 3\n");
+    let (ana, ioana) = (threads["Ana Souza"], threads["Ioana Popescu"]);
+    let bad = reply(&app, ana, &["--body", "Olá"]);
+    let good = reply(&app, ioana, &["--body", "Bună"]);
+
+    let mut daemon = app.spawn_daemon();
+    wait_state(&app, &daemon, ioana, &good, "sent");
+    wait_state(&app, &daemon, ana, &bad, "failed");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+
+    let detail = show(&app, ana);
+    let entry = &detail["outbox"][0];
+    assert_eq!(entry["attempts"], 3, "{detail}");
+    let error = entry["error"].as_str().unwrap();
+    assert!(error.contains("Gave up after 3 attempts"), "{error}");
+    assert!(error.contains("down for maintenance"), "{error}");
+    assert!(daemon.log().contains("retrying later"), "{}", daemon.log());
+    assert_eq!(mock.accepted().len(), 1);
+}
+
+#[test]
+fn the_platforms_429_pauses_the_instance_and_every_reply_still_goes_out_once_in_order() {
+    // hourglass is told it may send faster than the platform really allows.
+    let mock = MockPlatform::start(Some(Quota {
+        per_second: 4.0,
+        burst: 2.0,
+    }))
+    .unwrap();
+    let app = new_app();
+    let threads = seed(&app, &mock, 4, "{ per_second = 50.0, burst = 10 }", "");
+    let mut replies = Vec::new();
+    for round in ["first", "second"] {
+        for (customer, &t) in &threads {
+            let id = reply(&app, t, &["--body", &format!("{round} to {customer}")]);
+            replies.push((t, id));
+        }
+    }
+    let mut daemon = app.spawn_daemon();
+    wait_all(&app, &daemon, &replies, "sent");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+
+    assert!(
+        mock.rejected_429() > 0,
+        "the test needs the platform to push back"
+    );
+    assert!(
+        daemon.log().contains("asked us to slow down"),
+        "{}",
+        daemon.log()
+    );
+    let accepted = mock.accepted();
+    assert_eq!(accepted.len(), replies.len());
+    assert_eq!(mock.duplicates(), 0);
+    // The replies of one thread arrive in the order they were written.
+    for customer in threads.keys() {
+        let texts: Vec<&str> = accepted
+            .iter()
+            .filter(|a| a.text.ends_with(&format!("to {customer}")))
+            .map(|a| a.text.as_str())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                format!("first to {customer}"),
+                format!("second to {customer}")
+            ]
+        );
+    }
+}
+
+#[test]
+fn refused_credentials_stop_the_instance_sending_and_keep_its_replies() {
+    let mock = MockPlatform::start(None).unwrap();
+    mock.answer_to("buyer0@shop.sim", 401, "access token expired");
+    let app = new_app();
+    let threads = seed(&app, &mock, 2, NO_LIMIT, "");
+    let (ana, ioana) = (threads["Ana Souza"], threads["Ioana Popescu"]);
+    let first = reply(&app, ana, &["--body", "Olá"]);
+
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Credentials refused while sending", Duration::from_secs(20));
+    // Sending has stopped for the instance: a reply the platform would take
+    // waits too, instead of hammering an account whose token is refused.
+    let second = reply(&app, ioana, &["--body", "Bună"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(outbox_state(&app, ioana, &second), "queued");
+    assert_eq!(outbox_state(&app, ana, &first), "queued");
+    let detail = show(&app, ana);
+    let error = detail["outbox"][0]["error"].as_str().unwrap();
+    assert!(error.contains("access token expired"), "{detail}");
+    assert!(mock.accepted().is_empty());
+    assert!(daemon.log().contains("ERROR"), "{}", daemon.log());
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+
+    // Fixed credentials (here: the platform takes them again) and a restart
+    // send both.
+    mock.clear_answer_to("buyer0@shop.sim");
+    let daemon = app.spawn_daemon();
+    wait_all(&app, &daemon, &[(ana, first), (ioana, second)], "sent");
+}
+
+#[test]
+fn a_slow_instance_does_not_hold_back_another() {
+    let mock = MockPlatform::start(None).unwrap();
+    let app = new_app();
+    let instances = |per_poll: u32| {
+        format!(
+            r#"[outbox]
+lease = "2s"
+poll_interval = "100ms"
+
+[[instances]]
+name = "slow"
+type = "simulated"
+schedule = "0 0 1 1 *"
+rate_limit = {{ per_second = 0.5, burst = 1 }}
+[instances.simulated]
+per_poll = {per_poll}
+threads = {per_poll}
+api_url = "{url}"
+
+[[instances]]
+name = "fast"
+type = "simulated"
+schedule = "0 0 1 1 *"
+[instances.simulated]
+per_poll = {per_poll}
+threads = {per_poll}
+api_url = "{url}"
+"#,
+            url = mock.url()
+        )
+    };
+    let text = std::fs::read_to_string(&app.config).unwrap();
+    let store = text.split("\n\n").next().unwrap().to_owned();
+    std::fs::write(&app.config, format!("{store}\n\n{}", instances(3))).unwrap();
+    app.json(&["sync", "--once", "--json"]);
+    std::fs::write(&app.config, format!("{store}\n\n{}", instances(0))).unwrap();
+    let ids = |instance: &str| -> Vec<i64> {
+        app.json(&["threads", "--instance", instance, "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_i64().unwrap())
+            .collect()
+    };
+    let slow: Vec<(i64, String)> = ids("slow")
+        .into_iter()
+        .map(|t| (t, reply(&app, t, &["--body", "slow"])))
+        .collect();
+    let fast_thread = ids("fast")[0];
+    let fast = reply(&app, fast_thread, &["--body", "fast"]);
+
+    let daemon = app.spawn_daemon();
+    wait_state(&app, &daemon, fast_thread, &fast, "sent");
+    let slow_sent = slow
+        .iter()
+        .filter(|(t, id)| outbox_state(&app, *t, id) == "sent")
+        .count();
+    assert!(
+        slow_sent < slow.len(),
+        "the slow instance should still be sending (0.5/s)"
+    );
+    wait_all(&app, &daemon, &slow, "sent");
 }

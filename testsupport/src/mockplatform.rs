@@ -9,7 +9,8 @@
 //! - answers `GET /messages/{key}` with the first message accepted under
 //!   that key (200) or 404, which is what `check_sent` asks after a crash;
 //! - refuses messages to chosen recipients with 400 and a reason, like a
-//!   platform whose reply window has closed.
+//!   platform whose reply window has closed, or answers them with any other
+//!   status (401, 503).
 //!
 //! It runs on its own thread and runtime, so plain `#[test]`s and benches
 //! can use it, and stops on drop.
@@ -74,7 +75,7 @@ struct Inner {
     accepted: Vec<Accepted>,
     first_by_key: HashMap<String, usize>,
     rejected_429: u64,
-    refuse: HashMap<String, String>,
+    answers: HashMap<String, (u16, String)>,
     response_delay: Duration,
 }
 
@@ -170,10 +171,21 @@ impl MockPlatform {
 
     /// Messages to `to` are refused with 400 and `reason`.
     pub fn refuse_to(&self, to: &str, reason: &str) {
+        self.answer_to(to, 400, reason);
+    }
+
+    /// Messages to `to` get HTTP `status` with `reason` and are not
+    /// recorded (401 expired token, 503 maintenance, ...).
+    pub fn answer_to(&self, to: &str, status: u16, reason: &str) {
         self.shared
             .lock()
-            .refuse
-            .insert(to.to_owned(), reason.to_owned());
+            .answers
+            .insert(to.to_owned(), (status, reason.to_owned()));
+    }
+
+    /// Messages to `to` are accepted again.
+    pub fn clear_answer_to(&self, to: &str) {
+        self.shared.lock().answers.remove(to);
     }
 
     /// Each accepted message is answered only after `delay`: the message is
@@ -229,8 +241,9 @@ async fn send(
                 return resp;
             }
         }
-        if let Some(reason) = inner.refuse.get(to) {
-            return error(StatusCode::BAD_REQUEST, &reason.clone());
+        if let Some((status, reason)) = inner.answers.get(to) {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &reason.clone());
         }
         let id = format!("mock-{}", inner.accepted.len() + 1);
         let index = inner.accepted.len();
