@@ -286,6 +286,15 @@ namespace inbox {{
         imap.logout()
     }
 
+    /// Deletes the message with `uid` from `folder` for good.
+    pub fn expunge(&self, folder: &str, uid: u32) -> anyhow::Result<()> {
+        let mut imap = RawImap::login(self)?;
+        imap.command(&format!("SELECT \"{folder}\""))?;
+        imap.command(&format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"))?;
+        imap.command("EXPUNGE")?;
+        imap.logout()
+    }
+
     /// Creates a folder.
     pub fn create_folder(&self, folder: &str) -> anyhow::Result<()> {
         let mut imap = RawImap::login(self)?;

@@ -202,6 +202,10 @@ async fn connect_inner(
         }
     };
     result.map_err(|(e, _client)| match e {
+        // The message would name the offending character of the password.
+        ImapError::Validate(_) => ConnectorError::Auth(format!(
+            "The password of {user} has a character IMAP LOGIN cannot carry; use auth = \"plain\""
+        )),
         ImapError::No(m) | ImapError::Bad(m) if !is_temporary(&m) => ConnectorError::Auth(format!(
             "{where_} refused the login of {user}: {}",
             m.trim()
@@ -358,6 +362,20 @@ pub fn plan_fetch(mut uids: Vec<u32>, last_uid: u32, batch: usize) -> (Vec<u32>,
     (uids, more)
 }
 
+/// The last UID the cursor may record after reading up to `read`.
+///
+/// When the search found nothing more, every UID below the UIDNEXT seen at
+/// SELECT is read or gone (expunged before we saw it), so the cursor moves
+/// up to it. Otherwise a message appended and expunged at once would leave
+/// UIDNEXT ahead of the cursor forever, and IDLE, which compares the two,
+/// would report a change on every wait.
+pub fn settled_uid(read: u32, more: bool, uid_next: Option<u32>) -> u32 {
+    match uid_next {
+        Some(next) if !more => read.max(next.saturating_sub(1)),
+        _ => read,
+    }
+}
+
 /// What one folder's sync produced.
 #[derive(Debug, Default)]
 pub struct FolderSync {
@@ -392,11 +410,19 @@ pub async fn sync_folder(
         ),
         ..FolderSync::default()
     };
+    let settled = |read: u32, more: bool| {
+        FolderCursor {
+            uidvalidity,
+            last_uid: settled_uid(read, more, mailbox.uid_next),
+        }
+        .encode()
+    };
     if mailbox.exists == 0
         || mailbox
             .uid_next
             .is_some_and(|n| n <= last_uid.saturating_add(1))
     {
+        out.cursor = Some(settled(last_uid, false));
         return Ok(out);
     }
     let found = session
@@ -405,6 +431,7 @@ pub async fn sync_folder(
         .map_err(|e| map_imap_error(&format!("Searching folder {folder:?}"), e))?;
     let (uids, more) = plan_fetch(found.into_iter().collect(), last_uid, batch_size);
     let (Some(first), Some(last)) = (uids.first().copied(), uids.last().copied()) else {
+        out.cursor = Some(settled(last_uid, false));
         return Ok(out);
     };
     let fetches: Vec<async_imap::types::Fetch> = session
@@ -456,13 +483,7 @@ pub async fn sync_folder(
     // UIDs the server listed but did not return (expunged in between) are
     // gone: step over them too.
     max_uid = max_uid.max(last);
-    out.cursor = Some(
-        FolderCursor {
-            uidvalidity,
-            last_uid: max_uid,
-        }
-        .encode(),
-    );
+    out.cursor = Some(settled(max_uid, more));
     out.batch.more = more;
     Ok(out)
 }
@@ -494,6 +515,16 @@ mod tests {
         assert_eq!(resume_after(None, 7), 0);
         assert_eq!(resume_after(c(7, 40), 7), 40);
         assert_eq!(resume_after(c(7, 40), 8), 0);
+    }
+
+    #[test]
+    fn the_cursor_steps_over_uids_that_are_gone() {
+        assert_eq!(settled_uid(5, false, Some(8)), 7);
+        assert_eq!(settled_uid(5, true, Some(8)), 5);
+        assert_eq!(settled_uid(5, false, None), 5);
+        assert_eq!(settled_uid(5, false, Some(6)), 5);
+        assert_eq!(settled_uid(5, false, Some(1)), 5);
+        assert_eq!(settled_uid(0, false, Some(0)), 0);
     }
 
     #[test]

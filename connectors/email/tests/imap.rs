@@ -233,6 +233,32 @@ async fn idle_wakes_up_when_mail_arrives() {
 }
 
 #[tokio::test]
+async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake() {
+    let d = Dovecot::start().unwrap();
+    d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
+    let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
+    let (_, cursors, _) = drain(&conn, Cursors::new()).await;
+
+    // UID 2 comes and goes between two polls.
+    d.append("INBOX", &fixture("fr_latin1_8bit.eml")).unwrap();
+    d.expunge("INBOX", 2).unwrap();
+    let b = conn.poll(&cursors).await.unwrap();
+    assert!(b.messages.is_empty());
+    let mut cursors = cursors;
+    cursors.extend(b.cursors);
+    assert!(cursors["INBOX"].ends_with(":2"), "{cursors:?}");
+
+    let changed = conn
+        .wait_for_change(&cursors, Duration::from_millis(800))
+        .await
+        .unwrap();
+    assert!(
+        !changed,
+        "IDLE reported a change for a message that is gone"
+    );
+}
+
+#[tokio::test]
 async fn a_restarted_server_is_reconnected_on_the_next_poll() {
     let mut d = Dovecot::start().unwrap();
     seed(&d);
