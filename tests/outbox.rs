@@ -641,3 +641,88 @@ api_url = "{url}"
     );
     wait_all(&app, &daemon, &slow, "sent");
 }
+
+/// A reply left in `sending` by a dead daemon, on a platform that cannot
+/// say whether it arrived (the in-memory simulation keeps nothing across a
+/// crash): marked uncertain for a human, never silently resent. The same
+/// reply on a platform that can tell is looked up and sent once.
+#[test]
+fn an_interrupted_send_is_checked_and_never_silently_resent() {
+    let mock = MockPlatform::start(None).unwrap();
+    let app = new_app();
+    let threads = seed(&app, &mock, 2, NO_LIMIT, "");
+    let (ana, ioana) = (threads["Ana Souza"], threads["Ioana Popescu"]);
+    let blind = reply(&app, ana, &["--body", "Olá"]);
+    let checked = reply(&app, ioana, &["--body", "Bună"]);
+
+    // A worker claims both and dies before it sends anything; its lease
+    // (zero here) has run out by the time the daemon starts.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = hourglass::config::Config::load(&app.config).unwrap();
+    let store = runtime
+        .block_on(hourglass::cli::store_for(&config))
+        .unwrap();
+    let claimed = runtime
+        .block_on(store.claim_outbox_for(
+            "shop",
+            "dead-worker",
+            Duration::ZERO,
+            10,
+            chrono::Utc::now(),
+        ))
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(outbox_state(&app, ana, &blind), "sending");
+    // The mock has neither: both are sent, once.
+    let mut daemon = app.spawn_daemon();
+    wait_state(&app, &daemon, ioana, &checked, "sent");
+    wait_state(&app, &daemon, ana, &blind, "sent");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(
+        daemon.log().contains("is not on the platform; sending it"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(mock.accepted().len(), 2);
+    assert_eq!(mock.duplicates(), 0);
+
+    // Without api_url the simulation cannot tell.
+    let text = std::fs::read_to_string(&app.config).unwrap();
+    let without = text
+        .lines()
+        .filter(|l| !l.starts_with("api_url"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&app.config, without).unwrap();
+    let lost = reply(&app, ana, &["--body", "Olá de novo"]);
+    runtime
+        .block_on(store.claim_outbox_for(
+            "shop",
+            "dead-worker",
+            Duration::ZERO,
+            10,
+            chrono::Utc::now(),
+        ))
+        .unwrap();
+    let mut daemon = app.spawn_daemon();
+    wait_state(&app, &daemon, ana, &lost, "uncertain");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    let detail = show(&app, ana);
+    let entry = detail["outbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == lost.as_str())
+        .unwrap();
+    assert!(
+        entry["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot tell whether it arrived"),
+        "{detail}"
+    );
+    assert!(detail["last_error"].as_str().unwrap().contains("uncertain"));
+    assert_eq!(mock.accepted().len(), 2, "nothing was resent");
+}
