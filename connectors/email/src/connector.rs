@@ -235,6 +235,8 @@ impl EmailConnector {
             *slot = Some(session);
             return Ok(true);
         }
+        // What was queued before the SELECT is already accounted for.
+        let _ = drain_exists(&mut session);
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -269,8 +271,23 @@ impl EmailConnector {
                 // waiting until the deadline.
                 _ => {}
             }
+            // An EXISTS that came with the DONE's completion lands in the
+            // unsolicited queue, not in the IDLE stream.
+            if drain_exists(&mut session) {
+                *slot = Some(session);
+                return Ok(true);
+            }
         }
     }
+}
+
+/// Empties the session's unsolicited responses; true when one was EXISTS.
+fn drain_exists(session: &mut Session) -> bool {
+    let mut exists = false;
+    while let Ok(r) = session.unsolicited_responses.try_recv() {
+        exists |= matches!(r, async_imap::types::UnsolicitedResponse::Exists(_));
+    }
+    exists
 }
 
 async fn search_header(
