@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::config::RateLimitConfig;
@@ -64,6 +64,17 @@ pub fn default_rate_limit(kind: InstanceType) -> Option<RateLimitConfig> {
         // given its mock's quota in config.
         InstanceType::Simulated => return None,
     })
+}
+
+/// A per-conversation limit on top of the instance's, where the platform
+/// has one: Telegram answers more than about one message per second to one
+/// chat with 429 (Bot API FAQ), and waiting out its `retry_after` would
+/// stall every other chat of the bot.
+pub fn per_thread_limiter(kind: InstanceType) -> Option<DefaultKeyedRateLimiter<i64>> {
+    match kind {
+        InstanceType::Telegram => Some(RateLimiter::keyed(Quota::per_second(NonZeroU32::MIN))),
+        _ => None,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +236,18 @@ mod tests {
         l.acquire().await;
         assert!(start.elapsed() >= Duration::from_millis(140));
         assert!(l.paused_until().is_none());
+    }
+
+    #[test]
+    fn telegram_chats_get_one_message_a_second_each() {
+        let l = per_thread_limiter(InstanceType::Telegram).unwrap();
+        assert!(l.check_key(&1).is_ok());
+        assert!(
+            l.check_key(&1).is_err(),
+            "a second message to the same chat waits"
+        );
+        assert!(l.check_key(&2).is_ok(), "other chats do not");
+        assert!(per_thread_limiter(InstanceType::Amazon).is_none());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::config::OutboxConfig;
-use super::limits::{default_rate_limit, limiter_for, Limiter};
+use super::limits::{default_rate_limit, limiter_for, per_thread_limiter, Limiter};
 use crate::daemon::{backoff, Context, Instance};
 use crate::store::{OutboxItem, OutboxOutcome, Store, ThreadDetail};
 
@@ -76,6 +76,7 @@ async fn run(ctx: Context, stop: CancellationToken) {
             inst: inst.clone(),
             send_limit: limiter_for(&name, "send", limit),
             check_limit: limiter_for(&name, "check", limit),
+            per_thread: per_thread_limiter(inst.config.kind),
             name,
             worker_id: worker_id.clone(),
             config: ctx.config.outbox.clone(),
@@ -104,6 +105,8 @@ struct Sender {
     name: String,
     send_limit: Arc<Limiter>,
     check_limit: Arc<Limiter>,
+    /// Keyed by thread, where the platform limits each conversation too.
+    per_thread: Option<governor::DefaultKeyedRateLimiter<i64>>,
     worker_id: String,
     config: OutboxConfig,
     min_backoff: Duration,
@@ -243,6 +246,10 @@ impl Sender {
                 }
             })
             .await;
+        if let Some(per_thread) = &self.per_thread {
+            // Forget conversations whose bucket is full again.
+            per_thread.retain_recent();
+        }
     }
 
     async fn process(
@@ -286,7 +293,12 @@ impl Sender {
             }
         }
         let ready = tokio::select! {
-            _ = self.send_limit.acquire() => true,
+            _ = async {
+                if let Some(per_thread) = &self.per_thread {
+                    per_thread.until_key_ready(&item.thread_id).await;
+                }
+                self.send_limit.acquire().await;
+            } => true,
             _ = tokio::time::sleep_until(start_by) => false,
             _ = stop.cancelled() => false,
         };
