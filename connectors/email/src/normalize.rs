@@ -71,19 +71,31 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
         })
         .unwrap_or_default();
     let is_report = content_type == "multipart/report";
+    let reply_to_addr = first_addr(mail.reply_to());
     let direction = classify_direction(&DirectionInput {
         from: from_addr.as_deref(),
+        reply_to: reply_to_addr.as_ref().map(|(_, a)| a.as_str()),
         is_report,
         is_sent_folder: ctx.is_sent_folder,
         own_addresses: ctx.own_addresses,
     });
     let automatic = is_automatic(|name| header_text(&mail, name));
 
-    // The counterpart: the customer for inbound mail, the first recipient
-    // of the seller's own mail.
+    // The counterpart: the customer for inbound mail (where replies go,
+    // which for a contact form is the Reply-To, not the form's sender), the
+    // first recipient of the seller's own mail.
     let counterpart: Option<(Option<String>, String)> = match direction {
         Direction::Outbound => to.first().cloned(),
-        _ => from.clone(),
+        Direction::Inbound => reply_to_addr
+            .clone()
+            .map(|(name, addr)| {
+                (
+                    name.or_else(|| from.as_ref().and_then(|(n, _)| n.clone())),
+                    addr,
+                )
+            })
+            .or_else(|| from.clone()),
+        Direction::System => from.clone(),
     };
     if direction == Direction::Inbound && counterpart.is_none() {
         return Err(parse_error("inbound mail without a From address"));
@@ -167,6 +179,8 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
 pub struct DirectionInput<'a> {
     /// The From address, lowercased.
     pub from: Option<&'a str>,
+    /// The Reply-To address, lowercased.
+    pub reply_to: Option<&'a str>,
     /// The mail is a `multipart/report` (a DSN or MDN).
     pub is_report: bool,
     pub is_sent_folder: bool,
@@ -174,8 +188,9 @@ pub struct DirectionInput<'a> {
 }
 
 /// Bounces and delivery reports are `system`; the seller's own mail
-/// (the sent folder, or From one of the seller's addresses) is `outbound`;
-/// everything else is `inbound`.
+/// (the sent folder, or From one of the seller's addresses) is `outbound`,
+/// except a contact form's mail, sent from the shop's own address with the
+/// customer in Reply-To; everything else is `inbound`.
 pub fn classify_direction(input: &DirectionInput<'_>) -> Direction {
     let local = input
         .from
@@ -188,15 +203,15 @@ pub fn classify_direction(input: &DirectionInput<'_>) -> Direction {
     if input.is_sent_folder {
         return Direction::Outbound;
     }
-    match input.from {
-        Some(f)
-            if input
-                .own_addresses
-                .iter()
-                .any(|o| o.eq_ignore_ascii_case(f)) =>
-        {
-            Direction::Outbound
-        }
+    let own = |a: &str| {
+        input
+            .own_addresses
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(a))
+    };
+    match (input.from, input.reply_to) {
+        (Some(f), Some(r)) if own(f) && !own(r) => Direction::Inbound,
+        (Some(f), _) if own(f) => Direction::Outbound,
         _ => Direction::Inbound,
     }
 }
@@ -522,6 +537,7 @@ mod tests {
         let d = |from: Option<&str>, is_report: bool, is_sent_folder: bool| {
             classify_direction(&DirectionInput {
                 from,
+                reply_to: None,
                 is_report,
                 is_sent_folder,
                 own_addresses: &own,
@@ -543,6 +559,17 @@ mod tests {
         );
         assert_eq!(d(Some("ana@example.com"), true, false), Direction::System);
         assert_eq!(d(None, false, false), Direction::Inbound);
+        let form = |reply_to: &str| {
+            classify_direction(&DirectionInput {
+                from: Some("seller@shop.example"),
+                reply_to: Some(reply_to),
+                is_report: false,
+                is_sent_folder: false,
+                own_addresses: &own,
+            })
+        };
+        assert_eq!(form("ana@example.com"), Direction::Inbound);
+        assert_eq!(form("seller@shop.example"), Direction::Outbound);
     }
 
     #[test]

@@ -212,3 +212,13 @@ fn garbage_is_refused_with_a_reason() {
     assert!(err.reason.contains("not an e-mail"), "{err}");
     assert!(parse_mail(b"", &ctx).is_err());
 }
+
+#[test]
+fn a_contact_form_sent_from_the_shops_address_is_the_customers_message() {
+    let m = parse("contact_form.eml");
+    assert_eq!(m.direction, Direction::Inbound);
+    let c = m.customer.as_ref().unwrap();
+    assert_eq!(c.handle, "ana.souza@example.com.br");
+    assert_eq!(c.display_name.as_deref(), Some("Ana Souza"));
+    assert_eq!(m.reply_to.as_deref(), Some("ana.souza@example.com.br"));
+}
