@@ -149,6 +149,10 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
     m.subject = subject.clone();
     m.html = html;
     m.attachments = attachments;
+    // The sender's own declaration (RFC 3282), when there is one.
+    m.language = header_text(&mail, "Content-Language")
+        .and_then(|v| v.split(',').next().map(|t| t.trim().to_owned()))
+        .filter(|t| !t.is_empty() && t.len() <= 35);
     m.order_id = subject
         .as_deref()
         .and_then(hourglass_connector::extract_order_id)

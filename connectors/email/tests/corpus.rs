@@ -184,6 +184,7 @@ fn a_bounce_is_system_and_lands_on_the_thread_of_the_returned_mail() {
 fn auto_replies_are_automatic() {
     let m = parse("auto_reply.eml");
     assert!(m.automatic);
+    assert_eq!(m.language.as_deref(), Some("it-IT"));
     assert_eq!(m.direction, Direction::Inbound);
     assert_eq!(m.meta["thread_root"], "it-attach-0001@example.it");
 }
