@@ -286,6 +286,44 @@ namespace inbox {{
         imap.logout()
     }
 
+    /// Puts many messages into `folder` at once by writing them into its
+    /// Maildir, as a local delivery agent would; Dovecot assigns UIDs when
+    /// a client next opens the folder. Much faster than APPEND for filling
+    /// a mailbox of thousands (benchmarks). Returns how many were written.
+    pub fn deliver_many<I>(&self, folder: &str, messages: I) -> anyhow::Result<usize>
+    where
+        I: IntoIterator<Item = Vec<u8>>,
+    {
+        // A login creates the user's Maildir (and the auto-created Sent).
+        RawImap::login(self)?.logout()?;
+        let dir = if folder.eq_ignore_ascii_case("INBOX") {
+            self.maildir()
+        } else {
+            self.maildir()
+                .join(format!(".{}", folder.replace('/', ".")))
+        };
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let mut n = 0;
+        for raw in messages {
+            let name = format!("{}.M{n}P{}.hg-test", unix_secs(), std::process::id());
+            let tmp = dir.join("tmp").join(&name);
+            std::fs::write(&tmp, raw)?;
+            std::fs::rename(&tmp, dir.join("new").join(&name))?;
+            n += 1;
+        }
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{MAIL_USER}:{MAIL_USER}"))
+            .arg(&dir)
+            .status()?;
+        if !status.success() {
+            bail!("chown {MAIL_USER} of {} failed", dir.display());
+        }
+        Ok(n)
+    }
+
     /// Deletes the message with `uid` from `folder` for good.
     pub fn expunge(&self, folder: &str, uid: u32) -> anyhow::Result<()> {
         let mut imap = RawImap::login(self)?;
@@ -321,6 +359,13 @@ impl Drop for Dovecot {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 fn chmod(path: &Path, mode: &str) -> anyhow::Result<()> {
