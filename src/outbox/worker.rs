@@ -14,7 +14,7 @@
 //! handed to the platform).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -84,6 +84,7 @@ async fn run(ctx: Context, stop: CancellationToken) {
             max_backoff: ctx.config.daemon.max_backoff.0,
             writes: writes.clone(),
             auth_failed: AtomicBool::new(false),
+            put_backs: AtomicUsize::new(0),
         });
         tasks.spawn(sender.run(stop.clone()));
     }
@@ -115,6 +116,9 @@ struct Sender {
     /// The platform refused our credentials: nothing more is sent until the
     /// configuration is reloaded.
     auth_failed: AtomicBool,
+    /// Claimed replies given back unsent, to notice a batch that made no
+    /// progress (the store failing) and not spin on it.
+    put_backs: AtomicUsize,
 }
 
 /// What to do with a reply after looking for it on the platform.
@@ -201,7 +205,15 @@ impl Sender {
                 }
                 continue;
             }
+            let claimed = items.len();
+            let before = self.put_backs.load(Ordering::Relaxed);
             self.send_batch(items, claimed_at, &stop).await;
+            if self.put_backs.load(Ordering::Relaxed) - before >= claimed {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
         }
         if self.auth_failed.load(Ordering::Relaxed) {
             // Stay quiet until the generation ends (reload or shutdown).
@@ -507,6 +519,7 @@ impl Sender {
     /// `known_unsent` is false for a reply whose earlier send is still
     /// unexplained: that one stays in `sending` so the next claim checks it.
     async fn put_back(&self, item: &OutboxItem, known_unsent: bool) {
+        self.put_backs.fetch_add(1, Ordering::Relaxed);
         if !known_unsent {
             return;
         }
