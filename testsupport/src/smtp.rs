@@ -17,8 +17,34 @@ pub struct SmtpSink {
     child: Child,
 }
 
+/// aiosmtpd with AUTH PLAIN/LOGIN for one user, allowed without TLS on
+/// loopback (its default refuses AUTH before STARTTLS).
+const AUTH_SINK_PY: &str = r#"
+import sys, threading
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+port, maildir, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+def check(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login.decode() == user and data.password.decode() == password
+    return AuthResult(success=ok, handled=False)
+Controller(Mailbox(maildir), hostname="127.0.0.1", port=port, authenticator=check,
+           auth_require_tls=False, auth_required=True).start()
+threading.Event().wait()
+"#;
+
 impl SmtpSink {
+    /// An open relay on loopback: no AUTH.
     pub fn start() -> anyhow::Result<SmtpSink> {
+        SmtpSink::spawn(None)
+    }
+
+    /// A sink that requires AUTH (PLAIN or LOGIN) as `user`/`password`.
+    pub fn start_with_auth(user: &str, password: &str) -> anyhow::Result<SmtpSink> {
+        SmtpSink::spawn(Some((user, password)))
+    }
+
+    fn spawn(auth: Option<(&str, &str)>) -> anyhow::Result<SmtpSink> {
         let probe = Command::new("python3")
             .args(["-c", "import aiosmtpd"])
             .stdout(Stdio::null())
@@ -31,12 +57,25 @@ impl SmtpSink {
         let dir = tempfile::Builder::new().prefix("hg-smtp-").tempdir()?;
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("aiosmtpd.log"))?;
-        // -n: stay root rather than setuid nobody (the Maildir is ours).
-        let child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir.path().join("maildir"))
+        let maildir = dir.path().join("maildir");
+        let mut cmd = Command::new("python3");
+        match auth {
+            None => {
+                // -n: stay root rather than setuid nobody (the Maildir is ours).
+                cmd.args(["-m", "aiosmtpd", "-n", "-l"])
+                    .arg(format!("127.0.0.1:{port}"))
+                    .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                    .arg(&maildir);
+            }
+            Some((user, password)) => {
+                cmd.args(["-c", AUTH_SINK_PY])
+                    .arg(port.to_string())
+                    .arg(&maildir)
+                    .arg(user)
+                    .arg(password);
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

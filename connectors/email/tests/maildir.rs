@@ -142,3 +142,48 @@ async fn a_maildir_reply_is_sent_and_filed_in_dot_sent() {
     assert_eq!(copy.direction, Direction::Outbound);
     assert_eq!(copy.thread_key, inbound.thread_key);
 }
+
+#[tokio::test]
+async fn smtp_auth_uses_the_configured_login_and_a_refused_one_is_an_auth_error() {
+    let sink = SmtpSink::start_with_auth("shop", "smtp-pass").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    deliver(root, &fixture("ro_utf8_qp.eml")).unwrap();
+    let secret = root.join("smtp-secret");
+    let with_password = |pw: &str| {
+        std::fs::write(&secret, pw).unwrap();
+        let smtp = SmtpConfig {
+            host: sink.host().into(),
+            port: sink.port(),
+            tls: TlsMode::None,
+            username: Some("shop".into()),
+            password: Some(hourglass_connector::secret::SecretRef::File(
+                secret.display().to_string(),
+            )),
+            from: "seller@shop.example".into(),
+        };
+        MaildirConnector::new("local", config(root), Some(smtp)).unwrap()
+    };
+    let conn = with_password("smtp-pass");
+    let inbound = conn.poll(&Cursors::new()).await.unwrap().messages.remove(0);
+    let reply = OutgoingReply {
+        outbox_id: "auth-1".into(),
+        thread_key: inbound.thread_key.clone(),
+        to: inbound.reply_to.clone().unwrap(),
+        subject: inbound.subject.clone(),
+        text: "Mulțumim!".into(),
+        in_reply_to_meta: inbound.meta.clone(),
+        order_id: None,
+    };
+    conn.send_reply(&reply)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sink.logs()));
+    assert_eq!(sink.wait_for(1, Duration::from_secs(10)).unwrap().len(), 1);
+
+    let wrong = with_password("wrong-hunter2");
+    let err = wrong.send_reply(&reply).await.unwrap_err();
+    assert_eq!(err.kind(), "auth", "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = wrong.health_check().await.unwrap_err();
+    assert_eq!(err.kind(), "auth", "{err}");
+}
