@@ -112,17 +112,21 @@ impl EmailConnector {
         Ok(session)
     }
 
+    /// The cached session, or a new one. The caller puts it back only
+    /// after a clean finish: a session dropped mid-command (an error, or
+    /// the caller's future cancelled) would hold half a response.
+    async fn checkout(&self, slot: &mut Option<Session>) -> Result<Session, ConnectorError> {
+        match slot.take() {
+            Some(s) => Ok(s),
+            None => self.open().await,
+        }
+    }
+
     async fn poll_inner(
         &self,
-        slot: &mut Option<Session>,
+        session: &mut Session,
         cursors: &Cursors,
     ) -> Result<Batch, ConnectorError> {
-        if slot.is_none() {
-            *slot = Some(self.open().await?);
-        }
-        let Some(session) = slot.as_mut() else {
-            return Err(ConnectorError::Other("no IMAP session".into()));
-        };
         let now = Utc::now();
         let mut batch = Batch::default();
         for folder in self.imap.poll_folders() {
@@ -158,20 +162,13 @@ impl EmailConnector {
             return Ok(());
         };
         let mut slot = self.session.lock().await;
-        if slot.is_none() {
-            *slot = Some(self.open().await?);
-        }
-        let Some(session) = slot.as_mut() else {
-            return Err(ConnectorError::Other("no IMAP session".into()));
-        };
-        let result = session
+        let mut session = self.checkout(&mut slot).await?;
+        session
             .append(folder, Some("(\\Seen)"), None, raw)
             .await
-            .map_err(|e| map_imap_error(&format!("Appending the reply to {folder:?}"), e));
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+            .map_err(|e| map_imap_error(&format!("Appending the reply to {folder:?}"), e))?;
+        *slot = Some(session);
+        Ok(())
     }
 
     async fn find_in_sent(
@@ -182,17 +179,10 @@ impl EmailConnector {
             return Err(ConnectorError::Other("no sent folder configured".into()));
         };
         let mut slot = self.session.lock().await;
-        if slot.is_none() {
-            *slot = Some(self.open().await?);
-        }
-        let Some(session) = slot.as_mut() else {
-            return Err(ConnectorError::Other("no IMAP session".into()));
-        };
-        let result = search_header(session, &folder, message_id).await;
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        let mut session = self.checkout(&mut slot).await?;
+        let found = search_header(&mut session, &folder, message_id).await?;
+        *slot = Some(session);
+        Ok(found)
     }
 
     async fn idle_wait(
@@ -202,16 +192,12 @@ impl EmailConnector {
         timeout: Duration,
     ) -> Result<bool, ConnectorError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        if slot.is_none() {
-            *slot = Some(self.open().await?);
-        }
+        let mut session = self.checkout(slot).await?;
         if self.idle_supported.load(Ordering::Relaxed) != IDLE_YES {
+            *slot = Some(session);
             tokio::time::sleep_until(deadline).await;
             return Ok(false);
         }
-        let Some(mut session) = slot.take() else {
-            return Err(ConnectorError::Other("no IMAP session".into()));
-        };
         let folder = self
             .imap
             .folders
@@ -369,15 +355,12 @@ impl Connector for EmailConnector {
 
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         let mut slot = self.session.lock().await;
-        let result =
-            match tokio::time::timeout(POLL_TIMEOUT, self.poll_inner(&mut slot, cursors)).await {
-                Ok(r) => r,
-                Err(_) => Err(ConnectorError::Transient("IMAP poll timed out".into())),
-            };
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        let mut session = self.checkout(&mut slot).await?;
+        let batch = tokio::time::timeout(POLL_TIMEOUT, self.poll_inner(&mut session, cursors))
+            .await
+            .map_err(|_| ConnectorError::Transient("IMAP poll timed out".into()))??;
+        *slot = Some(session);
+        Ok(batch)
     }
 
     async fn wait_for_change(
@@ -390,11 +373,7 @@ impl Connector for EmailConnector {
             return Ok(false);
         }
         let mut slot = self.idle_session.lock().await;
-        let result = self.idle_wait(&mut slot, cursors, timeout).await;
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        self.idle_wait(&mut slot, cursors, timeout).await
     }
 
     async fn send_reply(&self, reply: &OutgoingReply) -> Result<SentReply, ConnectorError> {

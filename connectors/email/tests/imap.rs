@@ -298,6 +298,35 @@ async fn a_restarted_server_is_reconnected_on_the_next_poll() {
 }
 
 #[tokio::test]
+async fn a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind() {
+    let d = Dovecot::start().unwrap();
+    let raw = String::from_utf8(fixture("en_html_only.eml")).unwrap();
+    let n = d
+        .deliver_many(
+            "INBOX",
+            (0..1500).map(|i| {
+                raw.replacen("Message-ID: <", &format!("Message-ID: <{i}."), 1)
+                    .into_bytes()
+            }),
+        )
+        .unwrap();
+    let mut cfg = imap_config(&d);
+    cfg.fetch_batch = 1500;
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    // Warm the cached session, then cancel a poll while it fetches.
+    conn.health_check().await.unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(30), conn.poll(&Cursors::new())).await;
+    assert!(
+        cancelled.is_err(),
+        "the poll finished before it could be cancelled"
+    );
+
+    let (ids, _, _) = drain(&conn, Cursors::new()).await;
+    assert_eq!(ids.len(), n);
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_an_auth_error_without_the_password() {
     let d = Dovecot::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
