@@ -115,11 +115,27 @@ impl EmailConnector {
     /// The cached session, or a new one. The caller puts it back only
     /// after a clean finish: a session dropped mid-command (an error, or
     /// the caller's future cancelled) would hold half a response.
-    async fn checkout(&self, slot: &mut Option<Session>) -> Result<Session, ConnectorError> {
+    /// Also says whether the session is fresh: a cached one may have died
+    /// with the server since its last use (a restart, an idle timeout), and
+    /// an operation that fails on it deserves one retry on a new one.
+    async fn checkout(
+        &self,
+        slot: &mut Option<Session>,
+    ) -> Result<(Session, bool), ConnectorError> {
         match slot.take() {
-            Some(s) => Ok(s),
-            None => self.open().await,
+            Some(s) => Ok((s, false)),
+            None => Ok((self.open().await?, true)),
         }
+    }
+
+    async fn timed_poll(
+        &self,
+        session: &mut Session,
+        cursors: &Cursors,
+    ) -> Result<Batch, ConnectorError> {
+        tokio::time::timeout(POLL_TIMEOUT, self.poll_inner(session, cursors))
+            .await
+            .map_err(|_| ConnectorError::Transient("IMAP poll timed out".into()))?
     }
 
     async fn poll_inner(
@@ -162,11 +178,22 @@ impl EmailConnector {
             return Ok(());
         };
         let mut slot = self.session.lock().await;
-        let mut session = self.checkout(&mut slot).await?;
-        session
-            .append(folder, Some("(\\Seen)"), None, raw)
-            .await
-            .map_err(|e| map_imap_error(&format!("Appending the reply to {folder:?}"), e))?;
+        let (mut session, fresh) = self.checkout(&mut slot).await?;
+        let context = format!("Appending the reply to {folder:?}");
+        match session.append(folder, Some("(\\Seen)"), None, raw).await {
+            Ok(()) => {}
+            Err(e) => {
+                let e = map_imap_error(&context, e);
+                if fresh || !e.is_retryable() {
+                    return Err(e);
+                }
+                session = self.open().await?;
+                session
+                    .append(folder, Some("(\\Seen)"), None, raw)
+                    .await
+                    .map_err(|e| map_imap_error(&context, e))?;
+            }
+        }
         *slot = Some(session);
         Ok(())
     }
@@ -179,8 +206,14 @@ impl EmailConnector {
             return Err(ConnectorError::Other("no sent folder configured".into()));
         };
         let mut slot = self.session.lock().await;
-        let mut session = self.checkout(&mut slot).await?;
-        let found = search_header(&mut session, &folder, message_id).await?;
+        let (mut session, fresh) = self.checkout(&mut slot).await?;
+        let found = match search_header(&mut session, &folder, message_id).await {
+            Err(e) if !fresh && e.is_retryable() => {
+                session = self.open().await?;
+                search_header(&mut session, &folder, message_id).await?
+            }
+            other => other?,
+        };
         *slot = Some(session);
         Ok(found)
     }
@@ -192,7 +225,7 @@ impl EmailConnector {
         timeout: Duration,
     ) -> Result<bool, ConnectorError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut session = self.checkout(slot).await?;
+        let (mut session, _) = self.checkout(slot).await?;
         if self.idle_supported.load(Ordering::Relaxed) != IDLE_YES {
             *slot = Some(session);
             tokio::time::sleep_until(deadline).await;
@@ -355,10 +388,15 @@ impl Connector for EmailConnector {
 
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         let mut slot = self.session.lock().await;
-        let mut session = self.checkout(&mut slot).await?;
-        let batch = tokio::time::timeout(POLL_TIMEOUT, self.poll_inner(&mut session, cursors))
-            .await
-            .map_err(|_| ConnectorError::Transient("IMAP poll timed out".into()))??;
+        let (mut session, fresh) = self.checkout(&mut slot).await?;
+        let batch = match self.timed_poll(&mut session, cursors).await {
+            Err(e) if !fresh && e.is_retryable() => {
+                tracing::debug!(instance = %self.instance, error = %e, "Cached IMAP session failed, reconnecting.");
+                session = self.open().await?;
+                self.timed_poll(&mut session, cursors).await?
+            }
+            other => other?,
+        };
         *slot = Some(session);
         Ok(batch)
     }
