@@ -2,7 +2,7 @@
 //! SQLite (3.35+) and PostgreSQL share: `$N` placeholders, `ON CONFLICT`,
 //! `RETURNING`. Times are milliseconds since the epoch (BIGINT/INTEGER).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -104,6 +104,20 @@ impl SqlStore {
         self.backend
     }
 
+    /// Starts a transaction that will write. On SQLite it takes the write
+    /// lock up front: a deferred transaction that reads first fails with
+    /// SQLITE_BUSY_SNAPSHOT when another writer commits in between, and the
+    /// busy timeout cannot help it.
+    async fn begin_write<'c>(
+        &self,
+        conn: &'c mut AnyConnection,
+    ) -> Result<sqlx::Transaction<'c, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => conn.begin().await?,
+        })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -144,6 +158,24 @@ const THREAD_COLUMNS: &str = "t.id, t.instance, t.channel, t.thread_key, t.subje
     t.last_outbound_at, t.handled_at, t.snoozed_until, t.message_count, t.last_error, \
     t.alerted_remaining_ms, t.next_alert_at, c.display_name AS customer";
 
+/// A thread's clock columns, as [`SqlStore::write_clock`] reads them.
+const CLOCK_ROW: &str = "SELECT id, awaiting_since, handled_at, snoozed_at, snoozed_until, \
+    alerted_remaining_ms FROM threads";
+
+/// Threads reclocked per query by [`SqlStore::reclock_many`] (bind
+/// parameters: SQLite allows 32,766, PostgreSQL 65,535).
+const RECLOCK_CHUNK: usize = 500;
+
+/// A message as the clock sees it, from `direction, automatic, sent_at`.
+fn fact_from_row(row: &AnyRow) -> Result<Fact> {
+    let dir: String = row.try_get("direction")?;
+    Ok(Fact {
+        direction: Direction::parse(&dir).unwrap_or(Direction::System),
+        automatic: row.try_get::<i64, _>("automatic")? != 0,
+        sent_at: from_ms(row.try_get("sent_at")?),
+    })
+}
+
 fn thread_from_row(row: &AnyRow, now: DateTime<Utc>) -> Result<ThreadSummary> {
     let due_at = opt_time(row, "due_at")?;
     let snoozed_until = opt_time(row, "snoozed_until")?;
@@ -183,19 +215,27 @@ impl SqlStore {
         conn: &mut AnyConnection,
         m: &Message,
         now: i64,
+        known: &mut HashMap<(String, String), i64>,
     ) -> Result<Option<i64>> {
         let Some(ident) = &m.customer else {
             return Ok(None);
         };
-        let found = sqlx::query(
-            "SELECT customer_id FROM identities WHERE channel = $1 AND handle = $2",
-        )
-        .bind(&ident.channel)
-        .bind(&ident.handle)
-        .fetch_optional(&mut *conn)
-        .await?;
+        // Within one ingest, an identity resolves to the same customer each
+        // time: ask the database once.
+        let key = (ident.channel.clone(), ident.handle.clone());
+        if let Some(id) = known.get(&key) {
+            return Ok(Some(*id));
+        }
+        let found =
+            sqlx::query("SELECT customer_id FROM identities WHERE channel = $1 AND handle = $2")
+                .bind(&ident.channel)
+                .bind(&ident.handle)
+                .fetch_optional(&mut *conn)
+                .await?;
         if let Some(row) = found {
-            return Ok(Some(row.try_get("customer_id")?));
+            let id: i64 = row.try_get("customer_id")?;
+            known.insert(key, id);
+            return Ok(Some(id));
         }
         let mut customer_id: Option<i64> = None;
         if let Some(email) = &ident.email {
@@ -220,10 +260,13 @@ impl SqlStore {
             .await?
             .try_get("id")?,
         };
-        sqlx::query(
+        // Another daemon may have won the race: its row is the one that
+        // counts, and the no-op update makes RETURNING give it.
+        let row = sqlx::query(
             "INSERT INTO identities (customer_id, channel, handle, display_name, email, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (channel, handle) DO NOTHING",
+             ON CONFLICT (channel, handle) DO UPDATE SET handle = excluded.handle
+             RETURNING customer_id",
         )
         .bind(customer_id)
         .bind(&ident.channel)
@@ -231,17 +274,11 @@ impl SqlStore {
         .bind(&ident.display_name)
         .bind(ident.email.as_ref().map(|e| e.to_lowercase()))
         .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        // Another daemon may have won the race: its row is the one that counts.
-        let row = sqlx::query(
-            "SELECT customer_id FROM identities WHERE channel = $1 AND handle = $2",
-        )
-        .bind(&ident.channel)
-        .bind(&ident.handle)
         .fetch_one(&mut *conn)
         .await?;
-        Ok(Some(row.try_get("customer_id")?))
+        let id: i64 = row.try_get("customer_id")?;
+        known.insert(key, id);
+        Ok(Some(id))
     }
 
     /// Re-derives a thread's clock from its messages and marks, and its next
@@ -252,35 +289,79 @@ impl SqlStore {
         clocking: &Clocking,
         now: i64,
     ) -> Result<()> {
-        let rows = sqlx::query(
-            "SELECT direction, automatic, sent_at FROM messages WHERE thread_id = $1",
-        )
-        .bind(thread_id)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut facts = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let dir: String = row.try_get("direction")?;
-            facts.push(Fact {
-                direction: Direction::parse(&dir).unwrap_or(Direction::System),
-                automatic: row.try_get::<i64, _>("automatic")? != 0,
-                sent_at: from_ms(row.try_get("sent_at")?),
-            });
+        let rows =
+            sqlx::query("SELECT direction, automatic, sent_at FROM messages WHERE thread_id = $1")
+                .bind(thread_id)
+                .fetch_all(&mut *conn)
+                .await?;
+        let facts = rows.iter().map(fact_from_row).collect::<Result<Vec<_>>>()?;
+        let t = sqlx::query(&format!("{CLOCK_ROW} WHERE id = $1"))
+            .bind(thread_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        Self::write_clock(conn, thread_id, &facts, &t, clocking, now).await
+    }
+
+    /// [`SqlStore::reclock`] for many threads, reading their messages and
+    /// clock columns in a few queries rather than two per thread.
+    async fn reclock_many(
+        conn: &mut AnyConnection,
+        ids: &BTreeSet<i64>,
+        clocking: &Clocking,
+        now: i64,
+    ) -> Result<()> {
+        let ids: Vec<i64> = ids.iter().copied().collect();
+        for chunk in ids.chunks(RECLOCK_CHUNK) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT thread_id, direction, automatic, sent_at FROM messages
+                 WHERE thread_id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            let mut facts: HashMap<i64, Vec<Fact>> = HashMap::with_capacity(chunk.len());
+            for row in &q.fetch_all(&mut *conn).await? {
+                facts
+                    .entry(row.try_get("thread_id")?)
+                    .or_default()
+                    .push(fact_from_row(row)?);
+            }
+            let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for t in &q.fetch_all(&mut *conn).await? {
+                let id: i64 = t.try_get("id")?;
+                let facts = facts.get(&id).map(Vec::as_slice).unwrap_or_default();
+                Self::write_clock(conn, id, facts, t, clocking, now).await?;
+            }
         }
-        let t = sqlx::query(
-            "SELECT awaiting_since, handled_at, snoozed_at, snoozed_until, alerted_remaining_ms
-             FROM threads WHERE id = $1",
-        )
-        .bind(thread_id)
-        .fetch_one(&mut *conn)
-        .await?;
+        Ok(())
+    }
+
+    /// Evaluates a thread's clock from its messages (`facts`) and its row
+    /// as read with [`CLOCK_ROW`], and writes the result.
+    async fn write_clock(
+        conn: &mut AnyConnection,
+        thread_id: i64,
+        facts: &[Fact],
+        t: &AnyRow,
+        clocking: &Clocking,
+        now: i64,
+    ) -> Result<()> {
         let old_since: Option<i64> = t.try_get("awaiting_since")?;
         let handled_at = opt_time(&t, "handled_at")?;
         let mut snoozed_at: Option<i64> = t.try_get("snoozed_at")?;
         let mut snoozed_until: Option<i64> = t.try_get("snoozed_until")?;
         let mut fired: Option<i64> = t.try_get("alerted_remaining_ms")?;
 
-        let state = clock::evaluate(&facts, handled_at, &clocking.policy, &clocking.channel);
+        let state = clock::evaluate(facts, handled_at, &clocking.policy, &clocking.channel);
         let since = opt_ms(state.awaiting_since);
         if since != old_since {
             // A new awaiting cycle: every threshold may fire again.
@@ -381,11 +462,23 @@ impl SqlStore {
         customer_id: Option<i64>,
         now: i64,
     ) -> Result<i64> {
+        // One statement: a new thread takes the message's facts; a known
+        // one fills what its first messages did not know. Replies go to the
+        // customer's latest address.
         let row = sqlx::query(
             "INSERT INTO threads (instance, thread_key, channel, customer_id, subject, order_id,
-                marketplace, language, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-             ON CONFLICT (instance, thread_key) DO UPDATE SET updated_at = excluded.updated_at
+                marketplace, language, reply_to, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                CASE WHEN $10 = 'inbound' THEN $11 ELSE NULL END, $9, $9)
+             ON CONFLICT (instance, thread_key) DO UPDATE SET
+                updated_at = excluded.updated_at,
+                customer_id = COALESCE(threads.customer_id, excluded.customer_id),
+                subject = COALESCE(threads.subject, excluded.subject),
+                order_id = COALESCE(threads.order_id, excluded.order_id),
+                marketplace = COALESCE(threads.marketplace, excluded.marketplace),
+                language = COALESCE(threads.language, excluded.language),
+                reply_to = CASE WHEN $10 = 'inbound' THEN COALESCE($11, threads.reply_to)
+                    ELSE threads.reply_to END
              RETURNING id",
         )
         .bind(instance)
@@ -397,36 +490,15 @@ impl SqlStore {
         .bind(&m.marketplace)
         .bind(&m.language)
         .bind(now)
-        .fetch_one(&mut *conn)
-        .await?;
-        let id: i64 = row.try_get("id")?;
-        // Fill what the first message did not know; replies go to the
-        // customer's latest address.
-        sqlx::query(
-            "UPDATE threads SET
-                customer_id = COALESCE(customer_id, $1),
-                subject = COALESCE(subject, $2),
-                order_id = COALESCE(order_id, $3),
-                marketplace = COALESCE(marketplace, $4),
-                language = COALESCE(language, $5),
-                reply_to = CASE WHEN $6 = 'inbound' THEN COALESCE($7, reply_to) ELSE reply_to END
-             WHERE id = $8",
-        )
-        .bind(customer_id)
-        .bind(&m.subject)
-        .bind(&m.order_id)
-        .bind(&m.marketplace)
-        .bind(&m.language)
         .bind(m.direction.as_str())
         .bind(
             m.reply_to
                 .clone()
                 .or_else(|| m.customer.as_ref().map(|c| c.handle.clone())),
         )
-        .bind(id)
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await?;
-        Ok(id)
+        Ok(row.try_get("id")?)
     }
 
     async fn thread_summary(
@@ -438,7 +510,10 @@ impl SqlStore {
             "SELECT {THREAD_COLUMNS} FROM threads t LEFT JOIN customers c ON c.id = t.customer_id
              WHERE t.id = $1"
         );
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *conn).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
         row.map(|r| thread_from_row(&r, now)).transpose()
     }
 }
@@ -456,13 +531,19 @@ impl Store for SqlStore {
         )
         .execute(&mut *conn)
         .await?;
-        let applied = self.applied_migrations().await?;
+        // On the connection we hold: a pool of one would wait for itself.
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("version"))
+            .collect::<Result<_, _>>()?;
         let mut now_applied = Vec::new();
         for m in MIGRATIONS {
             if applied.contains(&m.version) {
                 continue;
             }
-            let mut tx = conn.begin().await?;
+            let mut tx = self.begin_write(&mut conn).await?;
             for stmt in m.statements(self.backend) {
                 sqlx::query(&stmt).execute(&mut *tx).await?;
             }
@@ -531,7 +612,11 @@ impl Store for SqlStore {
                 failures,
                 next_poll_at,
             } => {
-                let state = if kind == "auth" { "auth_failed" } else { "backoff" };
+                let state = if kind == "auth" {
+                    "auth_failed"
+                } else {
+                    "backoff"
+                };
                 sqlx::query(
                     "UPDATE instances SET state = $1, failures = $2, last_error = $3,
                         last_error_kind = $4, last_poll_at = $5, next_poll_at = $6, updated_at = $5
@@ -607,10 +692,11 @@ impl Store for SqlStore {
         let now = ms(Utc::now());
         let mut report = IngestReport::default();
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         let mut touched = BTreeSet::new();
+        let mut customers = HashMap::new();
         for m in &batch.messages {
-            let customer_id = Self::customer_for(&mut tx, m, now).await?;
+            let customer_id = Self::customer_for(&mut tx, m, now, &mut customers).await?;
             let thread_id =
                 Self::thread_for(&mut tx, instance, &clocking.channel, m, customer_id, now).await?;
             if Self::insert_message(&mut tx, instance, thread_id, m, now).await? {
@@ -635,9 +721,7 @@ impl Store for SqlStore {
             .await?;
             report.quarantined += 1;
         }
-        for thread_id in &touched {
-            Self::reclock(&mut tx, *thread_id, clocking, now).await?;
-        }
+        Self::reclock_many(&mut tx, &touched, clocking, now).await?;
         for (scope, value) in &batch.cursors {
             sqlx::query(
                 "INSERT INTO cursors (instance, scope, value, updated_at) VALUES ($1, $2, $3, $4)
@@ -672,7 +756,10 @@ impl Store for SqlStore {
         };
         let due_limit = filter.due_within.map(|d| ms(now) + d.as_millis() as i64);
         if due_limit.is_some() {
-            sql.push_str(&format!(" AND t.due_at IS NOT NULL AND t.due_at <= {}", next()));
+            sql.push_str(&format!(
+                " AND t.due_at IS NOT NULL AND t.due_at <= {}",
+                next()
+            ));
         }
         if filter.channel.is_some() {
             sql.push_str(&format!(" AND t.channel = {}", next()));
@@ -800,7 +887,7 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         let done = sqlx::query("UPDATE threads SET handled_at = $1, handled_by = $2 WHERE id = $3")
             .bind(ms(now))
             .bind(actor)
@@ -825,7 +912,7 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         let done = sqlx::query(
             "UPDATE threads SET snoozed_at = $1, snoozed_until = $2, snoozed_by = $3 WHERE id = $4",
         )
@@ -839,7 +926,10 @@ impl Store for SqlStore {
             return Err(StoreError::ThreadNotFound(id));
         }
         Self::reclock(&mut tx, id, clocking, ms(now)).await?;
-        let detail = format!("until {}", until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let detail = format!(
+            "until {}",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
         insert_audit(&mut tx, ms(now), actor, "snooze", Some(id), &detail).await?;
         tx.commit().await?;
         Ok(())
@@ -859,7 +949,7 @@ impl Store for SqlStore {
     async fn enqueue_reply(&self, reply: &NewReply) -> Result<()> {
         let now = ms(Utc::now());
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         let row = sqlx::query("SELECT instance FROM threads WHERE id = $1")
             .bind(reply.thread_id)
             .fetch_optional(&mut *tx)
@@ -903,7 +993,7 @@ impl Store for SqlStore {
         let now_ms = ms(now);
         let lease_until = now_ms + lease.as_millis() as i64;
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         // PostgreSQL: several daemons claim from one table without blocking
         // each other. SQLite has one writer, so a plain SELECT suffices.
         let lock = match self.backend {
@@ -957,7 +1047,7 @@ impl Store for SqlStore {
     ) -> Result<()> {
         let now = ms(Utc::now());
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         let row = sqlx::query("SELECT thread_id, instance, body FROM outbox WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -1065,7 +1155,7 @@ impl Store for SqlStore {
         let now_ms = ms(now);
         let lease_until = now_ms + lease.as_millis() as i64;
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -1126,11 +1216,10 @@ impl Store for SqlStore {
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT state, COUNT(*) AS n FROM outbox GROUP BY state ORDER BY state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()
@@ -1184,7 +1273,7 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<usize> {
         let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
         // Only if the thread is still in the cycle we evaluated: a message
         // that arrived meanwhile has reset it, and this alert is moot.
         let moved = sqlx::query(
@@ -1238,47 +1327,44 @@ impl Store for SqlStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<AlertDelivery>> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // One statement: a read-then-write transaction would fail on SQLite
+        // with SQLITE_BUSY_SNAPSHOT whenever another writer commits between
+        // the two. Leased: if this daemon dies mid-delivery, the row comes
+        // back after the lease; a sink may then see it twice, which is the
+        // price of never losing an alert.
         let sql = format!(
-            "SELECT id, thread_id, threshold, sink, attempts, payload FROM alerts
-             WHERE state IN ('queued', 'sending') AND next_attempt_at <= $1
-             ORDER BY next_attempt_at, id LIMIT $2{lock}"
+            "UPDATE alerts SET state = 'sending', attempts = attempts + 1, next_attempt_at = $1
+             WHERE id IN (
+                SELECT id FROM alerts
+                WHERE state IN ('queued', 'sending') AND next_attempt_at <= $2
+                ORDER BY next_attempt_at, id LIMIT $3{lock})
+             RETURNING id, thread_id, threshold, sink, attempts, payload"
         );
         let rows = sqlx::query(&sql)
+            .bind(ms(now) + lease.as_millis() as i64)
             .bind(ms(now))
             .bind(limit)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::new();
-        for r in &rows {
-            let payload: String = r.try_get("payload")?;
-            let d = AlertDelivery {
-                id: r.try_get("id")?,
-                thread_id: r.try_get("thread_id")?,
-                threshold: r.try_get("threshold")?,
-                sink: r.try_get("sink")?,
-                attempts: r.try_get("attempts")?,
-                payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
-            };
-            // Leased: if this daemon dies mid-delivery, the row comes back
-            // after the lease. A sink may then see it twice; that is the
-            // price of never losing an alert.
-            sqlx::query(
-                "UPDATE alerts SET state = 'sending', attempts = attempts + 1,
-                    next_attempt_at = $1 WHERE id = $2",
-            )
-            .bind(ms(now) + lease.as_millis() as i64)
-            .bind(d.id)
-            .execute(&mut *tx)
-            .await?;
-            out.push(d);
-        }
-        tx.commit().await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let payload: String = r.try_get("payload")?;
+                Ok(AlertDelivery {
+                    id: r.try_get("id")?,
+                    thread_id: r.try_get("thread_id")?,
+                    threshold: r.try_get("threshold")?,
+                    sink: r.try_get("sink")?,
+                    attempts: r.try_get("attempts")?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|d| d.id);
         Ok(out)
     }
 
@@ -1319,11 +1405,9 @@ impl Store for SqlStore {
     }
 
     async fn alert_deliveries(&self) -> Result<Vec<(i64, String, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT thread_id, sink, threshold, state FROM alerts ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query("SELECT thread_id, sink, threshold, state FROM alerts ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -1365,7 +1449,8 @@ impl Store for SqlStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| r.try_get("raw").map_err(Into::into)).transpose()
+        row.map(|r| r.try_get("raw").map_err(Into::into))
+            .transpose()
     }
 
     async fn response_samples(&self, since: DateTime<Utc>) -> Result<Vec<ResponseSample>> {
