@@ -413,23 +413,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .thread(*id, now)
                 .await?
                 .with_context(|| format!("Thread {id} not found"))?;
-            let instances = daemon::build_instances(&config).unwrap_or_default();
-            let clockings = daemon::clockings(&config, &instances);
-            let clocking = clockings
-                .get(&detail.thread.instance)
-                .cloned()
-                .unwrap_or_else(|| crate::store::Clocking {
-                    channel: detail.thread.channel.clone(),
-                    policy: crate::clock::Policy::wall_clock(config.clock.window.chrono()),
-                    points: crate::clock::thresholds(
-                        &config
-                            .clock
-                            .thresholds
-                            .iter()
-                            .map(|d| d.0)
-                            .collect::<Vec<_>>(),
-                    ),
-                });
+            let clocking =
+                daemon::clocking_for(&config, &detail.thread.instance, &detail.thread.channel);
             if *no_response_needed {
                 store
                     .mark_no_response_needed(*id, actor, &clocking, now)

@@ -413,7 +413,12 @@ mod tests {
     fn wall_clock_table() {
         let p = Policy::wall_clock(Duration::hours(24));
         // (facts, handled_at, expected awaiting_since)
-        type Case = (&'static str, Vec<Fact>, Option<&'static str>, Option<&'static str>);
+        type Case = (
+            &'static str,
+            Vec<Fact>,
+            Option<&'static str>,
+            Option<&'static str>,
+        );
         let cases: Vec<Case> = vec![
             ("no messages", vec![], None, None),
             (
@@ -490,11 +495,7 @@ mod tests {
         for (name, facts, handled, want) in cases {
             let s = evaluate(&facts, handled.map(t), &p, "amazon");
             assert_eq!(s.awaiting_since, want.map(t), "{name}");
-            assert_eq!(
-                s.due_at,
-                want.map(|w| t(w) + Duration::hours(24)),
-                "{name}"
-            );
+            assert_eq!(s.due_at, want.map(|w| t(w) + Duration::hours(24)), "{name}");
             assert_eq!(s.reply_window_closes_at, None, "{name}");
         }
     }
@@ -564,10 +565,16 @@ mod tests {
         };
         // Friday 2026-03-27 16:00 CET (15:00Z); clocks go forward on Sunday
         // 29 March. 1h on Friday, 7h on Monday from 09:00 CEST (07:00Z).
-        assert_eq!(p.due_at(t("2026-03-27T15:00:00Z")), t("2026-03-30T14:00:00Z"));
+        assert_eq!(
+            p.due_at(t("2026-03-27T15:00:00Z")),
+            t("2026-03-30T14:00:00Z")
+        );
         // Friday 2026-10-23 16:00 CEST (14:00Z); clocks go back on 25
         // October. Monday 09:00 is now CET (08:00Z): due 15:00Z.
-        assert_eq!(p.due_at(t("2026-10-23T14:00:00Z")), t("2026-10-26T15:00:00Z"));
+        assert_eq!(
+            p.due_at(t("2026-10-23T14:00:00Z")),
+            t("2026-10-26T15:00:00Z")
+        );
     }
 
     #[test]
@@ -610,8 +617,20 @@ mod tests {
                 None,
                 Status::NoResponseNeeded,
             ),
-            (Some("2026-11-23T13:00:00Z"), None, None, None, Status::Awaiting),
-            (Some("2026-11-23T11:00:00Z"), None, None, None, Status::Breached),
+            (
+                Some("2026-11-23T13:00:00Z"),
+                None,
+                None,
+                None,
+                Status::Awaiting,
+            ),
+            (
+                Some("2026-11-23T11:00:00Z"),
+                None,
+                None,
+                None,
+                Status::Breached,
+            ),
             (
                 Some("2026-11-23T11:00:00Z"),
                 None,
@@ -639,28 +658,53 @@ mod tests {
     #[test]
     fn alerts_fire_once_per_threshold_and_collapse_after_downtime() {
         use std::time::Duration as D;
-        let points = thresholds(&[D::from_secs(3600), D::from_secs(6 * 3600), D::from_secs(900)]);
+        let points = thresholds(&[
+            D::from_secs(3600),
+            D::from_secs(6 * 3600),
+            D::from_secs(900),
+        ]);
         let labels: Vec<String> = points.iter().map(|p| p.label()).collect();
         assert_eq!(labels, ["6h", "1h", "15m", "breach"]);
 
         let due = t("2026-11-24T10:00:00Z");
         // Nothing fired yet: the next look is at 6h before the deadline.
-        assert_eq!(next_alert_at(Some(due), &points, None, None), Some(t("2026-11-24T04:00:00Z")));
+        assert_eq!(
+            next_alert_at(Some(due), &points, None, None),
+            Some(t("2026-11-24T04:00:00Z"))
+        );
         // 5h left: the 6h alert fires.
         let fired = due_alert(due, &points, None, None, t("2026-11-24T05:00:00Z"));
         assert_eq!(fired.map(|f| f.label()).as_deref(), Some("6h"));
         let fired_ms = fired.map(|f| f.remaining_ms);
         // ... and not again.
-        assert_eq!(due_alert(due, &points, fired_ms, None, t("2026-11-24T05:30:00Z")), None);
-        assert_eq!(next_alert_at(Some(due), &points, fired_ms, None), Some(t("2026-11-24T09:00:00Z")));
+        assert_eq!(
+            due_alert(due, &points, fired_ms, None, t("2026-11-24T05:30:00Z")),
+            None
+        );
+        assert_eq!(
+            next_alert_at(Some(due), &points, fired_ms, None),
+            Some(t("2026-11-24T09:00:00Z"))
+        );
         // Down from 05:30 until after the deadline: only the breach fires.
         let late = due_alert(due, &points, fired_ms, None, t("2026-11-24T11:00:00Z"));
         assert_eq!(late, Some(Threshold::BREACH));
         assert_eq!(next_alert_at(Some(due), &points, Some(0), None), None);
         // Snoozed: nothing fires, and the engine looks again when it ends.
         let until = t("2026-11-24T09:30:00Z");
-        assert_eq!(due_alert(due, &points, fired_ms, Some(until), t("2026-11-24T09:10:00Z")), None);
-        assert_eq!(next_alert_at(Some(due), &points, fired_ms, Some(until)), Some(until));
+        assert_eq!(
+            due_alert(
+                due,
+                &points,
+                fired_ms,
+                Some(until),
+                t("2026-11-24T09:10:00Z")
+            ),
+            None
+        );
+        assert_eq!(
+            next_alert_at(Some(due), &points, fired_ms, Some(until)),
+            Some(until)
+        );
         // Not awaiting: nothing to do.
         assert_eq!(next_alert_at(None, &points, None, None), None);
     }

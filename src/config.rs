@@ -207,6 +207,9 @@ pub struct InstanceConfig {
     /// Local Maildir source (maildir, or amazon without IMAP).
     #[serde(default)]
     pub maildir: Option<hourglass_email::MaildirConfig>,
+    /// Amazon SP-API order enrichment (`type = "amazon"`, optional).
+    #[serde(default)]
+    pub sp_api: Option<hourglass_amazon::SpApiConfig>,
     /// Simulated marketplace settings (`type = "simulated"`).
     #[serde(default)]
     pub simulated: Option<SimulatedConfig>,
@@ -272,36 +275,13 @@ pub fn parse_schedule(text: &str) -> Result<cron::Schedule, String> {
 }
 
 /// `[http]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Listen address; loopback by default.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Set to false to run without the HTTP server.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Bearer token for the API, by reference.
-    #[serde(default)]
-    pub token: Option<SecretRef>,
-    /// Public base URL of the web inbox, used for links in alerts.
+    /// Base URL for links to threads in alerts (your help desk or inbox),
+    /// e.g. `https://hourglass.example.com`; alerts link `{public_url}/threads/ID`.
     #[serde(default)]
     pub public_url: Option<String>,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8787".into()
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-            enabled: true,
-            token: None,
-            public_url: None,
-        }
-    }
 }
 
 /// `[log]`
@@ -618,6 +598,8 @@ fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut V
         let secrets = [
             inst.imap.as_ref().and_then(|i| i.password.as_ref()),
             inst.smtp.as_ref().and_then(|s| s.password.as_ref()),
+            inst.sp_api.as_ref().map(|s| &s.client_secret),
+            inst.sp_api.as_ref().map(|s| &s.refresh_token),
         ];
         for r in secrets.into_iter().flatten() {
             if let Err(e) = r.resolve() {
@@ -663,14 +645,6 @@ fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut V
             diags.push(main.diag_at(
                 main.find_value(&pw.to_string()),
                 format!("store.password: {e}"),
-            ));
-        }
-    }
-    if let Some(token) = &config.http.token {
-        if let Err(e) = token.resolve() {
-            diags.push(main.diag_at(
-                main.find_value(&token.to_string()),
-                format!("http.token: {e}"),
             ));
         }
     }
@@ -747,10 +721,10 @@ mod tests {
         let path = write(
             dir.path(),
             "hourglass.toml",
-            "[http]\ntoken = \"hunter2\"\n",
+            "[store]\npassword = \"hunter2\"\n",
         );
         let shown = Config::load(&path).unwrap_err().to_string();
-        assert!(shown.contains(":2:9:"), "{shown}");
+        assert!(shown.contains(":2:12:"), "{shown}");
         assert!(!shown.contains("hunter2"), "a secret leaked: {shown}");
 
         let path = write(

@@ -46,6 +46,10 @@ pub fn build(inst: &InstanceConfig) -> Result<Arc<dyn Connector>, String> {
                 ),
                 (None, None) => return Err(missing(name, "imap")),
             };
+            let built = match &inst.sp_api {
+                Some(sp) => built.and_then(|c| c.with_sp_api(sp.clone())),
+                None => built,
+            };
             built
                 .map(|c| Arc::new(c) as Arc<dyn Connector>)
                 .map_err(|e| format!("instance {name:?}: {e}"))

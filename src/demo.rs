@@ -231,47 +231,12 @@ fn write_week(root: &Path, now: DateTime<Utc>) -> anyhow::Result<usize> {
     Ok(mails.len())
 }
 
+/// The demo's configuration: `config/demo.toml` with its placeholders
+/// filled in.
 fn demo_config(dir: &Path, capture: &str) -> String {
-    format!(
-        r#"# Written by `hourglass demo`.
-[store]
-url = "sqlite://{dir}/hourglass.db"
-
-[clock]
-window = "24h"
-thresholds = ["6h", "1h", "15m"]
-
-[http]
-enabled = false
-
-[log]
-level = "warn"
-
-[[instances]]
-name = "amazon-eu"
-type = "amazon"
-schedule = "*/5 * * * * *"
-[instances.maildir]
-path = "{dir}/mail/amazon"
-own_addresses = ["seller@demo-shop.example"]
-
-[[instances]]
-name = "shop-mail"
-type = "maildir"
-schedule = "*/5 * * * * *"
-[instances.maildir]
-path = "{dir}/mail/shop"
-own_addresses = ["help@demo-shop.example"]
-
-[[alerts.sinks]]
-name = "capture"
-type = "webhook"
-url = "{capture}"
-format = "json"
-secret = "file:{dir}/webhook-secret"
-"#,
-        dir = dir.display()
-    )
+    include_str!("../config/demo.toml")
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@CAPTURE@", capture)
 }
 
 /// Starts the local alert capture; returns its URL and a stream of what it

@@ -29,9 +29,9 @@ impl FromStr for Dur {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Dur, String> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"24h\", \"90m\" or \"1h30m\""))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            format!("invalid duration {s:?} ({e}); write it like \"24h\", \"90m\" or \"1h30m\"")
+        })
     }
 }
 

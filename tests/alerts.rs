@@ -57,9 +57,6 @@ thresholds = ["1h"]
 [daemon]
 shutdown_timeout = "3s"
 
-[http]
-enabled = false
-
 [[instances]]
 name = "amazon-de"
 type = "amazon"

@@ -61,7 +61,12 @@ fn failing_instance_backs_off_while_the_healthy_one_keeps_ingesting(app: &TestAp
         let list = app.json(&["connectors", "list", "--json"]);
         instance(&list, "broken")["failures"].as_i64().unwrap() >= 3
     })
-    .unwrap_or_else(|_| panic!("broken instance never failed 3 times; log:\n{}", daemon.log()));
+    .unwrap_or_else(|_| {
+        panic!(
+            "broken instance never failed 3 times; log:\n{}",
+            daemon.log()
+        )
+    });
 
     let list = app.json(&["connectors", "list", "--json"]);
     let broken = instance(&list, "broken");
@@ -110,7 +115,11 @@ fn auth_failure_stops_polling_that_instance() {
     assert_eq!(instance(&list, "broken")["state"], "auth_failed");
     std::thread::sleep(Duration::from_millis(1500));
     let list = app.json(&["connectors", "list", "--json"]);
-    assert_eq!(instance(&list, "broken")["failures"], 1, "auth failures are not retried");
+    assert_eq!(
+        instance(&list, "broken")["failures"],
+        1,
+        "auth failures are not retried"
+    );
     daemon.signal("INT");
     assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
 }
@@ -123,7 +132,11 @@ fn unknown_key_is_reported_with_its_line_and_exit_code_2() {
         "[clock]\nwindow = \"24h\"\nthresholds = [\"1h\"]\n\n[[instances]]\nname = \"sim\"\ntype = \"simulated\"\nschedule = \"*/2 * * * *\"\ncolour = \"red\"\n",
     );
     let text = std::fs::read_to_string(&app.config).unwrap();
-    assert_eq!(text.lines().nth(11), Some("colour = \"red\""), "test setup: key on line 12");
+    assert_eq!(
+        text.lines().nth(11),
+        Some("colour = \"red\""),
+        "test setup: key on line 12"
+    );
     let out = app.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -137,7 +150,7 @@ fn secrets_never_show_up_in_any_output() {
     let app = {
         let mut app = TestApp::new(
             None,
-            "[http]\ntoken = \"env:HG_TEST_TOKEN\"\n\n[[instances]]\nname = \"sim\"\ntype = \"simulated\"\nschedule = \"* * * * * *\"\n",
+            "[[alerts.sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nsecret = \"env:HG_TEST_TOKEN\"\n\n[[instances]]\nname = \"sim\"\ntype = \"simulated\"\nschedule = \"* * * * * *\"\n",
         );
         app.env.push(("HG_TEST_TOKEN".into(), SECRET.into()));
         app
@@ -160,7 +173,7 @@ fn secrets_never_show_up_in_any_output() {
     daemon.wait_exit(Duration::from_secs(15));
     outputs.push(daemon.log());
     // A secret given as a value is refused without repeating it.
-    std::fs::write(&app.config, format!("[http]\ntoken = \"{SECRET}\"\n")).unwrap();
+    std::fs::write(&app.config, format!("[[alerts.sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nsecret = \"{SECRET}\"\n")).unwrap();
     let out = app.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(2));
     outputs.push(String::from_utf8_lossy(&out.stderr).into_owned());
@@ -168,12 +181,20 @@ fn secrets_never_show_up_in_any_output() {
         assert!(!o.contains(SECRET), "the secret leaked:\n{o}");
     }
     // A missing variable is named, not guessed at.
-    let mut app2 = TestApp::new(None, "[http]\ntoken = \"env:HG_TEST_TOKEN_MISSING\"\n");
+    let mut app2 = TestApp::new(
+        None,
+        "[[alerts.sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nsecret = \"env:HG_TEST_TOKEN_MISSING\"\n",
+    );
     app2.env.clear();
     let out = app2.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(":5:9: http.token: environment variable HG_TEST_TOKEN_MISSING is not set"), "{stderr}");
+    assert!(
+        stderr.contains(
+            ":8:10: alerts: sink \"hook\": environment variable HG_TEST_TOKEN_MISSING is not set"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -187,7 +208,12 @@ fn sigterm_during_a_poll_exits_0_and_loses_nothing() {
     // The next poll starts within a second and takes 1.5 s: stop inside it.
     std::thread::sleep(Duration::from_millis(1200));
     daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0), "{}", daemon.log());
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
     let log = daemon.log();
     assert!(log.contains("Stopped."), "{log}");
 
@@ -196,7 +222,10 @@ fn sigterm_during_a_poll_exits_0_and_loses_nothing() {
     let total = message_total(&app);
     assert!(total >= 3 && total % 3 == 0, "{total}");
     let sync = app.json(&["sync", "--once", "--json"]);
-    assert_eq!(sync[0]["messages"], 3, "the next poll continues where the last commit ended");
+    assert_eq!(
+        sync[0]["messages"], 3,
+        "the next poll continues where the last commit ended"
+    );
     assert_eq!(message_total(&app), total + 3);
 }
 
@@ -210,10 +239,18 @@ fn sighup_with_a_broken_file_keeps_the_old_config_running() {
     daemon.wait_for_log("Ingested new messages", Duration::from_secs(20));
     let good = std::fs::read_to_string(&app.config).unwrap();
 
-    std::fs::write(&app.config, format!("{good}\n[[instances]]\nname = \"sim2\"\ntipe = \"simulated\"\n")).unwrap();
+    std::fs::write(
+        &app.config,
+        format!("{good}\n[[instances]]\nname = \"sim2\"\ntipe = \"simulated\"\n"),
+    )
+    .unwrap();
     daemon.signal("HUP");
     daemon.wait_for_log("keeping the running one", Duration::from_secs(10));
-    assert!(daemon.log().contains("unknown field `tipe`"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("unknown field `tipe`"),
+        "{}",
+        daemon.log()
+    );
     assert!(daemon.is_running());
     // The old generation keeps polling (the CLI cannot read the broken
     // file, so watch the daemon's own log).
@@ -234,4 +271,14 @@ fn sighup_with_a_broken_file_keeps_the_old_config_running() {
     .unwrap_or_else(|_| panic!("sim2 never polled; log:\n{}", daemon.log()));
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn migrate_creates_the_schema_once() {
+    let app = TestApp::new(None, "");
+    let first = app.json(&["migrate", "--json"]);
+    assert_eq!(first["applied"], serde_json::json!([1]), "{first}");
+    let again = app.json(&["migrate", "--json"]);
+    assert_eq!(again["applied"], serde_json::json!([]), "{again}");
+    assert_eq!(again["versions"], serde_json::json!([1]));
 }

@@ -3,9 +3,7 @@
 
 use chrono::{Duration, Utc};
 use hourglass::clock::{self, Policy, Status};
-use hourglass::store::{
-    Clocking, NewReply, OutboxOutcome, SqlStore, Store, ThreadFilter,
-};
+use hourglass::store::{Clocking, NewReply, OutboxOutcome, SqlStore, Store, ThreadFilter};
 use hourglass_connector::{Batch, CustomerIdentity, Direction, Message, Quarantined};
 
 fn clocking() -> Clocking {
@@ -43,14 +41,26 @@ fn buyer_message(id: &str, thread: &str, hours_ago: i64, name: &str) -> Message 
 async fn story(store: &dyn Store) {
     let c = clocking();
     store.migrate().await.unwrap();
-    assert!(store.migrate().await.unwrap().is_empty(), "migrate is idempotent");
-    store.register_instance("amazon-eu", "amazon", "amazon").await.unwrap();
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "migrate is idempotent"
+    );
+    store
+        .register_instance("amazon-eu", "amazon", "amazon")
+        .await
+        .unwrap();
 
     // Ingest: three threads, one answered elsewhere, one quarantined item.
     let mut batch = Batch::default();
-    batch.messages.push(buyer_message("m1", "anna", 20, "Anna Schmidt"));
-    batch.messages.push(buyer_message("m2", "bruno", 2, "Bruno Costa"));
-    batch.messages.push(buyer_message("m3", "chloe", 5, "Chloé Martin"));
+    batch
+        .messages
+        .push(buyer_message("m1", "anna", 20, "Anna Schmidt"));
+    batch
+        .messages
+        .push(buyer_message("m2", "bruno", 2, "Bruno Costa"));
+    batch
+        .messages
+        .push(buyer_message("m3", "chloe", 5, "Chloé Martin"));
     let mut reply = Message::new(
         "m4",
         "chloe",
@@ -88,7 +98,10 @@ async fn story(store: &dyn Store) {
     assert_eq!(all[0].order_id.as_deref(), Some("302-1234567-7654321"));
     let due = all[0].due_at.unwrap();
     let expected = batch.messages[0].sent_at + Duration::hours(24);
-    assert!((due - expected).num_milliseconds().abs() < 2, "{due} vs {expected}");
+    assert!(
+        (due - expected).num_milliseconds().abs() < 2,
+        "{due} vs {expected}"
+    );
     let soon = ThreadFilter {
         due_within: Some(std::time::Duration::from_secs(6 * 3600)),
         ..ThreadFilter::default()
@@ -155,7 +168,13 @@ async fn story(store: &dyn Store) {
     // Marks are recorded with who did them.
     let bruno = all[1].id;
     store
-        .snooze(bruno, Utc::now() + Duration::hours(2), "ines", &c, Utc::now())
+        .snooze(
+            bruno,
+            Utc::now() + Duration::hours(2),
+            "ines",
+            &c,
+            Utc::now(),
+        )
         .await
         .unwrap();
     let detail = store.thread(bruno, Utc::now()).await.unwrap().unwrap();

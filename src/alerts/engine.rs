@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -24,11 +25,13 @@ use crate::daemon::Context;
 use crate::duration::format_left;
 use crate::store::{AlertCandidate, Store, ThreadSummary};
 
-/// Longest sleep between checks, as a safety net (clock jumps, another
-/// daemon on the same PostgreSQL store changing threads).
-const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// Longest sleep between checks: bounds how late an alert can be when its
+/// thread was changed outside this process (another daemon on the same
+/// PostgreSQL store, a clock jump). One indexed query per period.
+const MAX_SLEEP: Duration = Duration::from_secs(5);
 const BATCH: i64 = 500;
 const DELIVERY_LEASE: Duration = Duration::from_secs(60);
+const PER_SINK_CONCURRENCY: usize = 8;
 
 /// Worker: the alert engine.
 pub fn engine(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
@@ -81,7 +84,8 @@ async fn consider(ctx: &Context, c: &AlertCandidate, now: DateTime<Utc>) -> anyh
         .clockings
         .get(&t.instance)
         .map(|cl| cl.points.clone())
-        .unwrap_or_else(|| clock::thresholds(&[]));
+        // Threads of an instance no longer configured still get alerts.
+        .unwrap_or_else(|| crate::daemon::alert_points(&ctx.config));
     let (Some(due), Some(cycle)) = (t.due_at, t.awaiting_since) else {
         ctx.store.set_next_alert_at(t.id, None).await?;
         return Ok(0);
@@ -258,17 +262,30 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
                     let sinks = sinks.clone();
                     let max_attempts = i64::from(ctx.config.alerts.max_attempts);
                     running.spawn(async move {
-                        for d in list {
-                            let result = match sinks.get(&name) {
-                                Some(sink) => sink.send(&render(&d.payload, Utc::now())).await,
-                                None => Err(sinks::SendError {
-                                    message: format!("no sink named {name:?} in the configuration"),
-                                    retry_after: None,
-                                    permanent: false,
-                                }),
-                            };
-                            finish(store.as_ref(), &d, result, max_attempts).await;
-                        }
+                        // A few at a time per sink: a burst of alerts (after
+                        // downtime, many deadlines at 09:00) must not queue
+                        // behind one slow request.
+                        futures::stream::iter(list)
+                            .for_each_concurrent(PER_SINK_CONCURRENCY, |d| {
+                                let (store, sinks, name) =
+                                    (store.clone(), sinks.clone(), name.clone());
+                                async move {
+                                    let result = match sinks.get(&name) {
+                                        Some(sink) => {
+                                            sink.send(&render(&d.payload, Utc::now())).await
+                                        }
+                                        None => Err(sinks::SendError {
+                                            message: format!(
+                                                "no sink named {name:?} in the configuration"
+                                            ),
+                                            retry_after: None,
+                                            permanent: false,
+                                        }),
+                                    };
+                                    finish(store.as_ref(), &d, result, max_attempts).await;
+                                }
+                            })
+                            .await;
                     });
                 }
             }

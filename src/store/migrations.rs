@@ -70,17 +70,33 @@ mod tests {
             .iter()
             .map(|m| format!("{:04}_{}.sql", m.version, m.name))
             .collect();
-        assert_eq!(embedded, sqlite, "a migration file is not embedded in MIGRATIONS");
+        assert_eq!(
+            embedded, sqlite,
+            "a migration file is not embedded in MIGRATIONS"
+        );
         for m in MIGRATIONS {
-            let (s, p) = (m.statements(Backend::Sqlite), m.statements(Backend::Postgres));
-            assert_eq!(s.len(), p.len(), "migration {} has different statement counts", m.version);
+            let (s, p) = (
+                m.statements(Backend::Sqlite),
+                m.statements(Backend::Postgres),
+            );
+            assert_eq!(
+                s.len(),
+                p.len(),
+                "migration {} has different statement counts",
+                m.version
+            );
             // Same tables and indexes, in the same order.
             let heads = |v: &[String]| {
                 v.iter()
                     .map(|s| s.split('(').next().unwrap_or("").trim().to_owned())
                     .collect::<Vec<_>>()
             };
-            assert_eq!(heads(&s), heads(&p), "migration {} differs in shape", m.version);
+            assert_eq!(
+                heads(&s),
+                heads(&p),
+                "migration {} differs in shape",
+                m.version
+            );
         }
     }
 }

@@ -27,7 +27,10 @@ mod tests {
                 "Inquiry from Amazon customer Ana (Order: 114-1234567-7654321)",
                 Some("114-1234567-7654321"),
             ),
-            ("Bestellnummer 302-0000001-0000002.", Some("302-0000001-0000002")),
+            (
+                "Bestellnummer 302-0000001-0000002.",
+                Some("302-0000001-0000002"),
+            ),
             ("114-1234567-7654321", Some("114-1234567-7654321")),
             ("tracking 9114-1234567-76543210", None),
             ("Product details inquiry", None),

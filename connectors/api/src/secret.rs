@@ -26,7 +26,9 @@ pub enum SecretError {
     MissingEnv(String),
     #[error("cannot read secret file {path}: {error}")]
     File { path: String, error: String },
-    #[error("systemd credential {0} not found (is $CREDENTIALS_DIRECTORY set by LoadCredential=?)")]
+    #[error(
+        "systemd credential {0} not found (is $CREDENTIALS_DIRECTORY set by LoadCredential=?)"
+    )]
     MissingCredential(String),
     #[error("secret {0} is empty")]
     Empty(String),
