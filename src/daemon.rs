@@ -130,16 +130,32 @@ const MAX_ROUNDS: usize = 1000;
 
 /// Polls an instance until it has nothing more, committing each batch with
 /// its cursor. Returns the number of new messages.
+///
+/// When the connector's polls are read-only, the next batch is fetched (on
+/// another task) while this one is stored, from the cursors this batch
+/// moves to: the same polls, overlapped. Its messages still only count once
+/// their batch is committed.
 pub async fn poll_instance(store: &dyn Store, inst: &Instance) -> Result<usize, PollError> {
     let name = inst.config.name();
+    let read_only = inst.connector.poll_is_read_only();
     let mut total = 0;
-    for _ in 0..MAX_ROUNDS {
-        let cursors = store.cursors(name).await.map_err(PollError::Store)?;
-        let batch = inst
-            .connector
-            .poll(&cursors)
-            .await
-            .map_err(PollError::Connector)?;
+    let mut cursors = store.cursors(name).await.map_err(PollError::Store)?;
+    let mut batch = inst
+        .connector
+        .poll(&cursors)
+        .await
+        .map_err(PollError::Connector)?;
+    for round in 1..=MAX_ROUNDS {
+        let more = batch.more && round < MAX_ROUNDS;
+        // The cursors once this batch is committed (scopes it does not name
+        // keep their value).
+        let mut after = cursors.clone();
+        after.extend(batch.cursors.clone());
+        let next = (more && read_only).then(|| {
+            let connector = inst.connector.clone();
+            let from = after.clone();
+            tokio::spawn(async move { connector.poll(&from).await })
+        });
         let report = store
             .ingest(name, &batch, &inst.clocking)
             .await
@@ -152,9 +168,20 @@ pub async fn poll_instance(store: &dyn Store, inst: &Instance) -> Result<usize, 
             );
         }
         total += report.inserted;
-        if !batch.more {
+        if !more {
             break;
         }
+        batch = match next {
+            Some(task) => task
+                .await
+                .map_err(|e| PollError::Connector(ConnectorError::Other(format!("poll: {e}"))))?,
+            None => {
+                after = store.cursors(name).await.map_err(PollError::Store)?;
+                inst.connector.poll(&after).await
+            }
+        }
+        .map_err(PollError::Connector)?;
+        cursors = after;
     }
     Ok(total)
 }
@@ -502,6 +529,132 @@ pub async fn sync_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scripted platform whose polls are read-only: the daemon fetches
+    /// ahead. Records the cursor of every poll; fails once at `fail_at`.
+    struct ReadAhead {
+        inner: hourglass_connector::testkit::ScriptedConnector,
+        polled: std::sync::Mutex<Vec<Option<String>>>,
+        fail_at: std::sync::Mutex<Option<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Connector for ReadAhead {
+        fn kind(&self) -> &str {
+            "scripted"
+        }
+        fn instance(&self) -> &str {
+            self.inner.instance()
+        }
+        fn capabilities(&self) -> hourglass_connector::Capabilities {
+            self.inner.capabilities()
+        }
+        async fn health_check(&self) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+        fn poll_is_read_only(&self) -> bool {
+            true
+        }
+        async fn poll(
+            &self,
+            cursors: &hourglass_connector::Cursors,
+        ) -> Result<hourglass_connector::Batch, ConnectorError> {
+            let at = cursors.get("").cloned();
+            self.polled.lock().unwrap().push(at.clone());
+            // Slow enough that the store commits while the next poll runs.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if at.is_some() && *self.fail_at.lock().unwrap() == at {
+                *self.fail_at.lock().unwrap() = None;
+                return Err(ConnectorError::Transient("dropped".into()));
+            }
+            self.inner.poll(cursors).await
+        }
+        async fn send_reply(
+            &self,
+            reply: &hourglass_connector::OutgoingReply,
+        ) -> Result<hourglass_connector::SentReply, ConnectorError> {
+            self.inner.send_reply(reply).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_ahead_polls_the_same_cursors_and_commits_only_what_it_stored() {
+        use hourglass_connector::testkit::{ScriptedConnector, ScriptedPlatform};
+        use hourglass_connector::{Direction, Message};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hourglass.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[store]\nurl = \"sqlite://{}/s.db\"\n\n[[instances]]\nname = \"shop\"\ntype = \"simulated\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = open_store(&config).await.unwrap();
+        let mut inst = build_instances(&config).unwrap().remove(0);
+        let platform = ScriptedPlatform::new();
+        platform.set_page_size(4);
+        for i in 0..25 {
+            platform.push(Message::new(
+                format!("m{i}"),
+                format!("t{}", i % 5),
+                Direction::Inbound,
+                Utc::now(),
+                "hello",
+            ));
+        }
+        let connector = Arc::new(ReadAhead {
+            inner: ScriptedConnector::new("shop", "email", platform.clone()),
+            polled: std::sync::Mutex::new(Vec::new()),
+            fail_at: std::sync::Mutex::new(Some("12".to_owned())),
+        });
+        inst.connector = connector.clone();
+        let stored = |store: Arc<crate::store::SqlStore>| async move {
+            store
+                .threads(&crate::store::ThreadFilter::default(), Utc::now())
+                .await
+                .unwrap()
+                .iter()
+                .map(|t| t.message_count)
+                .sum::<i64>()
+        };
+
+        // The poll from cursor 12 fails while batch 8..12 is stored: that
+        // batch is committed, nothing after it.
+        let err = poll_instance(store.as_ref(), &inst).await.unwrap_err();
+        assert!(matches!(
+            err,
+            PollError::Connector(ConnectorError::Transient(_))
+        ));
+        assert_eq!(stored(store.clone()).await, 12);
+        assert_eq!(store.cursors("shop").await.unwrap()[""], "12");
+
+        assert_eq!(poll_instance(store.as_ref(), &inst).await.unwrap(), 13);
+        assert_eq!(stored(store.clone()).await, 25);
+        let polled: Vec<Option<String>> = connector.polled.lock().unwrap().clone();
+        let at = |v: &[Option<u32>]| {
+            v.iter()
+                .map(|c| c.map(|c| c.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // Exactly the polls a poll-then-store loop makes.
+        assert_eq!(
+            polled,
+            at(&[
+                None,
+                Some(4),
+                Some(8),
+                Some(12),
+                Some(12),
+                Some(16),
+                Some(20),
+                Some(24)
+            ])
+        );
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {

@@ -91,6 +91,11 @@ impl Connector for AmazonConnector {
         self.source.health_check().await
     }
 
+    fn poll_is_read_only(&self) -> bool {
+        // SP-API enrichment only reads orders.
+        self.source.poll_is_read_only()
+    }
+
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         let mut batch = self.source.poll(cursors).await?;
         batch.messages = batch

@@ -61,6 +61,15 @@ pub trait Connector: Send + Sync {
     /// `external_id`), missing one is not.
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError>;
 
+    /// Polling changes nothing on the platform: asking for what follows a
+    /// cursor acknowledges nothing (IMAP `BODY.PEEK`, a Maildir). The
+    /// daemon may then fetch the next batch while it stores this one. Not
+    /// so for a `getUpdates`-style API, where the next offset confirms the
+    /// previous updates: a crash before the commit would lose them.
+    fn poll_is_read_only(&self) -> bool {
+        false
+    }
+
     /// Waits until the platform signals a change (IMAP IDLE, a long poll) or
     /// `timeout` passes. Returns `true` when something changed. Connectors
     /// without push return `Ok(false)` after the timeout; the daemon then

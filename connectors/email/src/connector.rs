@@ -386,6 +386,10 @@ impl Connector for EmailConnector {
         Ok(())
     }
 
+    fn poll_is_read_only(&self) -> bool {
+        true // BODY.PEEK: not even \Seen is set
+    }
+
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         let mut slot = self.session.lock().await;
         let (mut session, fresh) = self.checkout(&mut slot).await?;

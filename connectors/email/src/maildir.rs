@@ -253,6 +253,10 @@ impl Connector for MaildirConnector {
         Ok(())
     }
 
+    fn poll_is_read_only(&self) -> bool {
+        true // files are read where they lie
+    }
+
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         let now = Utc::now();
         let batch_size = self.config.fetch_batch.max(1) as usize;

@@ -59,6 +59,9 @@ impl Connector for MailSource {
     async fn health_check(&self) -> Result<(), ConnectorError> {
         self.inner().health_check().await
     }
+    fn poll_is_read_only(&self) -> bool {
+        self.inner().poll_is_read_only()
+    }
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         self.inner().poll(cursors).await
     }
