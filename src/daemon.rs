@@ -64,15 +64,44 @@ pub struct Instance {
 
 /// Builds every enabled instance of `config`. Any failure fails the whole
 /// set, so a reload never half-applies.
-pub fn build_instances(config: &Config) -> anyhow::Result<Vec<Instance>> {
-    let points = clock::thresholds(
+/// The alert points of the configured thresholds, plus the breach.
+pub fn alert_points(config: &Config) -> Vec<clock::Threshold> {
+    clock::thresholds(
         &config
             .clock
             .thresholds
             .iter()
             .map(|d| d.0)
             .collect::<Vec<_>>(),
-    );
+    )
+}
+
+/// The clocking of a thread of `instance` on `channel`, from config alone
+/// (no connector is built). An instance no longer configured falls back to
+/// the channel's policy and the default window.
+pub fn clocking_for(config: &Config, instance: &str, channel: &str) -> Clocking {
+    let policy = match config.instance(instance) {
+        Some(i) => i.policy(&config.clock, channel),
+        None => {
+            let p = config.clock.channels.get(channel);
+            clock::Policy {
+                window: p
+                    .and_then(|p| p.window)
+                    .unwrap_or(config.clock.window)
+                    .chrono(),
+                business_hours: p.and_then(|p| p.business_hours.clone()),
+            }
+        }
+    };
+    Clocking {
+        channel: channel.to_owned(),
+        policy,
+        points: alert_points(config),
+    }
+}
+
+pub fn build_instances(config: &Config) -> anyhow::Result<Vec<Instance>> {
+    let points = alert_points(config);
     let mut out = Vec::new();
     for inst in config.instances.iter().filter(|i| i.enabled) {
         let connector = crate::connectors::build(inst).map_err(anyhow::Error::msg)?;
@@ -107,7 +136,7 @@ pub fn clockings(config: &Config, instances: &[Instance]) -> HashMap<String, Clo
                 Clocking {
                     policy: i.policy(&config.clock, &channel),
                     channel,
-                    points: Vec::new(),
+                    points: alert_points(config),
                 },
             )
         }))
@@ -258,7 +287,10 @@ async fn poll_loop(
                     info!(instance = %name, messages = n, "Ingested new messages.");
                     ingested.notify_waiters();
                 }
-                if let Err(e) = store.record_poll(&name, &PollOutcome::Ok { messages: n }).await {
+                if let Err(e) = store
+                    .record_poll(&name, &PollOutcome::Ok { messages: n })
+                    .await
+                {
                     warn!(instance = %name, error = %e, "Cannot record poll status.");
                 }
                 next_at = next_tick(&inst.schedule);

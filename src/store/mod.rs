@@ -266,11 +266,18 @@ pub trait Store: Send + Sync {
     async fn cursors(&self, instance: &str) -> Result<Cursors>;
     /// Writes a batch's messages, quarantined items and cursors in one
     /// transaction, and resets the clock of every thread it touched.
-    async fn ingest(&self, instance: &str, batch: &Batch, clocking: &Clocking)
-        -> Result<IngestReport>;
+    async fn ingest(
+        &self,
+        instance: &str,
+        batch: &Batch,
+        clocking: &Clocking,
+    ) -> Result<IngestReport>;
 
-    async fn threads(&self, filter: &ThreadFilter, now: DateTime<Utc>)
-        -> Result<Vec<ThreadSummary>>;
+    async fn threads(
+        &self,
+        filter: &ThreadFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ThreadSummary>>;
     async fn thread(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>>;
     async fn mark_no_response_needed(
         &self,
@@ -287,8 +294,13 @@ pub trait Store: Send + Sync {
         clocking: &Clocking,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    async fn audit(&self, actor: &str, action: &str, thread_id: Option<i64>, detail: &str)
-        -> Result<()>;
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        thread_id: Option<i64>,
+        detail: &str,
+    ) -> Result<()>;
 
     async fn enqueue_reply(&self, reply: &NewReply) -> Result<()>;
     /// Claims up to `limit` replies due now: queued ones, and ones left in
@@ -327,7 +339,8 @@ pub trait Store: Send + Sync {
     async fn release_outbox(&self, id: &str, worker: &str) -> Result<()>;
 
     /// Threads whose next alert point is at or before `now`.
-    async fn alert_candidates(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<AlertCandidate>>;
+    async fn alert_candidates(&self, now: DateTime<Utc>, limit: i64)
+        -> Result<Vec<AlertCandidate>>;
     /// The earliest pending alert point of any thread.
     async fn next_alert_at(&self) -> Result<Option<DateTime<Utc>>>;
     /// Records that `threshold` fired for the thread's current cycle, queues
@@ -344,8 +357,12 @@ pub trait Store: Send + Sync {
     ) -> Result<usize>;
     /// Moves a thread's next alert point without firing (snooze ended, ...).
     async fn set_next_alert_at(&self, thread_id: i64, at: Option<DateTime<Utc>>) -> Result<()>;
-    async fn claim_alert_deliveries(&self, limit: i64, lease: Duration, now: DateTime<Utc>)
-        -> Result<Vec<AlertDelivery>>;
+    async fn claim_alert_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertDelivery>>;
     async fn finish_alert_delivery(
         &self,
         id: i64,

@@ -118,6 +118,11 @@ impl SqlStore {
         })
     }
 
+    /// The connection pool, for tools and benchmarks that seed data in bulk.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -152,6 +157,17 @@ fn opt_ms(t: Option<DateTime<Utc>>) -> Option<i64> {
 fn opt_time(row: &AnyRow, col: &str) -> Result<Option<DateTime<Utc>>> {
     Ok(row.try_get::<Option<i64>, _>(col)?.map(from_ms))
 }
+
+/// A reply is only handed out when no earlier reply of its thread is still
+/// waiting or in flight: the replies of one conversation leave in the
+/// order they were written, even when the first one is held back by a
+/// 429 or a retry.
+const IN_THREAD_ORDER: &str = "NOT EXISTS (
+    SELECT 1 FROM outbox earlier
+    WHERE earlier.thread_id = outbox.thread_id
+      AND earlier.state IN ('queued', 'sending')
+      AND (earlier.created_at < outbox.created_at
+           OR (earlier.created_at = outbox.created_at AND earlier.id < outbox.id)))";
 
 const THREAD_COLUMNS: &str = "t.id, t.instance, t.channel, t.thread_key, t.subject, t.order_id, \
     t.marketplace, t.language, t.reply_to, t.awaiting_since, t.due_at, t.reply_window_closes_at, \
@@ -356,7 +372,7 @@ impl SqlStore {
         now: i64,
     ) -> Result<()> {
         let old_since: Option<i64> = t.try_get("awaiting_since")?;
-        let handled_at = opt_time(&t, "handled_at")?;
+        let handled_at = opt_time(t, "handled_at")?;
         let mut snoozed_at: Option<i64> = t.try_get("snoozed_at")?;
         let mut snoozed_until: Option<i64> = t.try_get("snoozed_until")?;
         let mut fired: Option<i64> = t.try_get("alerted_remaining_ms")?;
@@ -1002,8 +1018,9 @@ impl Store for SqlStore {
         };
         let sql = format!(
             "SELECT id, thread_id, instance, body, attempts, state FROM outbox
-             WHERE (state = 'queued' AND next_attempt_at <= $1)
-                OR (state = 'sending' AND claimed_until < $1)
+             WHERE ((state = 'queued' AND next_attempt_at <= $1)
+                OR (state = 'sending' AND claimed_until < $1))
+               AND {IN_THREAD_ORDER}
              ORDER BY next_attempt_at, created_at, id
              LIMIT $2{lock}"
         );
@@ -1165,6 +1182,7 @@ impl Store for SqlStore {
              WHERE instance = $1
                AND ((state = 'queued' AND next_attempt_at <= $2)
                  OR (state = 'sending' AND claimed_until < $2))
+               AND {IN_THREAD_ORDER}
              ORDER BY next_attempt_at, created_at, id
              LIMIT $3{lock}"
         );
