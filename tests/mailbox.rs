@@ -1,0 +1,193 @@
+//! The daemon on a real mailbox: Dovecot holds Amazon relay mail; the CLI
+//! and the daemon turn it into threads with deadlines.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::{wait_until, TestApp};
+use hourglass_testsupport::dovecot::Dovecot;
+
+fn relay(
+    id: &str,
+    buyer: &str,
+    alias: &str,
+    tld: &str,
+    subject: &str,
+    body: &str,
+    at: DateTime<Utc>,
+) -> Vec<u8> {
+    format!(
+        "From: \"{buyer} - Amazon Marketplace\" <{alias}@marketplace.amazon.{tld}>\r\n\
+         To: seller@shop.example\r\nSubject: {subject}\r\nDate: {}\r\n\
+         Message-ID: <{id}@email.amazonses.com>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+         ------------- Begin message -------------\r\n\r\n{body}\r\n\r\n\
+         ------------- End message -------------\r\n\r\n[commMgrTok:{id}]\r\n",
+        at.to_rfc2822()
+    )
+    .into_bytes()
+}
+
+fn app_for(dovecot: &Dovecot, schedule: &str) -> TestApp {
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            "[[instances]]\nname = \"amazon-eu\"\ntype = \"amazon\"\nschedule = \"{schedule}\"\n\
+             [instances.imap]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"{}\"\n\
+             password = \"env:HG_IMAP_PASSWORD\"\nfolders = [\"INBOX\", \"Sent\"]\n",
+            dovecot.port(),
+            dovecot.user()
+        ),
+    );
+    app.env
+        .push(("HG_IMAP_PASSWORD".into(), dovecot.password().into()));
+    app
+}
+
+fn total_messages(app: &TestApp) -> i64 {
+    app.json(&["threads", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["message_count"].as_i64().unwrap())
+        .sum()
+}
+
+#[test]
+fn relay_mail_from_three_marketplaces_becomes_one_thread_per_buyer_and_order() {
+    let mut dovecot = Dovecot::start().unwrap();
+    let at = |h: i64| (Utc::now() - chrono::Duration::hours(h)).with_timezone(&Utc);
+    let (t_de, t_br, t_fr) = (at(3), at(5), at(7));
+    for raw in [
+        relay("de-1", "Jürgen Weiß", "q7w8e9r0", "de", "Anfrage von Amazon-Kunde Jürgen Weiß (Bestellung: 302-7654321-1234567)", "Hallo, die Schuhe sind zu klein.", t_de),
+        relay("de-2", "Jürgen Weiß", "q7w8e9r0", "de", "Anfrage von Amazon-Kunde Jürgen Weiß (Bestellung: 302-7654321-1234567)", "Und die Farbe stimmt auch nicht.", at(1)),
+        relay("de-3", "Jürgen Weiß", "q7w8e9r0+case2", "de", "Anfrage von Amazon-Kunde Jürgen Weiß (Bestellung: 302-0000000-7777777)", "Eine andere Bestellung.", at(2)),
+        relay("br-1", "Ana Souza", "a1b2c3", "com.br", "Pergunta do cliente da Amazon Ana Souza (Pedido: 701-2345678-3456789)", "Olá, o meu pedido ainda não chegou.", t_br),
+        relay("fr-1", "Chloé Martin", "zz9chloe", "fr", "Demande de renseignements de la part du client Amazon Chloé Martin (Commande : 171-9876543-2109876)", "Bonjour, puis-je changer l'adresse ?", t_fr),
+    ] {
+        dovecot.append("INBOX", &raw).unwrap();
+    }
+    let app = app_for(&dovecot, "*/2 * * * *");
+
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(sync[0]["messages"], 5, "{sync}");
+
+    let threads = app.json(&["threads", "--json"]);
+    let threads = threads.as_array().unwrap();
+    assert_eq!(
+        threads.len(),
+        4,
+        "one thread per buyer and order: {threads:?}"
+    );
+    let find = |order: &str| {
+        threads
+            .iter()
+            .find(|t| t["order_id"] == order)
+            .unwrap_or_else(|| panic!("no thread for {order}"))
+    };
+    let de = find("302-7654321-1234567");
+    assert_eq!(de["customer"], "Jürgen Weiß");
+    assert_eq!(de["marketplace"], "amazon.de");
+    assert_eq!(de["channel"], "amazon");
+    assert_eq!(de["status"], "awaiting");
+    assert_eq!(de["message_count"], 2);
+    let due = |t: &serde_json::Value| {
+        DateTime::parse_from_rfc3339(t["due_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    // Due 24 h after the first unanswered buyer message (Date has whole seconds).
+    let secs = |t: DateTime<Utc>| t.timestamp();
+    assert_eq!(secs(due(de)), secs(t_de + chrono::Duration::hours(24)));
+    let br = find("701-2345678-3456789");
+    assert_eq!(
+        (br["customer"].as_str(), br["marketplace"].as_str()),
+        (Some("Ana Souza"), Some("amazon.com.br"))
+    );
+    assert_eq!(secs(due(br)), secs(t_br + chrono::Duration::hours(24)));
+    let fr = find("171-9876543-2109876");
+    assert_eq!(
+        (fr["customer"].as_str(), fr["marketplace"].as_str()),
+        (Some("Chloé Martin"), Some("amazon.fr"))
+    );
+    assert_eq!(secs(due(fr)), secs(t_fr + chrono::Duration::hours(24)));
+    // The same buyer's other order (through a +suffixed alias) is its own thread.
+    assert_eq!(find("302-0000000-7777777")["customer"], "Jürgen Weiß");
+    // Sorted by deadline.
+    let order: Vec<_> = threads
+        .iter()
+        .map(|t| t["order_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order[0], "171-9876543-2109876");
+
+    // Again: nothing new, nothing twice.
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["messages"], 0, "{sync}");
+    assert_eq!(total_messages(&app), 5);
+
+    // The server renumbers everything (UIDVALIDITY changes): re-read, no duplicates.
+    let before = dovecot.uidvalidity("INBOX").unwrap();
+    dovecot.bump_uidvalidity().unwrap();
+    assert_ne!(dovecot.uidvalidity("INBOX").unwrap(), before);
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(sync[0]["messages"], 0, "{sync}");
+    assert_eq!(total_messages(&app), 5);
+    assert_eq!(
+        app.json(&["threads", "--json"]).as_array().unwrap().len(),
+        4
+    );
+}
+
+#[test]
+fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedule() {
+    let dovecot = Dovecot::start().unwrap();
+    dovecot
+        .append(
+            "INBOX",
+            &relay(
+                "first",
+                "Ana Souza",
+                "a1b2c3",
+                "com.br",
+                "Pergunta (Pedido: 701-2345678-3456789)",
+                "Olá!",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    // Polls only at start and then once a year: anything else came by IDLE.
+    let app = app_for(&dovecot, "0 0 0 1 1 *");
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Ingested new messages", Duration::from_secs(30));
+    // Let the daemon enter IDLE.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let appended = Instant::now();
+    dovecot
+        .append(
+            "INBOX",
+            &relay(
+                "second",
+                "Chloé Martin",
+                "zz9chloe",
+                "fr",
+                "Question (Commande : 171-9876543-2109876)",
+                "Bonjour !",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(30), || total_messages(&app) == 2)
+        .unwrap_or_else(|_| panic!("the new mail never arrived; log:\n{}", daemon.log()));
+    // Reported, not asserted: DESIGN's target is 2 s.
+    println!(
+        "push latency: {} ms (including a CLI round trip)",
+        appended.elapsed().as_millis()
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+}
