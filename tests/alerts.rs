@@ -244,3 +244,86 @@ fn demo_runs_from_a_fresh_machine_and_shows_alerts() {
     );
     assert!(!stdout.contains("BAD SIGNATURE"));
 }
+
+#[test]
+fn a_bounced_reply_is_an_error_on_the_thread_and_one_alert() {
+    let hooks = WebhookReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(mail.join(".Sent").join(sub)).unwrap();
+    }
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/connectors/amazon/tests/fixtures"
+    );
+    // The buyer's message, then Amazon's notice that our reply bounced.
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(mail.join(sub)).unwrap();
+    }
+    std::fs::copy(
+        format!("{fixtures}/de_de_latin1_qp.eml"),
+        mail.join("new").join("buyer.eml"),
+    )
+    .unwrap();
+    let app = TestApp::new(
+        None,
+        &format!(
+            "[[instances]]\nname = \"amazon-de\"\ntype = \"amazon\"\nschedule = \"* * * * * *\"\n\
+             [instances.maildir]\npath = \"{}\"\nown_addresses = [\"verkauf@shop.example\"]\n\n\
+             [[alerts.sinks]]\nname = \"agents\"\ntype = \"webhook\"\nurl = \"{}\"\n\n\
+             [[alerts.routes]]\nthresholds = [\"error\"]\nsinks = [\"agents\"]\n",
+            mail.display(),
+            hooks.url("/agents")
+        ),
+    );
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Ingested new messages", Duration::from_secs(20));
+    std::fs::copy(
+        format!("{fixtures}/de_delivery_failure.eml"),
+        mail.join("new").join("bounce.eml"),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(30), || !hooks.received().is_empty())
+        .unwrap_or_else(|_| panic!("no error alert; log:\n{}", daemon.log()));
+    std::thread::sleep(Duration::from_secs(3));
+
+    let got = hooks.received();
+    assert_eq!(got.len(), 1, "one alert per error");
+    let alert = got[0].json();
+    assert_eq!(alert["kind"], "error");
+    assert_eq!(alert["order_id"], "302-7654321-1234567");
+    assert!(
+        alert["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("A reply bounced"),
+        "{alert}"
+    );
+    assert!(
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Reply failed: Jürgen Weiß on amazon"),
+        "{alert}"
+    );
+
+    // The error shows on the thread, and the notice did not stop the clock.
+    let threads = app.json(&["threads", "--json"]);
+    let thread = threads
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["order_id"] == "302-7654321-1234567")
+        .unwrap();
+    assert!(
+        thread["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("externen Link"),
+        "{thread}"
+    );
+    assert_ne!(thread["status"], "answered");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+}

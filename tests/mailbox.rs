@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::{wait_until, TestApp};
 use hourglass_testsupport::dovecot::Dovecot;
+use hourglass_testsupport::smtp::SmtpSink;
 
 fn relay(
     id: &str,
@@ -188,6 +189,103 @@ fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedu
         "push latency: {} ms (including a CLI round trip)",
         appended.elapsed().as_millis()
     );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
+    let dovecot = Dovecot::start().unwrap();
+    let smtp = SmtpSink::start().unwrap();
+    dovecot
+        .append(
+            "INBOX",
+            &relay(
+                "ro-1",
+                "Ioana Popescu",
+                "ioana7+k2",
+                "de",
+                "Anfrage von Amazon-Kunde Ioana Popescu (Bestellung: 302-1111111-2222222)",
+                "Bună ziua, coletul a sosit deteriorat.",
+                Utc::now() - chrono::Duration::hours(2),
+            ),
+        )
+        .unwrap();
+    let mut app = app_for(&dovecot, "* * * * * *");
+    std::fs::write(
+        &app.config,
+        std::fs::read_to_string(&app.config).unwrap()
+            + &format!(
+                "sent_folder = \"Sent\"\n[instances.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"seller@shop.example\"\n",
+                smtp.port()
+            ),
+    )
+    .unwrap();
+    app.json(&["sync", "--once", "--json"]);
+    let thread = app.json(&["threads", "--json"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+
+    let queued = app.json(&[
+        "reply",
+        &thread,
+        "--body",
+        "Bună ziua, trimitem azi un colet nou. Mulțumim!",
+        "--json",
+    ]);
+    let id = queued["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.json(&["show", &thread, "--json"])["status"],
+        "awaiting",
+        "queued is not sent"
+    );
+
+    let mut daemon = app.spawn_daemon();
+    wait_until(Duration::from_secs(30), || {
+        app.json(&["show", &thread, "--json"])["outbox"][0]["state"] == "sent"
+    })
+    .unwrap_or_else(|_| panic!("reply not sent; log:\n{}", daemon.log()));
+
+    // The buyer's relay address, exactly as received (with its +suffix),
+    // threaded on the buyer's message.
+    let received = smtp.wait_for(1, Duration::from_secs(10)).unwrap();
+    let mail = String::from_utf8_lossy(&received[0]).into_owned();
+    assert!(mail.contains("ioana7+k2@marketplace.amazon.de"), "{mail}");
+    assert!(
+        mail.contains("In-Reply-To: <ro-1@email.amazonses.com>"),
+        "{mail}"
+    );
+    assert!(mail.contains(&format!("Message-ID: <{id}@")), "{mail}");
+
+    // The Sent copy is polled back and recognised as the same message.
+    std::thread::sleep(Duration::from_secs(3));
+    let show = app.json(&["show", &thread, "--json"]);
+    assert_eq!(show["status"], "answered");
+    assert_eq!(show["message_count"], 2, "{show}");
+    let out: Vec<_> = show["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "outbound")
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0]["text"].as_str().unwrap().contains("Mulțumim"),
+        "diacritics intact: {}",
+        out[0]["text"]
+    );
+    let sent_dir = dovecot.maildir().join(".Sent");
+    let filed: usize = ["cur", "new"]
+        .iter()
+        .map(|d| {
+            std::fs::read_dir(sent_dir.join(d))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(filed, 1, "exactly one copy in Sent");
+    assert_eq!(smtp.messages().unwrap().len(), 1, "exactly one delivery");
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
 }

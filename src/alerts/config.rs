@@ -100,8 +100,9 @@ pub struct RouteConfig {
     /// Only these channels (`amazon`, `email`, ...).
     #[serde(default)]
     pub channels: Vec<String>,
-    /// Only these alert points: remaining times like `"1h"`, or `"breach"`.
-    /// A route with `["breach"]` to other recipients is an escalation.
+    /// Only these alert points: remaining times like `"1h"`, `"breach"`, or
+    /// `"error"` (a reply refused or bounced). A route with `["breach"]` to
+    /// other recipients is an escalation.
     #[serde(default)]
     pub thresholds: Vec<String>,
     /// Only instances carrying one of these tags.
@@ -130,8 +131,10 @@ fn default_digest_window() -> Dur {
 
 /// The canonical label of a route threshold (`"60m"` → `"1h"`).
 pub fn normalize_threshold(label: &str) -> Result<String, String> {
-    if label.eq_ignore_ascii_case("breach") {
-        return Ok("breach".into());
+    for special in ["breach", "error"] {
+        if label.eq_ignore_ascii_case(special) {
+            return Ok(special.into());
+        }
     }
     let d: Dur = label.parse()?;
     Ok(crate::duration::format_compact(d.0))

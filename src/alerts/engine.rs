@@ -66,6 +66,34 @@ pub fn engine(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
 /// deliveries queued.
 pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let mut queued = 0;
+    // Errors first: a refused or bounced reply needs a human now.
+    for (t, at) in ctx.store.error_alert_candidates(now, BATCH).await? {
+        let tags = ctx
+            .config
+            .instance(&t.instance)
+            .map(|i| i.tags.clone())
+            .unwrap_or_default();
+        let sinks = ctx
+            .config
+            .alerts
+            .route(&t.instance, &t.channel, "error", &tags);
+        let mut payload = alert_payload(
+            &t,
+            Threshold::BREACH,
+            ctx.config.http.public_url.as_deref(),
+            now,
+        );
+        payload["kind"] = json!("error");
+        payload["threshold"] = json!("error");
+        payload["error"] = json!(t.last_error);
+        let deliveries: Vec<(String, Value)> =
+            sinks.iter().map(|s| (s.clone(), payload.clone())).collect();
+        queued += ctx
+            .store
+            .fire_error_alert(t.id, at, &deliveries, now)
+            .await?;
+        warn!(thread = t.id, instance = %t.instance, error = t.last_error.as_deref().unwrap_or(""), "A reply failed; alerting.");
+    }
     loop {
         let candidates = ctx.store.alert_candidates(now, BATCH).await?;
         let n = candidates.len();
@@ -181,6 +209,8 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
         .unwrap_or_default();
     let title = if s(payload, "kind") == Some("breach") {
         format!("Deadline missed: {customer} on {channel}")
+    } else if s(payload, "kind") == Some("error") {
+        format!("Reply failed: {customer} on {channel}")
     } else {
         format!("{left}: reply to {customer} on {channel}")
     };
@@ -195,6 +225,9 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
         ));
     };
     row("Thread", format!("#{} ({instance})", payload["thread_id"]));
+    if let Some(error) = s(payload, "error") {
+        row("Error", error.to_owned());
+    }
     if let Some(subject) = s(payload, "subject") {
         row("Subject", subject.to_owned());
     }

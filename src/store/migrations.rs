@@ -16,12 +16,20 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sqlite: include_str!("../../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "error_alerts",
+        sqlite: include_str!("../../migrations/sqlite/0002_error_alerts.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_error_alerts.sql"),
+    },
+];
 
 impl Migration {
     pub fn sql(&self, backend: Backend) -> &'static str {
@@ -88,7 +96,14 @@ mod tests {
             // Same tables and indexes, in the same order.
             let heads = |v: &[String]| {
                 v.iter()
-                    .map(|s| s.split('(').next().unwrap_or("").trim().to_owned())
+                    .map(|s| {
+                        // The statement up to its column list or type.
+                        let head = s.split('(').next().unwrap_or("");
+                        head.split_whitespace()
+                            .take(6)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .collect::<Vec<_>>()
             };
             assert_eq!(

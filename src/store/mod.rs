@@ -355,6 +355,22 @@ pub trait Store: Send + Sync {
         next_alert_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<usize>;
+    /// Threads with an error (a refused or bounced reply) not yet alerted
+    /// on, with the error's time.
+    async fn error_alert_candidates(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(ThreadSummary, DateTime<Utc>)>>;
+    /// Queues one delivery per sink for the thread's error at `error_at`
+    /// (at most once) and clears its flag.
+    async fn fire_error_alert(
+        &self,
+        thread_id: i64,
+        error_at: DateTime<Utc>,
+        sinks: &[(String, serde_json::Value)],
+        now: DateTime<Utc>,
+    ) -> Result<usize>;
     /// Moves a thread's next alert point without firing (snooze ended, ...).
     async fn set_next_alert_at(&self, thread_id: i64, at: Option<DateTime<Utc>>) -> Result<()>;
     async fn claim_alert_deliveries(

@@ -517,6 +517,25 @@ impl SqlStore {
         Ok(row.try_get("id")?)
     }
 
+    /// Records an error on a thread and flags it for one alert.
+    async fn set_thread_error(
+        conn: &mut AnyConnection,
+        thread_id: i64,
+        error: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE threads SET last_error = $1, last_error_at = $2, error_alert_pending = 1
+             WHERE id = $3",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(thread_id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     async fn thread_summary(
         conn: &mut AnyConnection,
         id: i64,
@@ -718,6 +737,17 @@ impl Store for SqlStore {
             if Self::insert_message(&mut tx, instance, thread_id, m, now).await? {
                 report.inserted += 1;
                 touched.insert(thread_id);
+                // A platform notice that our reply did not arrive (Amazon's
+                // relay bounced it): an error on the thread, alerted once.
+                if let Some(reason) = m.meta.get("delivery_failure").and_then(|v| v.as_str()) {
+                    Self::set_thread_error(
+                        &mut tx,
+                        thread_id,
+                        &format!("A reply bounced: {reason}"),
+                        now,
+                    )
+                    .await?;
+                }
             } else {
                 report.duplicates += 1;
             }
@@ -1141,11 +1171,13 @@ impl Store for SqlStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE threads SET last_error = $1 WHERE id = $2")
-                    .bind(format!("Reply {id} {state}: {error}"))
-                    .bind(thread_id)
-                    .execute(&mut *tx)
-                    .await?;
+                Self::set_thread_error(
+                    &mut tx,
+                    thread_id,
+                    &format!("Reply {id} {state}: {error}"),
+                    now,
+                )
+                .await?;
                 insert_audit(
                     &mut tx,
                     now,
@@ -1319,6 +1351,69 @@ impl Store for SqlStore {
             .bind(thread_id)
             .bind(ms(cycle))
             .bind(threshold.label())
+            .bind(sink)
+            .bind(ms(now))
+            .bind(payload.to_string())
+            .execute(&mut *tx)
+            .await?;
+            queued += done.rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn error_alert_candidates(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(ThreadSummary, DateTime<Utc>)>> {
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS}, t.last_error_at FROM threads t
+             LEFT JOIN customers c ON c.id = t.customer_id
+             WHERE t.error_alert_pending = 1 ORDER BY t.last_error_at LIMIT $1"
+        );
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    thread_from_row(r, now)?,
+                    from_ms(r.try_get::<Option<i64>, _>("last_error_at")?.unwrap_or(0)),
+                ))
+            })
+            .collect()
+    }
+
+    async fn fire_error_alert(
+        &self,
+        thread_id: i64,
+        error_at: DateTime<Utc>,
+        sinks: &[(String, serde_json::Value)],
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        // Only the error we looked at: a newer one gets its own alert.
+        let cleared = sqlx::query(
+            "UPDATE threads SET error_alert_pending = 0 WHERE id = $1 AND last_error_at = $2",
+        )
+        .bind(thread_id)
+        .bind(ms(error_at))
+        .execute(&mut *tx)
+        .await?;
+        if cleared.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let mut queued = 0;
+        for (sink, payload) in sinks {
+            let done = sqlx::query(
+                "INSERT INTO alerts (thread_id, cycle, threshold, sink, state, attempts,
+                    next_attempt_at, payload, created_at)
+                 VALUES ($1, $2, 'error', $3, 'queued', 0, $4, $5, $4)
+                 ON CONFLICT (thread_id, cycle, threshold, sink) DO NOTHING",
+            )
+            .bind(thread_id)
+            .bind(ms(error_at))
             .bind(sink)
             .bind(ms(now))
             .bind(payload.to_string())
