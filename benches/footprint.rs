@@ -1,0 +1,118 @@
+//! Footprint benchmark (DESIGN §8): an idle daemon with 10 instances; how
+//! long until it tells systemd it is ready (`READY=1` on $NOTIFY_SOCKET,
+//! exactly as under `Type=notify`), and how much memory and CPU it uses
+//! while idle.
+//!
+//!   cargo bench --bench footprint
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn proc_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let bin = std::env::var("HOURGLASS_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hourglass").to_owned());
+    let dir = tempfile::tempdir()?;
+    let mut config = format!(
+        "[store]\nurl = \"sqlite://{}/hourglass.db\"\n\n[log]\nlevel = \"warn\"\n",
+        dir.path().display()
+    );
+    for i in 0..10 {
+        config.push_str(&format!(
+            "\n[[instances]]\nname = \"shop-{i}\"\ntype = \"simulated\"\nschedule = \"*/2 * * * *\"\n\
+             [instances.simulated]\nchannel = \"amazon\"\nper_poll = 5\nthreads = 5\n"
+        ));
+    }
+    let config_path = dir.path().join("hourglass.toml");
+    std::fs::write(&config_path, config)?;
+
+    // The reference in this run: starting a process that does nothing.
+    let mut floor = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        Command::new("true").status()?;
+        floor.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    let mut ready = Vec::new();
+    let mut last_pid = None;
+    for run in 0..5 {
+        let sock_path = dir.path().join(format!("notify-{run}.sock"));
+        let sock = UnixDatagram::bind(&sock_path)?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let start = Instant::now();
+        let mut child = Command::new(&bin)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("run")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut buf = [0u8; 256];
+        loop {
+            let n = sock.recv(&mut buf)?;
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break;
+            }
+        }
+        ready.push(start.elapsed().as_secs_f64() * 1000.0);
+        if run == 4 {
+            last_pid = Some((child, start));
+        } else {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+    let (mut child, _) = last_pid.ok_or_else(|| anyhow::anyhow!("no run"))?;
+    let pid = child.id();
+    // Settle: the first polls of all 10 instances run at start.
+    std::thread::sleep(Duration::from_secs(5));
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+    std::thread::sleep(Duration::from_secs(10));
+    let idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+    let rss = proc_kb(pid, "VmRSS:") as f64 / 1024.0;
+    let peak = proc_kb(pid, "VmHWM:") as f64 / 1024.0;
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = child.wait();
+
+    let ready_ms = median(ready.clone());
+    let floor_ms = median(floor);
+    println!("instances               10 (simulated), SQLite store");
+    println!(
+        "ready (READY=1)         median {ready_ms:.1} ms over {} starts (first, with migrations: {:.1} ms); target < 300 ms, ratio {:.2}",
+        ready.len(),
+        ready[0],
+        ready_ms / 300.0
+    );
+    println!("  reference: spawning `true` takes {floor_ms:.2} ms here");
+    println!(
+        "resident memory idle    {rss:.1} MB (peak {peak:.1} MB); target < 30 MB, ratio {:.2}",
+        rss / 30.0
+    );
+    println!("idle CPU                {idle_cpu:.2} % of one core over 10 s");
+    Ok(())
+}
