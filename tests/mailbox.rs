@@ -211,7 +211,7 @@ fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
             ),
         )
         .unwrap();
-    let mut app = app_for(&dovecot, "* * * * * *");
+    let app = app_for(&dovecot, "* * * * * *");
     std::fs::write(
         &app.config,
         std::fs::read_to_string(&app.config).unwrap()
