@@ -10,6 +10,8 @@
 //!   cargo bench --bench clock
 //!   HOURGLASS_BENCH_THREADS=100000 cargo bench --bench clock   # quicker
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,42 +28,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" that ends the command name: state is field 3;
-    // utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 #[tokio::main]
@@ -168,15 +134,13 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let busy_rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
+    let busy_rss = common::proc_kb(pid, "VmRSS:");
 
     // Idle: nothing crosses for days.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle_cpu = (cpu_ticks(pid) - c0) as f64 / clk_tck() / t0.elapsed().as_secs_f64() * 100.0;
-    let idle_rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
-    let peak_rss = proc_field(pid, "status", "VmHWM:").unwrap_or(0);
+    let idle_cpu = tokio::task::spawn_blocking(move || common::cpu_percent_over(pid, 10)).await?;
+    let idle_rss = common::proc_kb(pid, "VmRSS:");
+    let peak_rss = common::proc_kb(pid, "VmHWM:");
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.wait();
 
@@ -207,8 +171,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "delay after crossing    p50 {} ms   p99 {} ms   max {} ms   (target: p99 < 1000 ms)",
-        percentile(&delays, 0.5),
-        percentile(&delays, 0.99),
+        common::percentile(&delays, 0.5),
+        common::percentile(&delays, 0.99),
         delays.last().copied().unwrap_or(0)
     );
     println!("idle CPU                {idle_cpu:.2} % of one core over 10 s");

@@ -5,27 +5,11 @@
 //!
 //!   cargo bench --bench footprint
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn proc_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -91,11 +75,9 @@ fn main() -> anyhow::Result<()> {
     let pid = child.id();
     // Settle: the first polls of all 10 instances run at start.
     std::thread::sleep(Duration::from_secs(5));
-    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
-    std::thread::sleep(Duration::from_secs(10));
-    let idle_cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
-    let rss = proc_kb(pid, "VmRSS:") as f64 / 1024.0;
-    let peak = proc_kb(pid, "VmHWM:") as f64 / 1024.0;
+    let idle_cpu = common::cpu_percent_over(pid, 10);
+    let rss = common::proc_kb(pid, "VmRSS:") as f64 / 1024.0;
+    let peak = common::proc_kb(pid, "VmHWM:") as f64 / 1024.0;
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.wait();
 

@@ -277,8 +277,10 @@ fn sighup_with_a_broken_file_keeps_the_old_config_running() {
 fn migrate_creates_the_schema_once() {
     let app = TestApp::new(None, "");
     let first = app.json(&["migrate", "--json"]);
-    assert_eq!(first["applied"], serde_json::json!([1]), "{first}");
+    let versions = first["versions"].as_array().unwrap().clone();
+    assert!(versions.len() >= 2, "{first}");
+    assert_eq!(first["applied"], first["versions"], "a fresh store gets every migration");
     let again = app.json(&["migrate", "--json"]);
     assert_eq!(again["applied"], serde_json::json!([]), "{again}");
-    assert_eq!(again["versions"], serde_json::json!([1]));
+    assert_eq!(again["versions"].as_array().unwrap(), &versions);
 }

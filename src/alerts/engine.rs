@@ -68,15 +68,7 @@ pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let mut queued = 0;
     // Errors first: a refused or bounced reply needs a human now.
     for (t, at) in ctx.store.error_alert_candidates(now, BATCH).await? {
-        let tags = ctx
-            .config
-            .instance(&t.instance)
-            .map(|i| i.tags.clone())
-            .unwrap_or_default();
-        let sinks = ctx
-            .config
-            .alerts
-            .route(&t.instance, &t.channel, "error", &tags);
+        let sinks = route(ctx, &t, "error");
         let mut payload = alert_payload(
             &t,
             Threshold::BREACH,
@@ -130,15 +122,7 @@ async fn consider(ctx: &Context, c: &AlertCandidate, now: DateTime<Utc>) -> anyh
         }
         Some(threshold) => {
             let label = threshold.label();
-            let tags = ctx
-                .config
-                .instance(&t.instance)
-                .map(|i| i.tags.clone())
-                .unwrap_or_default();
-            let sinks = ctx
-                .config
-                .alerts
-                .route(&t.instance, &t.channel, &label, &tags);
+            let sinks = route(ctx, t, &label);
             let payload = alert_payload(t, threshold, ctx.config.http.public_url.as_deref(), now);
             let next = clock::next_alert_at(
                 Some(due),
@@ -163,6 +147,18 @@ async fn consider(ctx: &Context, c: &AlertCandidate, now: DateTime<Utc>) -> anyh
             Ok(queued)
         }
     }
+}
+
+/// The sinks an alert on thread `t` goes to, by the instance's tags.
+fn route(ctx: &Context, t: &ThreadSummary, label: &str) -> Vec<String> {
+    let tags = ctx
+        .config
+        .instance(&t.instance)
+        .map(|i| i.tags.as_slice())
+        .unwrap_or_default();
+    ctx.config
+        .alerts
+        .route(&t.instance, &t.channel, label, tags)
 }
 
 /// The alert as JSON: kept with the queued delivery and sent as-is to

@@ -517,6 +517,99 @@ impl SqlStore {
         Ok(row.try_get("id")?)
     }
 
+    /// Claims replies due now (of one instance, or all): queued ones, and
+    /// ones left in `sending` by a worker whose lease ran out.
+    async fn claim(
+        &self,
+        instance: Option<&str>,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>> {
+        let now_ms = ms(now);
+        let lease_until = now_ms + lease.as_millis() as i64;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        // PostgreSQL: several daemons claim from one table without blocking
+        // each other. SQLite has one writer (taken by begin_write).
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT id, thread_id, instance, body, attempts, state FROM outbox
+             WHERE ($1 IS NULL OR instance = $1)
+               AND ((state = 'queued' AND next_attempt_at <= $2)
+                 OR (state = 'sending' AND claimed_until < $2))
+               AND {IN_THREAD_ORDER}
+             ORDER BY next_attempt_at, created_at, id
+             LIMIT $3{lock}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(instance)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let item = OutboxItem {
+                id: r.try_get("id")?,
+                thread_id: r.try_get("thread_id")?,
+                instance: r.try_get("instance")?,
+                body: r.try_get("body")?,
+                attempts: r.try_get("attempts")?,
+                previous_state: r.try_get("state")?,
+            };
+            sqlx::query(
+                "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until = $2,
+                    attempts = attempts + 1, updated_at = $3
+                 WHERE id = $4",
+            )
+            .bind(worker)
+            .bind(lease_until)
+            .bind(now_ms)
+            .bind(&item.id)
+            .execute(&mut *tx)
+            .await?;
+            items.push(item);
+        }
+        tx.commit().await?;
+        Ok(items)
+    }
+
+    /// Queues one alert delivery per sink, at most once per (thread, cycle,
+    /// label, sink). Returns how many were new.
+    async fn queue_deliveries(
+        conn: &mut AnyConnection,
+        thread_id: i64,
+        cycle: i64,
+        label: &str,
+        sinks: &[(String, serde_json::Value)],
+        now: i64,
+    ) -> Result<usize> {
+        let mut queued = 0;
+        for (sink, payload) in sinks {
+            let done = sqlx::query(
+                "INSERT INTO alerts (thread_id, cycle, threshold, sink, state, attempts,
+                    next_attempt_at, payload, created_at)
+                 VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $5)
+                 ON CONFLICT (thread_id, cycle, threshold, sink) DO NOTHING",
+            )
+            .bind(thread_id)
+            .bind(cycle)
+            .bind(label)
+            .bind(sink)
+            .bind(now)
+            .bind(payload.to_string())
+            .execute(&mut *conn)
+            .await?;
+            queued += done.rows_affected() as usize;
+        }
+        Ok(queued)
+    }
+
     /// Records an error on a thread and flags it for one alert.
     async fn set_thread_error(
         conn: &mut AnyConnection,
@@ -1036,54 +1129,7 @@ impl Store for SqlStore {
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<Vec<OutboxItem>> {
-        let now_ms = ms(now);
-        let lease_until = now_ms + lease.as_millis() as i64;
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = self.begin_write(&mut conn).await?;
-        // PostgreSQL: several daemons claim from one table without blocking
-        // each other. SQLite has one writer, so a plain SELECT suffices.
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "SELECT id, thread_id, instance, body, attempts, state FROM outbox
-             WHERE ((state = 'queued' AND next_attempt_at <= $1)
-                OR (state = 'sending' AND claimed_until < $1))
-               AND {IN_THREAD_ORDER}
-             ORDER BY next_attempt_at, created_at, id
-             LIMIT $2{lock}"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(now_ms)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let item = OutboxItem {
-                id: r.try_get("id")?,
-                thread_id: r.try_get("thread_id")?,
-                instance: r.try_get("instance")?,
-                body: r.try_get("body")?,
-                attempts: r.try_get("attempts")?,
-                previous_state: r.try_get("state")?,
-            };
-            sqlx::query(
-                "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until = $2,
-                    attempts = attempts + 1, updated_at = $3
-                 WHERE id = $4",
-            )
-            .bind(worker)
-            .bind(lease_until)
-            .bind(now_ms)
-            .bind(&item.id)
-            .execute(&mut *tx)
-            .await?;
-            items.push(item);
-        }
-        tx.commit().await?;
-        Ok(items)
+        self.claim(None, worker, lease, limit, now).await
     }
 
     async fn complete_outbox(
@@ -1201,54 +1247,7 @@ impl Store for SqlStore {
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<Vec<OutboxItem>> {
-        let now_ms = ms(now);
-        let lease_until = now_ms + lease.as_millis() as i64;
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = self.begin_write(&mut conn).await?;
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "SELECT id, thread_id, instance, body, attempts, state FROM outbox
-             WHERE instance = $1
-               AND ((state = 'queued' AND next_attempt_at <= $2)
-                 OR (state = 'sending' AND claimed_until < $2))
-               AND {IN_THREAD_ORDER}
-             ORDER BY next_attempt_at, created_at, id
-             LIMIT $3{lock}"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(instance)
-            .bind(now_ms)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut items = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let item = OutboxItem {
-                id: r.try_get("id")?,
-                thread_id: r.try_get("thread_id")?,
-                instance: r.try_get("instance")?,
-                body: r.try_get("body")?,
-                attempts: r.try_get("attempts")?,
-                previous_state: r.try_get("state")?,
-            };
-            sqlx::query(
-                "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until = $2,
-                    attempts = attempts + 1, updated_at = $3
-                 WHERE id = $4",
-            )
-            .bind(worker)
-            .bind(lease_until)
-            .bind(now_ms)
-            .bind(&item.id)
-            .execute(&mut *tx)
-            .await?;
-            items.push(item);
-        }
-        tx.commit().await?;
-        Ok(items)
+        self.claim(Some(instance), worker, lease, limit, now).await
     }
 
     async fn release_outbox(&self, id: &str, worker: &str) -> Result<()> {
@@ -1340,24 +1339,15 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(0);
         }
-        let mut queued = 0;
-        for (sink, payload) in sinks {
-            let done = sqlx::query(
-                "INSERT INTO alerts (thread_id, cycle, threshold, sink, state, attempts,
-                    next_attempt_at, payload, created_at)
-                 VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $5)
-                 ON CONFLICT (thread_id, cycle, threshold, sink) DO NOTHING",
-            )
-            .bind(thread_id)
-            .bind(ms(cycle))
-            .bind(threshold.label())
-            .bind(sink)
-            .bind(ms(now))
-            .bind(payload.to_string())
-            .execute(&mut *tx)
-            .await?;
-            queued += done.rows_affected() as usize;
-        }
+        let queued = Self::queue_deliveries(
+            &mut tx,
+            thread_id,
+            ms(cycle),
+            &threshold.label(),
+            sinks,
+            ms(now),
+        )
+        .await?;
         tx.commit().await?;
         Ok(queued)
     }
@@ -1404,23 +1394,9 @@ impl Store for SqlStore {
             tx.rollback().await?;
             return Ok(0);
         }
-        let mut queued = 0;
-        for (sink, payload) in sinks {
-            let done = sqlx::query(
-                "INSERT INTO alerts (thread_id, cycle, threshold, sink, state, attempts,
-                    next_attempt_at, payload, created_at)
-                 VALUES ($1, $2, 'error', $3, 'queued', 0, $4, $5, $4)
-                 ON CONFLICT (thread_id, cycle, threshold, sink) DO NOTHING",
-            )
-            .bind(thread_id)
-            .bind(ms(error_at))
-            .bind(sink)
-            .bind(ms(now))
-            .bind(payload.to_string())
-            .execute(&mut *tx)
-            .await?;
-            queued += done.rows_affected() as usize;
-        }
+        let queued =
+            Self::queue_deliveries(&mut tx, thread_id, ms(error_at), "error", sinks, ms(now))
+                .await?;
         tx.commit().await?;
         Ok(queued)
     }
