@@ -279,8 +279,35 @@ fn migrate_creates_the_schema_once() {
     let first = app.json(&["migrate", "--json"]);
     let versions = first["versions"].as_array().unwrap().clone();
     assert!(versions.len() >= 2, "{first}");
-    assert_eq!(first["applied"], first["versions"], "a fresh store gets every migration");
+    assert_eq!(
+        first["applied"], first["versions"],
+        "a fresh store gets every migration"
+    );
     let again = app.json(&["migrate", "--json"]);
     assert_eq!(again["applied"], serde_json::json!([]), "{again}");
     assert_eq!(again["versions"].as_array().unwrap(), &versions);
+}
+
+#[test]
+fn logs_can_be_json_lines() {
+    let app = TestApp::new(
+        None,
+        "[[instances]]\nname = \"sim\"\ntype = \"simulated\"\nschedule = \"* * * * * *\"\n",
+    );
+    let mut daemon = app.spawn_daemon_with(&["--log-format", "json"]);
+    daemon.wait_for_log("Ingested new messages", Duration::from_secs(20));
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let ingest = lines
+        .iter()
+        .find(|l| l["message"] == "Ingested new messages.")
+        .unwrap();
+    assert_eq!(ingest["instance"], "sim");
+    assert_eq!(ingest["level"], "INFO");
+    assert!(ingest["messages"].as_i64().unwrap() >= 1);
 }

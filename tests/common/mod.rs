@@ -71,8 +71,15 @@ impl TestApp {
 
     /// Starts `hourglass run` in the background, capturing its stderr.
     pub fn spawn_daemon(&self) -> Daemon {
+        self.spawn_daemon_with(&[])
+    }
+
+    /// `hourglass run` with extra arguments.
+    pub fn spawn_daemon_with(&self, extra: &[&str]) -> Daemon {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
         let mut child = self
-            .command(&["run"])
+            .command(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
