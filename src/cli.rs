@@ -50,6 +50,7 @@ pub enum Command {
     },
     /// Create or upgrade the store's schema.
     Migrate {
+        /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -61,6 +62,7 @@ pub enum Command {
         /// Only this instance.
         #[arg(long)]
         connector: Option<String>,
+        /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -69,6 +71,7 @@ pub enum Command {
     /// Show a thread and its whole conversation.
     Show {
         id: i64,
+        /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -102,6 +105,7 @@ pub enum Command {
         /// Period to cover (e.g. 7d).
         #[arg(long, default_value = "7d")]
         since: Dur,
+        /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -134,6 +138,7 @@ pub struct ThreadsArgs {
     /// At most this many.
     #[arg(long)]
     pub limit: Option<i64>,
+    /// Print JSON instead of text (a stable format for scripts).
     #[arg(long)]
     pub json: bool,
 }
@@ -148,6 +153,7 @@ fn parse_status(s: &str) -> Result<Status, String> {
 pub enum AlertsCommand {
     /// Send one test alert through every sink and report each result.
     Test {
+        /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +163,7 @@ pub enum AlertsCommand {
 pub enum ConnectorsCommand {
     /// Configured instances and their state (ok, backoff, auth_failed, ...).
     List {
+        /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },

@@ -33,6 +33,7 @@ pub struct ReplyArgs {
     /// Who replies (recorded in the audit log).
     #[arg(long, env = "USER", default_value = "cli")]
     pub actor: String,
+    /// Print JSON instead of text (a stable format for scripts).
     #[arg(long)]
     pub json: bool,
 }
