@@ -100,6 +100,19 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Items that could not be read (broken mail, garbage from a platform),
+    /// kept with their raw bytes.
+    Quarantine {
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Write the raw bytes of this item to stdout instead of listing.
+        #[arg(long, value_name = "ID")]
+        raw: Option<i64>,
+        /// Print JSON instead of text (a stable format for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Response times, breach rate and volume.
     Stats {
         /// Period to cover (e.g. 7d).
@@ -438,6 +451,45 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { .. } => Ok(ExitCode::SUCCESS),
+        Command::Quarantine {
+            instance,
+            raw,
+            json,
+        } => {
+            let store = daemon::open_store(&config).await?;
+            if let Some(id) = raw {
+                let Some(bytes) = store.quarantine_raw(*id).await? else {
+                    eprintln!("error: no quarantined item {id}");
+                    return Ok(ExitCode::from(1));
+                };
+                use std::io::Write as _;
+                std::io::stdout().write_all(&bytes)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let items = store.quarantine(instance.as_deref()).await?;
+            if *json {
+                print_json(&items)?;
+            } else if items.is_empty() {
+                println!("Nothing in quarantine.");
+            } else {
+                println!(
+                    "{:>5}  {:<16}  {:<10}  {:>8}  {:<20}  ERROR",
+                    "ID", "INSTANCE", "SOURCE", "BYTES", "AT"
+                );
+                for q in &items {
+                    println!(
+                        "{:>5}  {:<16}  {:<10}  {:>8}  {:<20}  {}",
+                        q.id,
+                        truncate(&q.instance, 16),
+                        truncate(&q.source, 10),
+                        q.size,
+                        q.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        q.error
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats { since, json } => {
             let store = daemon::open_store(&config).await?;
             let now = Utc::now();

@@ -228,3 +228,40 @@ fn telegram_sink_posts_to_the_bot_api() {
     assert!(stdout.starts_with("tg: failed: telegram:"), "{stdout}");
     assert!(!stdout.contains("SECRET"), "{stdout}");
 }
+
+#[test]
+fn unreadable_mail_is_quarantined_with_its_raw_bytes_and_the_rest_is_ingested() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail = shop(dir.path());
+    let garbage = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/connectors/email/tests/fixtures/malformed.eml"
+    ))
+    .unwrap();
+    std::fs::write(mail.join("new").join("broken.eml"), &garbage).unwrap();
+    let app = TestApp::new(None, &config(&mail, ""));
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(sync[0]["messages"], 6, "the good mail is all there: {sync}");
+
+    let items = app.json(&["quarantine", "--json"]);
+    assert_eq!(items.as_array().unwrap().len(), 1, "{items}");
+    assert_eq!(items[0]["instance"], "shop");
+    assert!(
+        items[0]["source"].as_str().unwrap().starts_with("INBOX"),
+        "{items}"
+    );
+    assert!(!items[0]["error"].as_str().unwrap().is_empty());
+    let out = app.run(&["quarantine", "--raw", &items[0]["id"].to_string()]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout, garbage, "the raw bytes, exactly");
+    // Read once: the next pass does not quarantine it again.
+    app.json(&["sync", "--once", "--json"]);
+    assert_eq!(
+        app.json(&["quarantine", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -294,13 +294,6 @@ pub trait Store: Send + Sync {
         clocking: &Clocking,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        thread_id: Option<i64>,
-        detail: &str,
-    ) -> Result<()>;
 
     async fn enqueue_reply(&self, reply: &NewReply) -> Result<()>;
     /// Claims up to `limit` replies due now: queued ones, and ones left in
@@ -386,8 +379,6 @@ pub trait Store: Send + Sync {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    /// Deliveries per (sink, threshold, state), for tests and `stats`.
-    async fn alert_deliveries(&self) -> Result<Vec<(i64, String, String, String)>>;
 
     async fn quarantine(&self, instance: Option<&str>) -> Result<Vec<QuarantineEntry>>;
     async fn quarantine_raw(&self, id: i64) -> Result<Option<Vec<u8>>>;

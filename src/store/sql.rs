@@ -1074,17 +1074,6 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        thread_id: Option<i64>,
-        detail: &str,
-    ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        insert_audit(&mut conn, ms(Utc::now()), actor, action, thread_id, detail).await
-    }
-
     async fn enqueue_reply(&self, reply: &NewReply) -> Result<()> {
         let now = ms(Utc::now());
         let mut conn = self.pool.acquire().await?;
@@ -1491,22 +1480,6 @@ impl Store for SqlStore {
             }
         }
         Ok(())
-    }
-
-    async fn alert_deliveries(&self) -> Result<Vec<(i64, String, String, String)>> {
-        let rows = sqlx::query("SELECT thread_id, sink, threshold, state FROM alerts ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("thread_id")?,
-                    r.try_get("sink")?,
-                    r.try_get("threshold")?,
-                    r.try_get("state")?,
-                ))
-            })
-            .collect()
     }
 
     async fn quarantine(&self, instance: Option<&str>) -> Result<Vec<QuarantineEntry>> {
