@@ -21,7 +21,8 @@
 //! `cargo bench --bench ingest`; `HOURGLASS_BENCH_MESSAGES=2000` for a
 //! quick run, `HOURGLASS_BENCH_RUNS` for the repetitions (default 3),
 //! `HOURGLASS_BENCH_WRAP="perf record -o FILE --"` to profile the sync
-//! (`RUST_LOG` reaches it too).
+//! (`RUST_LOG` reaches it too), `HOURGLASS_BENCH_FETCH_BATCH` to override
+//! the IMAP `fetch_batch`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -179,11 +180,15 @@ password = "env:HG_BENCH_IMAP_PASSWORD"
 folders = ["INBOX", "Sent"]
 sent_folder = "Sent"
 idle = false
-"#,
+{fetch_batch}"#,
             dir = dir.display(),
             host = dovecot.host(),
             port = dovecot.port(),
             user = dovecot.user(),
+            // The connector's default unless HOURGLASS_BENCH_FETCH_BATCH.
+            fetch_batch = std::env::var("HOURGLASS_BENCH_FETCH_BATCH")
+                .map(|n| format!("fetch_batch = {n}\n"))
+                .unwrap_or_default(),
         ),
     )?;
     let hourglass = |args: &[&str]| {
