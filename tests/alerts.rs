@@ -163,8 +163,7 @@ sinks = ["managers"]
     );
     assert_eq!(smtp.messages().unwrap().len(), 2);
 
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -324,6 +323,5 @@ fn a_bounced_reply_is_an_error_on_the_thread_and_one_alert() {
         "{thread}"
     );
     assert_ne!(thread["status"], "answered");
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 }

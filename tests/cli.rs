@@ -187,8 +187,7 @@ fn digests_arrive_on_their_schedule() {
         !text.contains("Cleo"),
         "Cleo is due in 22 h, outside the digest's 6 h: {text}"
     );
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 }
 
 #[test]

@@ -88,8 +88,7 @@ fn failing_instance_backs_off_while_the_healthy_one_keeps_ingesting(app: &TestAp
         .iter()
         .all(|t| t["instance"] == "healthy" && t["channel"] == "amazon"));
 
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -207,13 +206,7 @@ fn sigterm_during_a_poll_exits_0_and_loses_nothing() {
     daemon.wait_for_log("Ingested new messages", Duration::from_secs(20));
     // The next poll starts within a second and takes 1.5 s: stop inside it.
     std::thread::sleep(Duration::from_millis(1200));
-    daemon.signal("TERM");
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(15)),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
     let log = daemon.log();
     assert!(log.contains("Stopped."), "{log}");
 
@@ -269,8 +262,7 @@ fn sighup_with_a_broken_file_keeps_the_old_config_running() {
         instance(&list, "sim2")["state"] == "ok"
     })
     .unwrap_or_else(|_| panic!("sim2 never polled; log:\n{}", daemon.log()));
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -296,8 +288,7 @@ fn logs_can_be_json_lines() {
     );
     let mut daemon = app.spawn_daemon_with(&["--log-format", "json"]);
     daemon.wait_for_log("Ingested new messages", Duration::from_secs(20));
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
     let log = daemon.log();
     let lines: Vec<serde_json::Value> = log
         .lines()

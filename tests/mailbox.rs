@@ -189,8 +189,7 @@ fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedu
         "push latency: {} ms (including a CLI round trip)",
         appended.elapsed().as_millis()
     );
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -286,6 +285,5 @@ fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
         .sum();
     assert_eq!(filed, 1, "exactly one copy in Sent");
     assert_eq!(smtp.messages().unwrap().len(), 1, "exactly one delivery");
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+    daemon.stop_cleanly();
 }

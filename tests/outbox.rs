@@ -159,13 +159,7 @@ fn a_reply_is_sent_and_answers_its_thread(app: &TestApp) {
 
     let mut daemon = app.spawn_daemon();
     wait_state(app, &daemon, ana, &id, "sent");
-    daemon.signal("TERM");
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(15)),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 
     let sent = mock.accepted();
     assert_eq!(sent.len(), 1, "{sent:?}");
@@ -208,8 +202,7 @@ fn a_refused_reply_is_failed_and_shown_on_the_thread() {
 
     let mut daemon = app.spawn_daemon();
     wait_state(&app, &daemon, ioana, &id, "failed");
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 
     let detail = show(&app, ioana);
     let error = detail["outbox"][0]["error"].as_str().unwrap();
@@ -395,13 +388,7 @@ fn kill_9_while_sending_never_sends_twice_and_never_loses_a_reply() {
         })
     })
     .unwrap_or_else(|_| panic!("the outbox never drained; log:\n{}", daemon.log()));
-    daemon.signal("TERM");
-    assert_eq!(
-        daemon.wait_exit(Duration::from_secs(15)),
-        Some(0),
-        "{}",
-        daemon.log()
-    );
+    daemon.stop_cleanly();
 
     let on_platform = mock.counts_by_key();
     let mut states: HashMap<String, String> = HashMap::new();
@@ -481,8 +468,7 @@ fn transient_failures_back_off_then_fail_while_other_threads_go_out() {
     let mut daemon = app.spawn_daemon();
     wait_state(&app, &daemon, ioana, &good, "sent");
     wait_state(&app, &daemon, ana, &bad, "failed");
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 
     let detail = show(&app, ana);
     let entry = &detail["outbox"][0];
@@ -513,8 +499,7 @@ fn the_platforms_429_pauses_the_instance_and_every_reply_still_goes_out_once_in_
     }
     let mut daemon = app.spawn_daemon();
     wait_all(&app, &daemon, &replies, "sent");
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 
     assert!(
         mock.rejected_429() > 0,
@@ -567,8 +552,7 @@ fn refused_credentials_stop_the_instance_sending_and_keep_its_replies() {
     assert!(error.contains("access token expired"), "{detail}");
     assert!(mock.accepted().is_empty());
     assert!(daemon.log().contains("ERROR"), "{}", daemon.log());
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
 
     // Fixed credentials (here: the platform takes them again) and a restart
     // send both.
@@ -677,8 +661,7 @@ fn an_interrupted_send_is_checked_and_never_silently_resent() {
     let mut daemon = app.spawn_daemon();
     wait_state(&app, &daemon, ioana, &checked, "sent");
     wait_state(&app, &daemon, ana, &blind, "sent");
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
     assert!(
         daemon.log().contains("is not on the platform; sending it"),
         "{}",
@@ -707,8 +690,7 @@ fn an_interrupted_send_is_checked_and_never_silently_resent() {
         .unwrap();
     let mut daemon = app.spawn_daemon();
     wait_state(&app, &daemon, ana, &lost, "uncertain");
-    daemon.signal("TERM");
-    assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
+    daemon.stop_cleanly();
     let detail = show(&app, ana);
     let entry = detail["outbox"]
         .as_array()

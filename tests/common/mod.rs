@@ -138,6 +138,13 @@ impl Daemon {
         );
     }
 
+    /// SIGTERM, then asserts a clean exit (code 0) within 15 s.
+    pub fn stop_cleanly(&mut self) {
+        self.signal("TERM");
+        let code = self.wait_exit(Duration::from_secs(15));
+        assert_eq!(code, Some(0), "unclean exit; log:\n{}", self.log());
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
