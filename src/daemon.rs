@@ -124,22 +124,14 @@ pub fn build_instances(config: &Config) -> anyhow::Result<Vec<Instance>> {
 /// The clocking of every configured instance by name (also disabled ones:
 /// their threads still exist).
 pub fn clockings(config: &Config, instances: &[Instance]) -> HashMap<String, Clocking> {
+    let disabled = config.instances.iter().filter(|i| !i.enabled).map(|i| {
+        let clocking = clocking_for(config, i.name(), i.kind.as_str());
+        (i.name().to_owned(), clocking)
+    });
     instances
         .iter()
         .map(|i| (i.config.name().to_owned(), i.clocking.clone()))
-        .collect::<HashMap<_, _>>()
-        .into_iter()
-        .chain(config.instances.iter().filter(|i| !i.enabled).map(|i| {
-            let channel = i.kind.as_str().to_owned();
-            (
-                i.name().to_owned(),
-                Clocking {
-                    policy: i.policy(&config.clock, &channel),
-                    channel,
-                    points: alert_points(config),
-                },
-            )
-        }))
+        .chain(disabled)
         .collect()
 }
 
