@@ -543,7 +543,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     let status = known.iter().find(|k| k.name == inst.name());
                     rows.push(serde_json::json!({
                         "name": inst.name(),
-                        "type": inst.kind.as_str(),
+                        "type": inst.kind(),
                         "enabled": inst.enabled,
                         "schedule": inst.schedule.as_ref().map(|s| s.get_ref().clone())
                             .unwrap_or_else(|| crate::config::DEFAULT_SCHEDULE.to_owned()),
@@ -583,7 +583,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("error: no instance named {name:?} in the configuration");
                     return Ok(ExitCode::from(2));
                 };
-                let conn = crate::connectors::build(inst).map_err(anyhow::Error::msg)?;
+                let conn = inst.build_connector().map_err(anyhow::Error::msg)?;
                 match conn.health_check().await {
                     Ok(()) => {
                         println!("{name}: ok");

@@ -8,9 +8,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use hourglass_connector::secret::SecretRef;
-use hourglass_connector::testkit::SimulatedConfig;
-use serde::{Deserialize, Serialize};
+use hourglass_connector::{Connector, InstanceSettings, SettingsProblem};
+use serde::Deserialize;
 use toml::Spanned;
 
 pub use crate::alerts::AlertsConfig;
@@ -133,56 +135,16 @@ pub struct PolicyConfig {
     pub business_hours: Option<BusinessHours>,
 }
 
-/// Every platform hourglass can talk to. A closed set: adding one is a new
-/// variant here and an arm in `connectors::build`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceType {
-    Email,
-    Maildir,
-    Amazon,
-    Ebay,
-    Messenger,
-    Instagram,
-    Whatsapp,
-    Telegram,
-    X,
-    /// A simulated marketplace (demo, tests, drills).
-    Simulated,
-}
-
-impl InstanceType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceType::Email => "email",
-            InstanceType::Maildir => "maildir",
-            InstanceType::Amazon => "amazon",
-            InstanceType::Ebay => "ebay",
-            InstanceType::Messenger => "messenger",
-            InstanceType::Instagram => "instagram",
-            InstanceType::Whatsapp => "whatsapp",
-            InstanceType::Telegram => "telegram",
-            InstanceType::X => "x",
-            InstanceType::Simulated => "simulated",
-        }
-    }
-}
-
-impl fmt::Display for InstanceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `[[instances]]`: one platform account.
+/// `[[instances]]`: one platform account. The keys every instance shares
+/// are here; the rest belong to the platform (`type`), which checks them
+/// (unknown keys included) when the config is loaded.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// Unique name (`amazon-eu`); used in logs, the CLI and the store.
     pub name: Spanned<String>,
-    /// The platform.
-    #[serde(rename = "type")]
-    pub kind: InstanceType,
+    /// The platform: one of the types in src/registry.rs.
+    #[serde(rename = "type", default)]
+    pub kind: Option<Spanned<String>>,
     /// When to poll: cron with 5 fields (`*/2 * * * *`) or 6 with seconds.
     #[serde(default)]
     pub schedule: Option<Spanned<String>>,
@@ -198,26 +160,18 @@ pub struct InstanceConfig {
     /// Free labels for alert routing.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// IMAP mailbox (email, amazon).
-    #[serde(default)]
-    pub imap: Option<hourglass_email::ImapConfig>,
-    /// SMTP server for replies (email, maildir, amazon).
-    #[serde(default)]
-    pub smtp: Option<hourglass_email::SmtpConfig>,
-    /// Local Maildir source (maildir, or amazon without IMAP).
-    #[serde(default)]
-    pub maildir: Option<hourglass_email::MaildirConfig>,
-    /// Amazon SP-API order enrichment (`type = "amazon"`, optional).
-    #[serde(default)]
-    pub sp_api: Option<hourglass_amazon::SpApiConfig>,
-    /// Simulated marketplace settings (`type = "simulated"`).
-    #[serde(default)]
-    pub simulated: Option<SimulatedConfig>,
     /// Rate limit for sending replies (`{ per_second = 1.0, burst = 5 }`),
     /// overriding the platform's published quota that hourglass uses by
     /// default.
     #[serde(default)]
     pub rate_limit: Option<crate::outbox::RateLimitConfig>,
+    /// The platform's own keys (`[instances.imap]`, `[instances.ebay]`,
+    /// ...), read by the platform named in `type` (src/registry.rs).
+    #[serde(flatten)]
+    pub platform_keys: toml::Table,
+    /// `platform_keys` as the platform read them; set by [`Config::load`].
+    #[serde(skip)]
+    pub settings: Option<Arc<dyn InstanceSettings>>,
 }
 
 fn default_true() -> bool {
@@ -227,6 +181,45 @@ fn default_true() -> bool {
 impl InstanceConfig {
     pub fn name(&self) -> &str {
         self.name.get_ref()
+    }
+
+    /// The platform type (`amazon`).
+    pub fn kind(&self) -> &str {
+        self.kind.as_ref().map_or("", |k| k.get_ref())
+    }
+
+    /// The platform's settings, read when the config was loaded.
+    pub fn settings(&self) -> Result<&dyn InstanceSettings, String> {
+        self.settings.as_deref().ok_or_else(|| {
+            format!(
+                "instance {:?}: its {} settings were not read",
+                self.name(),
+                self.kind()
+            )
+        })
+    }
+
+    /// The channel of the instance's threads (`amazon`, `email`, ...).
+    pub fn channel(&self) -> String {
+        match &self.settings {
+            Some(s) => s.channel(self.kind()),
+            None => self.kind().to_owned(),
+        }
+    }
+
+    /// The connector of this instance. Errors name the instance and never
+    /// contain a secret.
+    pub fn build_connector(&self) -> Result<Arc<dyn Connector>, String> {
+        let name = self.name();
+        self.settings()?
+            .build(self.kind(), name)
+            .map_err(|e| format!("instance {name:?}: {e}"))
+    }
+
+    /// How fast replies may leave: `rate_limit`, else the platform's quota.
+    pub fn send_quota(&self) -> Option<crate::outbox::RateLimitConfig> {
+        self.rate_limit
+            .or_else(|| self.settings.as_ref().and_then(|s| s.send_quota()))
     }
 
     /// The clock policy of this instance given the global clock config.
@@ -452,6 +445,143 @@ impl Source {
     }
 }
 
+/// Hands an instance's own keys to its platform and keeps what it read;
+/// every problem is located at its key.
+fn read_platform_keys(inst: &mut InstanceConfig, src: &Source, diags: &mut Vec<Diagnostic>) {
+    let name = inst.name().to_owned();
+    // The instance's table starts at its `[[instances]]` header (in a
+    // connectors.d file, at the top).
+    let start = src.text[..inst.name.span().start]
+        .rfind("[[instances]]")
+        .unwrap_or(0);
+    let Some(kind_at) = inst.kind.as_ref().map(|k| k.span().start) else {
+        // A misspelt `type` is more likely than a forgotten one: show both.
+        for (key, value) in &inst.platform_keys {
+            if !value.is_table() {
+                let at = locate(&src.text, start, key, None).unwrap_or(start);
+                diags.push(src.diag_at(at, format!("unknown field `{key}`")));
+            }
+        }
+        diags.push(src.diag_at(
+            inst.name.span().start,
+            format!(
+                "instance {name:?} has no `type`; one of {}",
+                crate::registry::kinds().join(", ")
+            ),
+        ));
+        return;
+    };
+    let kind = inst.kind().to_owned();
+    let Some(platform) = crate::registry::platform(&kind) else {
+        diags.push(src.diag_at(
+            kind_at,
+            format!(
+                "instance {name:?}: unknown type {kind:?}; this build knows {}",
+                crate::registry::kinds().join(", ")
+            ),
+        ));
+        return;
+    };
+    let problem_at = |p: &SettingsProblem| -> Diagnostic {
+        let offset = locate(&src.text, start, &p.path, unknown_field(&p.message))
+            .unwrap_or(inst.name.span().start);
+        let message = p.message.trim().replace('\n', " ");
+        let message = message.as_str();
+        match unknown_field(message) {
+            // At the top of the instance, the shared keys are known too.
+            Some(key) if p.path.is_empty() => src.diag_at(
+                offset,
+                format!(
+                    "unknown field `{key}` in instance {name:?} of type {kind} (known: {}{})",
+                    SHARED_INSTANCE_KEYS.join(", "),
+                    match platform_tables(message) {
+                        t if t.is_empty() => String::new(),
+                        t => format!(", {t}"),
+                    }
+                ),
+            ),
+            Some(_) => src.diag_at(offset, format!("{message} in instance {name:?}")),
+            None => src.diag_at(offset, format!("instance {name:?}: {message}")),
+        }
+    };
+    let settings = match platform.parse(inst.platform_keys.clone()) {
+        Ok(s) => s,
+        Err(p) => {
+            diags.push(problem_at(&p));
+            return;
+        }
+    };
+    for p in settings.check(&kind) {
+        diags.push(problem_at(&p));
+    }
+    for (key, r) in settings.secrets() {
+        if let Err(e) = r.resolve() {
+            let at = locate(&src.text, start, key, None).unwrap_or(src.find_value(&r.to_string()));
+            diags.push(src.diag_at(at, format!("instance {name:?}: {key}: {e}")));
+        }
+    }
+    inst.settings = Some(settings);
+}
+
+/// The keys every instance has, whatever its type.
+const SHARED_INSTANCE_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "schedule",
+    "enabled",
+    "window",
+    "business_hours",
+    "tags",
+    "rate_limit",
+];
+
+/// `x` of serde's "unknown field `x`, expected ...".
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// The tables a platform knows, from serde's "expected one of `a`, `b`".
+fn platform_tables(message: &str) -> String {
+    message
+        .split_once("expected ")
+        .map(|(_, rest)| rest.trim_start_matches("one of ").replace('`', ""))
+        .unwrap_or_default()
+}
+
+/// The offset of dotted key `path` (then of `field` inside it) in the
+/// instance whose table starts at `start`: `imap.port` is found in
+/// `[instances.imap]` or `imap = { port = ... }`.
+fn locate(text: &str, start: usize, path: &str, field: Option<&str>) -> Option<usize> {
+    let mut at = start;
+    let mut found = false;
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        if seg.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        at += find_key_or_table(&text[at..], seg)?;
+        found = true;
+    }
+    if let Some(field) = field {
+        if let Some(pos) = find_key_or_table(&text[at..], field) {
+            return Some(at + pos);
+        }
+    }
+    found.then_some(at)
+}
+
+/// Like [`find_key`], also finding `key` as the last part of a table
+/// header (`[instances.key]`).
+fn find_key_or_table(text: &str, key: &str) -> Option<usize> {
+    let header = format!(".{key}]");
+    let as_header = text.find(&header).map(|p| p + 1);
+    match (find_key(text, key), as_header) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Byte offset of `key` written as a key (at a line start or after `{`/`,`).
 fn find_key(text: &str, key: &str) -> Option<usize> {
     let mut from = 0;
@@ -545,7 +675,7 @@ impl Config {
             }
         }
 
-        validate(&config, &sources, &origin, &mut diags);
+        validate(&mut config, &sources, &origin, &mut diags);
         config.sources = sources.iter().map(|s| s.path.clone()).collect();
         if diags.is_empty() {
             Ok(config)
@@ -559,8 +689,17 @@ impl Config {
     }
 }
 
-fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut Vec<Diagnostic>) {
+fn validate(
+    config: &mut Config,
+    sources: &[Source],
+    origin: &[usize],
+    diags: &mut Vec<Diagnostic>,
+) {
     let main = &sources[0];
+    for (i, inst) in config.instances.iter_mut().enumerate() {
+        let src = &sources[origin.get(i).copied().unwrap_or(0)];
+        read_platform_keys(inst, src, diags);
+    }
     let mut names = HashSet::new();
     for (i, inst) in config.instances.iter().enumerate() {
         let src = &sources[origin.get(i).copied().unwrap_or(0)];
@@ -583,45 +722,6 @@ fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut V
             if let Err(e) = parse_schedule(s.get_ref()) {
                 diags.push(src.diag_at(s.span().start, e));
             }
-        }
-        let need = |table: bool, key: &str, diags: &mut Vec<Diagnostic>| {
-            if !table {
-                diags.push(src.diag_at(
-                    name_at,
-                    format!(
-                        "instance {name:?} of type {} needs an [instances.{key}] table",
-                        inst.kind
-                    ),
-                ));
-            }
-        };
-        let secrets = [
-            inst.imap.as_ref().and_then(|i| i.password.as_ref()),
-            inst.smtp.as_ref().and_then(|s| s.password.as_ref()),
-            inst.sp_api.as_ref().map(|s| &s.client_secret),
-            inst.sp_api.as_ref().map(|s| &s.refresh_token),
-        ];
-        for r in secrets.into_iter().flatten() {
-            if let Err(e) = r.resolve() {
-                diags.push(src.diag_at(
-                    src.find_value(&r.to_string()),
-                    format!("instance {name:?}: {e}"),
-                ));
-            }
-        }
-        match inst.kind {
-            InstanceType::Simulated => {}
-            InstanceType::Email => need(inst.imap.is_some(), "imap", diags),
-            InstanceType::Maildir => need(inst.maildir.is_some(), "maildir", diags),
-            InstanceType::Amazon => {
-                need(inst.imap.is_some() || inst.maildir.is_some(), "imap", diags)
-            }
-            other => diags.push(src.diag_at(
-                name_at,
-                format!(
-                    "instance {name:?}: connector type {other} is not available in this build yet"
-                ),
-            )),
         }
     }
     for (i, t) in config.clock.thresholds.iter().enumerate() {
@@ -734,6 +834,97 @@ mod tests {
         );
         let shown = Config::load(&path).unwrap_err().to_string();
         assert!(shown.contains(":4:12: invalid cron schedule"), "{shown}");
+    }
+
+    #[test]
+    fn an_unknown_type_names_the_types_this_build_knows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "hourglass.toml",
+            "[[instances]]\nname = \"a\"\ntype = \"carrier-pigeon\"\n",
+        );
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            shown.contains(":3:8: instance \"a\": unknown type"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("email, maildir, amazon, simulated"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_platform_key_with_a_wrong_value_is_located_at_that_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[instances]]\nname = \"shop\"\ntype = \"email\"\n\n[instances.imap]\nhost = \"imap.example.com\"\nport = \"nine\"\nusername = \"u\"\n";
+        let path = write(dir.path(), "hourglass.toml", text);
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert!(shown.contains(":7:1: instance \"shop\":"), "{shown}");
+        assert!(shown.contains("nine"), "{shown}");
+    }
+
+    #[test]
+    fn a_platform_checks_its_own_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "hourglass.toml",
+            "[[instances]]\nname = \"shop\"\ntype = \"email\"\n",
+        );
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert!(shown.contains("needs an [instances.imap] table"), "{shown}");
+        // A table of another platform is an unknown key, at its header.
+        let path = write(
+            dir.path(),
+            "hourglass.toml",
+            "[[instances]]\nname = \"sim\"\ntype = \"simulated\"\n\n[instances.imap]\nhost = \"h\"\n",
+        );
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            shown.contains(":5:12: unknown field `imap` in instance \"sim\" of type simulated"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("schedule"),
+            "the shared keys are listed: {shown}"
+        );
+    }
+
+    #[test]
+    fn every_registered_platform_reads_its_settings_and_builds() {
+        // The registry is the one place a platform is named: whatever it
+        // lists loads from config, has settings and a connector.
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("mail");
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        let tables = |kind: &str| match kind {
+            "email" => "[instances.imap]\nhost = \"127.0.0.1\"\nusername = \"u\"\n".to_owned(),
+            "maildir" | "amazon" => {
+                format!("[instances.maildir]\npath = \"{}\"\n", maildir.display())
+            }
+            _ => String::new(),
+        };
+        for kind in crate::registry::kinds() {
+            let path = write(
+                dir.path(),
+                "hourglass.toml",
+                &format!(
+                    "[[instances]]\nname = \"x\"\ntype = \"{kind}\"\n{}",
+                    tables(kind)
+                ),
+            );
+            let config = Config::load(&path).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let inst = &config.instances[0];
+            let conn = inst
+                .build_connector()
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(conn.instance(), "x");
+            assert_eq!(conn.channel(), inst.channel(), "{kind}");
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn build_instances(config: &Config) -> anyhow::Result<Vec<Instance>> {
     let points = alert_points(config);
     let mut out = Vec::new();
     for inst in config.instances.iter().filter(|i| i.enabled) {
-        let connector = crate::connectors::build(inst).map_err(anyhow::Error::msg)?;
+        let connector = inst.build_connector().map_err(anyhow::Error::msg)?;
         let channel = connector.channel().to_owned();
         let schedule = inst.cron_schedule().map_err(anyhow::Error::msg)?;
         out.push(Instance {
@@ -125,7 +125,7 @@ pub fn build_instances(config: &Config) -> anyhow::Result<Vec<Instance>> {
 /// their threads still exist).
 pub fn clockings(config: &Config, instances: &[Instance]) -> HashMap<String, Clocking> {
     let disabled = config.instances.iter().filter(|i| !i.enabled).map(|i| {
-        let clocking = clocking_for(config, i.name(), i.kind.as_str());
+        let clocking = clocking_for(config, i.name(), &i.channel());
         (i.name().to_owned(), clocking)
     });
     instances

@@ -56,82 +56,12 @@ impl Default for OutboxConfig {
 
 /// `rate_limit = { per_second = 1.0, burst = 5 }` on an instance: how fast
 /// hourglass may call the platform to send. Without it, the platform's
-/// published quota applies (see [`crate::outbox::default_rate_limit`]).
-///
-/// The sustained rate is used in full; of `burst`, hourglass spends at most
-/// half at once and keeps the rest as slack, so that network jitter can
-/// never push a request over the platform's own bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, try_from = "RawRateLimit")]
-pub struct RateLimitConfig {
-    /// Sustained calls per second; fractions allowed (`1.2` = 72 a minute).
-    pub per_second: f64,
-    /// Calls the platform accepts at once after a quiet period.
-    pub burst: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    per_second: f64,
-    #[serde(default = "default_burst")]
-    burst: u32,
-}
-
-fn default_burst() -> u32 {
-    1
-}
-
-impl TryFrom<RawRateLimit> for RateLimitConfig {
-    type Error = String;
-
-    fn try_from(raw: RawRateLimit) -> Result<Self, String> {
-        if !raw.per_second.is_finite() || raw.per_second <= 0.0 || raw.per_second > 1_000_000.0 {
-            return Err(format!(
-                "rate_limit.per_second must be above 0 and at most 1000000, not {}",
-                raw.per_second
-            ));
-        }
-        if raw.burst == 0 {
-            return Err("rate_limit.burst must be at least 1".into());
-        }
-        Ok(RateLimitConfig {
-            per_second: raw.per_second,
-            burst: raw.burst,
-        })
-    }
-}
+/// published quota applies (its crate's [`hourglass_connector::InstanceSettings::send_quota`]).
+pub use hourglass_connector::RateLimit as RateLimitConfig;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Deserialize)]
-    struct Holder {
-        rate_limit: RateLimitConfig,
-    }
-
-    #[test]
-    fn rate_limit_parses_and_rejects_nonsense() {
-        let h: Holder = toml::from_str("rate_limit = { per_second = 1.2, burst = 3 }").unwrap();
-        assert_eq!(
-            h.rate_limit,
-            RateLimitConfig {
-                per_second: 1.2,
-                burst: 3
-            }
-        );
-        let h: Holder = toml::from_str("rate_limit = { per_second = 5.0 }").unwrap();
-        assert_eq!(h.rate_limit.burst, 1);
-        for bad in [
-            "rate_limit = { per_second = 0.0 }",
-            "rate_limit = { per_second = -1.0 }",
-            "rate_limit = { per_second = 1.0, burst = 0 }",
-            "rate_limit = { per_second = 1.0, bust = 2 }",
-        ] {
-            assert!(toml::from_str::<Holder>(bad).is_err(), "{bad} was accepted");
-        }
-    }
 
     #[test]
     fn outbox_section_defaults() {

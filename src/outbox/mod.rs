@@ -9,7 +9,7 @@ mod templates;
 mod worker;
 
 pub use config::{OutboxConfig, RateLimitConfig};
-pub use limits::{default_rate_limit, Limiter};
+pub use limits::Limiter;
 pub use reply::{enqueue, new_outbox_id, reply_command, ReplyArgs};
 pub use templates::{render_template, template_vars};
 pub use worker::worker;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::config::OutboxConfig;
-use super::limits::{default_rate_limit, limiter_for, per_thread_limiter, Limiter};
+use super::limits::{limiter_for, per_thread_limiter, Limiter};
 use crate::daemon::{backoff, Context, Instance};
 use crate::store::{OutboxItem, OutboxOutcome, Store, ThreadDetail};
 
@@ -67,16 +67,18 @@ async fn run(ctx: Context, stop: CancellationToken) {
             debug!(instance = %name, "The connector cannot send; no outbox sender.");
             continue;
         }
-        let limit = inst
-            .config
-            .rate_limit
-            .or_else(|| default_rate_limit(inst.config.kind));
+        let limit = inst.config.send_quota();
         let sender = Arc::new(Sender {
             store: ctx.store.clone(),
             inst: inst.clone(),
             send_limit: limiter_for(&name, "send", limit),
             check_limit: limiter_for(&name, "check", limit),
-            per_thread: per_thread_limiter(inst.config.kind),
+            per_thread: per_thread_limiter(
+                inst.config
+                    .settings()
+                    .ok()
+                    .and_then(|s| s.per_thread_quota()),
+            ),
             name,
             worker_id: worker_id.clone(),
             config: ctx.config.outbox.clone(),
@@ -552,7 +554,7 @@ fn build_reply(item: &OutboxItem, detail: &ThreadDetail) -> Result<OutgoingReply
     let subject = last_inbound
         .and_then(|m| m.subject.clone())
         .or_else(|| detail.thread.subject.clone())
-        .map(|s| re_subject(&s));
+        .map(|s| hourglass_connector::reply_subject(&s));
     Ok(OutgoingReply {
         outbox_id: item.id.clone(),
         thread_key: detail.thread.thread_key.clone(),
@@ -564,28 +566,4 @@ fn build_reply(item: &OutboxItem, detail: &ThreadDetail) -> Result<OutgoingReply
             .unwrap_or(serde_json::Value::Null),
         order_id: detail.thread.order_id.clone(),
     })
-}
-
-/// `Re: subject`, without stacking prefixes.
-fn re_subject(subject: &str) -> String {
-    let s = subject.trim();
-    let has_prefix = s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("re:"));
-    if has_prefix {
-        s.to_owned()
-    } else {
-        format!("Re: {s}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_get_one_re() {
-        assert_eq!(re_subject("Where is my order?"), "Re: Where is my order?");
-        assert_eq!(re_subject("RE: Where"), "RE: Where");
-        assert_eq!(re_subject(" re: x "), "re: x");
-        assert_eq!(re_subject("Réclamation"), "Re: Réclamation");
-    }
 }

@@ -10,6 +10,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod normalize;
+pub mod platform;
 pub mod rules;
 pub mod sp_api;
 
@@ -23,6 +24,7 @@ use hourglass_email::{
     EmailConnector, ImapConfig, MailSource, MaildirConfig, MaildirConnector, SmtpConfig,
 };
 
+pub use platform::{AmazonSettings, AMAZON};
 pub use sp_api::SpApiConfig;
 
 /// One Amazon seller account (one marketplace region's mailbox).

@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use hourglass_connector::limit::Limiter;
 use hourglass_connector::secret::{ExposeSecret, SecretRef};
-use hourglass_connector::{ConnectorError, Direction, Message};
+use hourglass_connector::{ConnectorError, Direction, Message, RateLimit};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -58,59 +59,6 @@ fn default_budget_secs() -> u64 {
     15
 }
 
-/// A token bucket: `burst` requests at once, then `rate` per second.
-#[derive(Debug)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-    /// After a 429 nothing is sent before this instant.
-    blocked_until: Option<Instant>,
-}
-
-impl TokenBucket {
-    pub fn new(rate: f64, burst: u32, now: Instant) -> TokenBucket {
-        let burst = f64::from(burst.max(1));
-        TokenBucket {
-            rate: rate.max(0.001),
-            burst,
-            tokens: burst,
-            at: now,
-            blocked_until: None,
-        }
-    }
-
-    /// When the next request may go: `now` if a token is there.
-    pub fn next_slot(&mut self, now: Instant) -> Instant {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.at = now;
-        let ready = if self.tokens >= 1.0 {
-            now
-        } else {
-            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
-        };
-        match self.blocked_until {
-            Some(b) if b > ready => b,
-            _ => ready,
-        }
-    }
-
-    /// Takes a token (call at or after `next_slot`).
-    pub fn take(&mut self, now: Instant) {
-        let _ = self.next_slot(now);
-        self.tokens -= 1.0;
-    }
-
-    /// The platform said 429: empty the bucket and pause.
-    pub fn throttled(&mut self, now: Instant, pause: Duration) {
-        self.tokens = 0.0;
-        self.at = now;
-        self.blocked_until = Some(now + pause);
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct LwaToken {
     access_token: String,
@@ -124,7 +72,6 @@ fn default_expiry() -> u64 {
 
 struct State {
     token: Option<(SecretString, Instant)>,
-    bucket: TokenBucket,
     cache: HashMap<String, (Instant, Value)>,
 }
 
@@ -134,6 +81,9 @@ pub struct SpApi {
     client_secret: SecretString,
     refresh_token: SecretString,
     http: reqwest::Client,
+    /// getOrder's pace: `requests_per_second` and `burst`, paused after a
+    /// 429.
+    limiter: Limiter,
     state: Mutex<State>,
 }
 
@@ -154,15 +104,18 @@ impl SpApi {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ConnectorError::Other(format!("SP-API HTTP client: {e}")))?;
-        let bucket = TokenBucket::new(config.requests_per_second, config.burst, Instant::now());
+        let limiter = Limiter::new(Some(RateLimit {
+            per_second: config.requests_per_second.max(0.001),
+            burst: config.burst.max(1),
+        }));
         Ok(SpApi {
             config,
             client_secret,
             refresh_token,
             http,
+            limiter,
             state: Mutex::new(State {
                 token: None,
-                bucket,
                 cache: HashMap::new(),
             }),
         })
@@ -222,12 +175,9 @@ impl SpApi {
                 return Ok(Some(v.clone()));
             }
         }
-        let slot = state.bucket.next_slot(now);
-        if slot > deadline {
+        if !self.limiter.acquire_before(deadline).await {
             return Ok(None);
         }
-        tokio::time::sleep_until(slot).await;
-        state.bucket.take(Instant::now());
         let token = self.access_token(&mut state).await?;
         let url = format!(
             "{}/orders/v0/orders/{order_id}",
@@ -246,7 +196,7 @@ impl SpApi {
             200 => {}
             404 => return Ok(None),
             429 => {
-                state.bucket.throttled(Instant::now(), THROTTLE_PAUSE);
+                self.limiter.pause_until(Instant::now() + THROTTLE_PAUSE);
                 return Err(ConnectorError::RateLimited { retry_after: None });
             }
             401 | 403 => {
@@ -331,23 +281,6 @@ pub fn summarize(body: &Value) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bucket_allows_a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(0.5, 2, t0);
-        assert_eq!(b.next_slot(t0), t0);
-        b.take(t0);
-        b.take(t0);
-        // Empty: the next token comes after 1 / 0.5 = 2 s.
-        let slot = b.next_slot(t0);
-        assert_eq!(slot - t0, Duration::from_secs(2));
-        b.take(slot);
-        assert_eq!(b.next_slot(slot) - slot, Duration::from_secs(2));
-        // A 429 pauses longer than the rate would.
-        b.throttled(slot, Duration::from_secs(10));
-        assert_eq!(b.next_slot(slot) - slot, Duration::from_secs(10));
-    }
 
     #[test]
     fn a_get_order_payload_is_summarized() {

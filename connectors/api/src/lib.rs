@@ -14,8 +14,10 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod error;
+pub mod limit;
 mod model;
 mod order;
+pub mod platform;
 pub mod secret;
 
 #[cfg(feature = "testkit")]
@@ -26,11 +28,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use error::ConnectorError;
+pub use model::reply_subject;
 pub use model::{
     Attachment, Batch, Capabilities, Cursors, CustomerIdentity, Direction, Message, OutgoingReply,
     Quarantined, SentCheck, SentReply,
 };
 pub use order::extract_order_id;
+pub use platform::{InstanceSettings, Platform, PlatformOf, RateLimit, SettingsProblem};
 
 /// One configured platform account, seen from the daemon.
 #[async_trait]

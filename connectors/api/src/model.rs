@@ -202,3 +202,38 @@ pub enum SentCheck {
     /// The platform cannot tell us.
     CannotTell,
 }
+
+/// The subject of a reply to a message titled `original`: `Re: original`,
+/// without stacking prefixes; the one rule for every connector and the
+/// outbox.
+pub fn reply_subject(original: &str) -> String {
+    let s = original.trim();
+    let has_prefix = s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("re:"));
+    if has_prefix {
+        s.to_owned()
+    } else if s.is_empty() {
+        "Re: your message".to_owned()
+    } else {
+        format!("Re: {s}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_subjects_do_not_stack() {
+        assert_eq!(
+            reply_subject("Where is my order?"),
+            "Re: Where is my order?"
+        );
+        assert_eq!(
+            reply_subject("  RE: Where is my order? "),
+            "RE: Where is my order?"
+        );
+        assert_eq!(reply_subject("re:x"), "re:x");
+        assert_eq!(reply_subject("Réclamation"), "Re: Réclamation");
+        assert_eq!(reply_subject(""), "Re: your message");
+    }
+}

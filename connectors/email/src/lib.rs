@@ -15,6 +15,7 @@ pub mod config;
 mod connector;
 pub mod maildir;
 pub mod normalize;
+pub mod platform;
 pub mod smtp;
 mod source;
 
@@ -22,5 +23,6 @@ pub use config::{ImapAuth, ImapConfig, MaildirConfig, SmtpConfig, TlsMode};
 pub use connector::EmailConnector;
 pub use maildir::MaildirConnector;
 pub use normalize::{parse_mail, ParseContext, ParseError};
+pub use platform::{EmailSettings, MaildirSettings, EMAIL, MAILDIR};
 pub use smtp::SmtpSender;
 pub use source::MailSource;

@@ -83,19 +83,13 @@ pub fn build_reply(
         ConnectorError::Refused(format!("{:?} is not an e-mail address: {e}", reply.to))
     })?;
     let meta = &reply.in_reply_to_meta;
-    let base = reply
-        .subject
-        .as_deref()
-        .or_else(|| meta_str(meta, "subject"))
-        .unwrap_or_default()
-        .trim();
-    let subject = if base.to_ascii_lowercase().starts_with("re:") {
-        base.to_owned()
-    } else if base.is_empty() {
-        "Re: your message".to_owned()
-    } else {
-        format!("Re: {base}")
-    };
+    let subject = hourglass_connector::reply_subject(
+        reply
+            .subject
+            .as_deref()
+            .or_else(|| meta_str(meta, "subject"))
+            .unwrap_or_default(),
+    );
     let message_id = reply_message_id(&reply.outbox_id, from);
     let sent_at = now;
     let mut builder = lettre::Message::builder()
