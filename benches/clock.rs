@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
-use hourglass::store::{SqlStore, Store};
+use hourglass::store::{MigrationStore, SqlStore};
 
 /// When each alert reached the receiver, and what it said.
 type Arrivals = Arc<Mutex<Vec<(DateTime<Utc>, serde_json::Value)>>>;

@@ -12,7 +12,10 @@ use crate::clock::Status;
 use crate::config::{Config, LogFormat};
 use crate::daemon;
 use crate::duration::{format_left, Dur};
-use crate::store::{Store, ThreadFilter, ThreadSummary};
+use crate::store::{
+    ClockStore, InstanceStore, MigrationStore, QuarantineStore, StatsStore, Store, ThreadFilter,
+    ThreadStore, ThreadSummary,
+};
 
 /// hourglass: never miss a customer's reply deadline.
 #[derive(Debug, Parser)]

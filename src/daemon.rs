@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::clock;
 use crate::config::{Config, InstanceConfig};
-use crate::store::{Clocking, PollOutcome, SqlStore, Store};
+use crate::store::{Clocking, MigrationStore, PollOutcome, SqlStore, Store};
 
 /// What the outside world asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -553,6 +553,7 @@ pub async fn sync_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{InstanceStore, ThreadStore};
 
     /// A scripted platform whose polls are read-only: the daemon fetches
     /// ahead. Records the cursor of every poll; fails once at `fail_at`.

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::alerts::sinks::{sign, SIGNATURE_HEADER};
 use crate::config::Config;
 use crate::daemon::{self, Signal};
-use crate::store::{Store, ThreadFilter};
+use crate::store::{ThreadFilter, ThreadStore};
 
 const SECRET: &str = "demo-webhook-secret";
 

@@ -9,7 +9,7 @@ use clap::Args;
 use super::templates::{render_template, template_vars};
 use super::worker::notify_enqueued;
 use crate::config::Config;
-use crate::store::{NewReply, Store};
+use crate::store::{NewReply, Store, ThreadStore};
 
 /// Arguments of `reply`.
 #[derive(Debug, Args)]

@@ -1,12 +1,13 @@
-//! Migrations, embedded per backend. Both lists carry the same versions;
-//! a test checks it, and that they match the files in `migrations/`.
+//! The schema: migrations embedded per backend, and how they are applied.
+//! Both lists carry the same versions; a test checks it, and that they match
+//! the files in `migrations/`.
 
-/// The SQL dialect behind a store URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::Row;
+
+use super::dialect::Backend;
+use super::{ms, Result, SqlStore};
 
 /// A migration: version, name, SQLite text, PostgreSQL text.
 pub struct Migration {
@@ -52,6 +53,74 @@ impl Migration {
             })
             .filter(|s| !s.trim().is_empty())
             .collect()
+    }
+}
+
+/// The schema's version.
+#[async_trait]
+pub trait MigrationStore: Send + Sync {
+    /// Applies pending migrations; returns the versions applied now.
+    async fn migrate(&self) -> Result<Vec<i64>>;
+    /// Versions already applied.
+    async fn applied_migrations(&self) -> Result<Vec<i64>>;
+}
+
+#[async_trait]
+impl MigrationStore for SqlStore {
+    async fn migrate(&self) -> Result<Vec<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY NOT NULL,
+                name TEXT NOT NULL,
+                applied_at BIGINT NOT NULL
+            )",
+        )
+        .execute(&mut *conn)
+        .await?;
+        // On the connection we hold: a pool of one would wait for itself.
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("version"))
+            .collect::<Result<_, _>>()?;
+        let mut now_applied = Vec::new();
+        for m in MIGRATIONS {
+            if applied.contains(&m.version) {
+                continue;
+            }
+            let mut tx = self.begin_write(&mut conn).await?;
+            for stmt in m.statements(self.backend) {
+                sqlx::query(&stmt).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(ms(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            now_applied.push(m.version);
+        }
+        Ok(now_applied)
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&self.pool)
+            .await;
+        match rows {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>("version").map_err(Into::into))
+                .collect(),
+            // No table yet: nothing applied.
+            Err(sqlx::Error::Database(_)) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

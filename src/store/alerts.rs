@@ -1,0 +1,357 @@
+//! Alerts: which threads have reached their next alert point or hold an
+//! unalerted error, and the queue of deliveries to sinks.
+//!
+//! Firing is at most once: a delivery is unique per (thread, cycle,
+//! threshold, sink), and a thread's next alert point only moves if the
+//! thread is still in the cycle that was evaluated. Deliveries are leased:
+//! a daemon that dies mid-delivery gets the row back after the lease.
+//! Digests read threads through `threads.rs`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{AnyConnection, Row};
+
+use super::sql::opt_ms;
+use super::threads::{thread_from_row, THREAD_COLUMNS};
+use super::{from_ms, ms, Result, SqlStore, ThreadSummary};
+use crate::clock::Threshold;
+
+/// A thread whose next alert point has come.
+#[derive(Debug, Clone)]
+pub struct AlertCandidate {
+    pub thread: ThreadSummary,
+    pub tags: Vec<String>,
+    pub alerted_remaining_ms: Option<i64>,
+    pub next_alert_at: DateTime<Utc>,
+}
+
+/// A queued alert delivery.
+#[derive(Debug, Clone)]
+pub struct AlertDelivery {
+    pub id: i64,
+    pub thread_id: i64,
+    pub threshold: String,
+    pub sink: String,
+    pub attempts: i64,
+    pub payload: serde_json::Value,
+}
+
+/// Deciding, queueing and delivering alerts.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    /// Threads whose next alert point is at or before `now`.
+    async fn alert_candidates(&self, now: DateTime<Utc>, limit: i64)
+        -> Result<Vec<AlertCandidate>>;
+    /// The earliest pending alert point of any thread.
+    async fn next_alert_at(&self) -> Result<Option<DateTime<Utc>>>;
+    /// Records that `threshold` fired for the thread's current cycle, queues
+    /// one delivery per sink (at most once: unique per thread, cycle,
+    /// threshold and sink) and moves the thread's next alert point.
+    async fn fire_alert(
+        &self,
+        thread_id: i64,
+        cycle: DateTime<Utc>,
+        threshold: Threshold,
+        sinks: &[(String, serde_json::Value)],
+        next_alert_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<usize>;
+    /// Threads with an error (a refused or bounced reply) not yet alerted
+    /// on, with the error's time.
+    async fn error_alert_candidates(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(ThreadSummary, DateTime<Utc>)>>;
+    /// Queues one delivery per sink for the thread's error at `error_at`
+    /// (at most once) and clears its flag.
+    async fn fire_error_alert(
+        &self,
+        thread_id: i64,
+        error_at: DateTime<Utc>,
+        sinks: &[(String, serde_json::Value)],
+        now: DateTime<Utc>,
+    ) -> Result<usize>;
+    /// Moves a thread's next alert point without firing (snooze ended, ...).
+    async fn set_next_alert_at(&self, thread_id: i64, at: Option<DateTime<Utc>>) -> Result<()>;
+    /// Claims up to `limit` deliveries due now, leased until `now + lease`.
+    async fn claim_alert_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertDelivery>>;
+    /// Ends a delivery: sent, retried at `retry_at`, or failed for good.
+    async fn finish_alert_delivery(
+        &self,
+        id: i64,
+        result: std::result::Result<(), String>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+}
+
+#[async_trait]
+impl AlertStore for SqlStore {
+    async fn alert_candidates(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<AlertCandidate>> {
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS} FROM threads t LEFT JOIN customers c ON c.id = t.customer_id
+             WHERE t.next_alert_at IS NOT NULL AND t.next_alert_at <= $1
+             ORDER BY t.next_alert_at LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ms(now))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AlertCandidate {
+                    thread: thread_from_row(r, now)?,
+                    tags: Vec::new(),
+                    alerted_remaining_ms: r.try_get("alerted_remaining_ms")?,
+                    next_alert_at: from_ms(r.try_get("next_alert_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn next_alert_at(&self) -> Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query(
+            "SELECT next_alert_at FROM threads WHERE next_alert_at IS NOT NULL
+             ORDER BY next_alert_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(from_ms(r.try_get("next_alert_at")?)))
+            .transpose()
+    }
+
+    async fn fire_alert(
+        &self,
+        thread_id: i64,
+        cycle: DateTime<Utc>,
+        threshold: Threshold,
+        sinks: &[(String, serde_json::Value)],
+        next_alert_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        // Only if the thread is still in the cycle we evaluated: a message
+        // that arrived meanwhile has reset it, and this alert is moot.
+        let moved = sqlx::query(
+            "UPDATE threads SET alerted_remaining_ms = $1, next_alert_at = $2
+             WHERE id = $3 AND awaiting_since = $4",
+        )
+        .bind(threshold.remaining_ms)
+        .bind(opt_ms(next_alert_at))
+        .bind(thread_id)
+        .bind(ms(cycle))
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let label = threshold.label();
+        let queued =
+            queue_deliveries(&mut tx, thread_id, ms(cycle), &label, sinks, ms(now)).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn error_alert_candidates(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(ThreadSummary, DateTime<Utc>)>> {
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS}, t.last_error_at FROM threads t
+             LEFT JOIN customers c ON c.id = t.customer_id
+             WHERE t.error_alert_pending = 1 ORDER BY t.last_error_at LIMIT $1"
+        );
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    thread_from_row(r, now)?,
+                    from_ms(r.try_get::<Option<i64>, _>("last_error_at")?.unwrap_or(0)),
+                ))
+            })
+            .collect()
+    }
+
+    async fn fire_error_alert(
+        &self,
+        thread_id: i64,
+        error_at: DateTime<Utc>,
+        sinks: &[(String, serde_json::Value)],
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        // Only the error we looked at: a newer one gets its own alert.
+        let cleared = sqlx::query(
+            "UPDATE threads SET error_alert_pending = 0 WHERE id = $1 AND last_error_at = $2",
+        )
+        .bind(thread_id)
+        .bind(ms(error_at))
+        .execute(&mut *tx)
+        .await?;
+        if cleared.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let queued =
+            queue_deliveries(&mut tx, thread_id, ms(error_at), "error", sinks, ms(now)).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn set_next_alert_at(&self, thread_id: i64, at: Option<DateTime<Utc>>) -> Result<()> {
+        sqlx::query("UPDATE threads SET next_alert_at = $1 WHERE id = $2")
+            .bind(opt_ms(at))
+            .bind(thread_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_alert_deliveries(
+        &self,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertDelivery>> {
+        let lock = self.backend.skip_locked();
+        // One statement: a read-then-write transaction would fail on SQLite
+        // with SQLITE_BUSY_SNAPSHOT whenever another writer commits between
+        // the two. Leased: if this daemon dies mid-delivery, the row comes
+        // back after the lease; a sink may then see it twice, which is the
+        // price of never losing an alert.
+        let sql = format!(
+            "UPDATE alerts SET state = 'sending', attempts = attempts + 1, next_attempt_at = $1
+             WHERE id IN (
+                SELECT id FROM alerts
+                WHERE state IN ('queued', 'sending') AND next_attempt_at <= $2
+                ORDER BY next_attempt_at, id LIMIT $3{lock})
+             RETURNING id, thread_id, threshold, sink, attempts, payload"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ms(now) + lease.as_millis() as i64)
+            .bind(ms(now))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let payload: String = r.try_get("payload")?;
+                Ok(AlertDelivery {
+                    id: r.try_get("id")?,
+                    thread_id: r.try_get("thread_id")?,
+                    threshold: r.try_get("threshold")?,
+                    sink: r.try_get("sink")?,
+                    attempts: r.try_get("attempts")?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|d| d.id);
+        Ok(out)
+    }
+
+    async fn finish_alert_delivery(
+        &self,
+        id: i64,
+        result: std::result::Result<(), String>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        match result {
+            Ok(()) => {
+                sqlx::query(
+                    "UPDATE alerts SET state = 'sent', sent_at = $1, error = NULL WHERE id = $2",
+                )
+                .bind(ms(now))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            }
+            Err(error) => {
+                let (state, next) = match retry_at {
+                    Some(at) => ("queued", ms(at)),
+                    None => ("failed", ms(now)),
+                };
+                sqlx::query(
+                    "UPDATE alerts SET state = $1, error = $2, next_attempt_at = $3 WHERE id = $4",
+                )
+                .bind(state)
+                .bind(error)
+                .bind(next)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queues one alert delivery per sink, at most once per (thread, cycle,
+/// label, sink). Returns how many were new.
+async fn queue_deliveries(
+    conn: &mut AnyConnection,
+    thread_id: i64,
+    cycle: i64,
+    label: &str,
+    sinks: &[(String, serde_json::Value)],
+    now: i64,
+) -> Result<usize> {
+    let mut queued = 0;
+    for (sink, payload) in sinks {
+        let done = sqlx::query(
+            "INSERT INTO alerts (thread_id, cycle, threshold, sink, state, attempts,
+                next_attempt_at, payload, created_at)
+             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $5)
+             ON CONFLICT (thread_id, cycle, threshold, sink) DO NOTHING",
+        )
+        .bind(thread_id)
+        .bind(cycle)
+        .bind(label)
+        .bind(sink)
+        .bind(now)
+        .bind(payload.to_string())
+        .execute(&mut *conn)
+        .await?;
+        queued += done.rows_affected() as usize;
+    }
+    Ok(queued)
+}
+
+/// Records an error on a thread (a bounced or refused reply) and flags it
+/// for one alert, in the caller's transaction.
+pub(super) async fn set_thread_error(
+    conn: &mut AnyConnection,
+    thread_id: i64,
+    error: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE threads SET last_error = $1, last_error_at = $2, error_alert_pending = 1
+         WHERE id = $3",
+    )
+    .bind(error)
+    .bind(now)
+    .bind(thread_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Every difference between SQLite and PostgreSQL, in one place.
+//!
+//! The SQL in the concern files is written once, in the subset SQLite
+//! (3.35+) and PostgreSQL share: `$N` placeholders, `ON CONFLICT ... DO
+//! UPDATE/NOTHING`, `RETURNING`, times as BIGINT milliseconds since the
+//! epoch, booleans as 0/1 integers, no casts. What they do not share is here:
+//!
+//! - how a store URL names a backend, and the URL sqlx is handed;
+//! - the pool size (SQLite has one writer) and per-connection pragmas;
+//! - how a writing transaction starts (`BEGIN IMMEDIATE` on SQLite);
+//! - the row lock of a claim (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+//!
+//! The schema itself differs per backend too: each has its own files under
+//! `migrations/`, with the same versions (see `migrations.rs`).
+
+use secrecy::ExposeSecret;
+use sqlx::{AnyConnection, Connection};
+
+use super::sql::redact_url;
+use super::{Result, StoreError};
+
+/// The SQL dialect behind a store URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a store URL names, and the URL to hand sqlx:
+    /// `sqlite:///abs/path.db` or `sqlite://rel.db` (the file and its
+    /// directory are created), `postgres://user@host:port/db` (the password,
+    /// if any, goes into this URL only; the configured one stays without it).
+    pub(super) fn from_url(
+        url: &str,
+        password: Option<&secrecy::SecretString>,
+    ) -> Result<(Backend, String)> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
+                return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            }
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StoreError::Invalid(format!(
+                            "Cannot create the store directory {}: {e}",
+                            parent.display()
+                        ))
+                    })?;
+                }
+            }
+            Ok((Backend::Sqlite, format!("sqlite://{path}?mode=rwc")))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut u = url.to_owned();
+            if let Some(pw) = password {
+                if let Some((scheme, rest)) = u.split_once("://") {
+                    if let Some((user, host)) = rest.split_once('@') {
+                        u = format!(
+                            "{scheme}://{user}:{}@{host}",
+                            percent_encode(pw.expose_secret())
+                        );
+                    }
+                }
+            }
+            Ok((Backend::Postgres, u))
+        } else {
+            Err(StoreError::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// The pool size for the configured `max_connections`.
+    pub(super) fn max_connections(self, configured: u32) -> u32 {
+        match self {
+            // One writer at a time anyway; a few readers for the CLI and HTTP.
+            Backend::Sqlite => configured.clamp(1, 4),
+            Backend::Postgres => configured.max(1),
+        }
+    }
+
+    /// Statements run on every new connection.
+    pub(super) fn session_setup(self) -> &'static [&'static str] {
+        match self {
+            Backend::Sqlite => &[
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA busy_timeout = 10000",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA foreign_keys = ON",
+            ],
+            Backend::Postgres => &[],
+        }
+    }
+
+    /// Starts a transaction that will write. On SQLite it takes the write
+    /// lock up front: a deferred transaction that reads first fails with
+    /// SQLITE_BUSY_SNAPSHOT when another writer commits in between, and the
+    /// busy timeout cannot help it.
+    pub(super) async fn begin_write(
+        self,
+        conn: &mut AnyConnection,
+    ) -> Result<sqlx::Transaction<'_, sqlx::Any>> {
+        Ok(match self {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => conn.begin().await?,
+        })
+    }
+
+    /// The clause that ends a claim's `SELECT`. PostgreSQL: several daemons
+    /// claim from one table without blocking each other. SQLite has one
+    /// writer, taken by [`Backend::begin_write`] or by the single statement.
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+}
+
+/// `$1, $2, ..., $n`: the placeholders of an `IN (...)` list of `n` values.
+pub(super) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,264 @@
+//! Ingest: a connector's batch becomes customers, threads and messages.
+//!
+//! One batch is one transaction: its messages, its quarantined items, its
+//! cursors and the clock of every thread it touched commit together or not
+//! at all: a daemon killed mid-batch has stored none of it and polls it
+//! again from the old cursor. A message seen twice is a duplicate by its
+//! `(instance, external_id)` key, never a second row.
+
+use std::collections::{BTreeSet, HashMap};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use hourglass_connector::{Batch, Message};
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use super::alerts::set_thread_error;
+use super::clock::reclock_many;
+use super::instances::save_cursors;
+use super::quarantine::insert_quarantined;
+use super::{ms, Clocking, Result, SqlStore};
+
+/// What one ingest did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IngestReport {
+    pub inserted: usize,
+    pub duplicates: usize,
+    pub quarantined: usize,
+    pub threads_touched: usize,
+}
+
+/// Writing what connectors fetched.
+#[async_trait]
+pub trait IngestStore: Send + Sync {
+    /// Writes a batch's messages, quarantined items and cursors in one
+    /// transaction, and resets the clock of every thread it touched.
+    async fn ingest(
+        &self,
+        instance: &str,
+        batch: &Batch,
+        clocking: &Clocking,
+    ) -> Result<IngestReport>;
+}
+
+#[async_trait]
+impl IngestStore for SqlStore {
+    async fn ingest(
+        &self,
+        instance: &str,
+        batch: &Batch,
+        clocking: &Clocking,
+    ) -> Result<IngestReport> {
+        let now = ms(Utc::now());
+        let mut report = IngestReport::default();
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let mut touched = BTreeSet::new();
+        let mut customers = HashMap::new();
+        for m in &batch.messages {
+            let customer_id = customer_for(&mut tx, m, now, &mut customers).await?;
+            let thread_id =
+                thread_for(&mut tx, instance, &clocking.channel, m, customer_id, now).await?;
+            if insert_message(&mut tx, instance, thread_id, m, now).await? {
+                report.inserted += 1;
+                touched.insert(thread_id);
+                // A platform notice that our reply did not arrive (Amazon's
+                // relay bounced it): an error on the thread, alerted once.
+                if let Some(reason) = m.meta.get("delivery_failure").and_then(|v| v.as_str()) {
+                    set_thread_error(
+                        &mut tx,
+                        thread_id,
+                        &format!("A reply bounced: {reason}"),
+                        now,
+                    )
+                    .await?;
+                }
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        for q in &batch.quarantined {
+            insert_quarantined(&mut tx, instance, q, now).await?;
+            report.quarantined += 1;
+        }
+        reclock_many(&mut tx, &touched, clocking, now).await?;
+        save_cursors(&mut tx, instance, &batch.cursors, now).await?;
+        tx.commit().await?;
+        report.threads_touched = touched.len();
+        Ok(report)
+    }
+}
+
+/// Finds or creates the customer behind an identity. Identities that share
+/// an e-mail address are linked to one customer.
+async fn customer_for(
+    conn: &mut AnyConnection,
+    m: &Message,
+    now: i64,
+    known: &mut HashMap<(String, String), i64>,
+) -> Result<Option<i64>> {
+    let Some(ident) = &m.customer else {
+        return Ok(None);
+    };
+    // Within one ingest, an identity resolves to the same customer each
+    // time: ask the database once.
+    let key = (ident.channel.clone(), ident.handle.clone());
+    if let Some(id) = known.get(&key) {
+        return Ok(Some(*id));
+    }
+    let found =
+        sqlx::query("SELECT customer_id FROM identities WHERE channel = $1 AND handle = $2")
+            .bind(&ident.channel)
+            .bind(&ident.handle)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(row) = found {
+        let id: i64 = row.try_get("customer_id")?;
+        known.insert(key, id);
+        return Ok(Some(id));
+    }
+    let mut customer_id: Option<i64> = None;
+    if let Some(email) = &ident.email {
+        let linked =
+            sqlx::query("SELECT customer_id FROM identities WHERE email = $1 ORDER BY id LIMIT 1")
+                .bind(email.to_lowercase())
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(row) = linked {
+            customer_id = Some(row.try_get("customer_id")?);
+        }
+    }
+    let customer_id = match customer_id {
+        Some(id) => id,
+        None => sqlx::query(
+            "INSERT INTO customers (display_name, created_at) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(ident.display_name.clone().or_else(|| m.author.clone()))
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("id")?,
+    };
+    // Another daemon may have won the race: its row is the one that counts,
+    // and the no-op update makes RETURNING give it.
+    let row = sqlx::query(
+        "INSERT INTO identities (customer_id, channel, handle, display_name, email, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (channel, handle) DO UPDATE SET handle = excluded.handle
+         RETURNING customer_id",
+    )
+    .bind(customer_id)
+    .bind(&ident.channel)
+    .bind(&ident.handle)
+    .bind(&ident.display_name)
+    .bind(ident.email.as_ref().map(|e| e.to_lowercase()))
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let id: i64 = row.try_get("customer_id")?;
+    known.insert(key, id);
+    Ok(Some(id))
+}
+
+/// The thread a message belongs to, created on its first message.
+async fn thread_for(
+    conn: &mut AnyConnection,
+    instance: &str,
+    channel: &str,
+    m: &Message,
+    customer_id: Option<i64>,
+    now: i64,
+) -> Result<i64> {
+    // One statement: a new thread takes the message's facts; a known one
+    // fills what its first messages did not know. Replies go to the
+    // customer's latest address.
+    let row = sqlx::query(
+        "INSERT INTO threads (instance, thread_key, channel, customer_id, subject, order_id,
+            marketplace, language, reply_to, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+            CASE WHEN $10 = 'inbound' THEN $11 ELSE NULL END, $9, $9)
+         ON CONFLICT (instance, thread_key) DO UPDATE SET
+            updated_at = excluded.updated_at,
+            customer_id = COALESCE(threads.customer_id, excluded.customer_id),
+            subject = COALESCE(threads.subject, excluded.subject),
+            order_id = COALESCE(threads.order_id, excluded.order_id),
+            marketplace = COALESCE(threads.marketplace, excluded.marketplace),
+            language = COALESCE(threads.language, excluded.language),
+            reply_to = CASE WHEN $10 = 'inbound' THEN COALESCE($11, threads.reply_to)
+                ELSE threads.reply_to END
+         RETURNING id",
+    )
+    .bind(instance)
+    .bind(&m.thread_key)
+    .bind(channel)
+    .bind(customer_id)
+    .bind(&m.subject)
+    .bind(&m.order_id)
+    .bind(&m.marketplace)
+    .bind(&m.language)
+    .bind(now)
+    .bind(m.direction.as_str())
+    .bind(
+        m.reply_to
+            .clone()
+            .or_else(|| m.customer.as_ref().map(|c| c.handle.clone())),
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("id")?)
+}
+
+/// Inserts a message and its attachments; `false` when the thread already
+/// has it (same instance and external id). Also used by the outbox for a
+/// sent reply.
+pub(super) async fn insert_message(
+    conn: &mut AnyConnection,
+    instance: &str,
+    thread_id: i64,
+    m: &Message,
+    now: i64,
+) -> Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO messages (thread_id, instance, external_id, direction, automatic, sent_at,
+            author, subject, body, html, order_id, language, reply_to, meta, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (instance, external_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(thread_id)
+    .bind(instance)
+    .bind(&m.external_id)
+    .bind(m.direction.as_str())
+    .bind(i64::from(m.automatic))
+    .bind(ms(m.sent_at))
+    .bind(&m.author)
+    .bind(&m.subject)
+    .bind(&m.text)
+    .bind(&m.html)
+    .bind(&m.order_id)
+    .bind(&m.language)
+    .bind(&m.reply_to)
+    .bind(m.meta.to_string())
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = inserted else {
+        return Ok(false);
+    };
+    let message_id: i64 = row.try_get("id")?;
+    for a in &m.attachments {
+        sqlx::query(
+            "INSERT INTO attachments (message_id, filename, content_type, size, data)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(message_id)
+        .bind(&a.filename)
+        .bind(&a.content_type)
+        .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
+        .bind(a.data.clone())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,350 @@
+//! The outbox: replies queued by agents and handed out to senders.
+//!
+//! A claim moves rows to `sending` with a lease, and counts an attempt, in
+//! one transaction; a worker that dies mid-send leaves its rows there until
+//! the lease runs out, and the next claim sees `previous_state = sending`
+//! (the outcome is unknown: the platform may have it). The replies of one
+//! thread leave in the order they were written. A sent reply becomes an
+//! outbound message of its thread and stops the clock in the same
+//! transaction that marks it sent.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hourglass_connector::{Direction, Message};
+use sqlx::Row;
+
+use super::alerts::set_thread_error;
+use super::clock::reclock;
+use super::ingest::insert_message;
+use super::sql::insert_audit;
+use super::{ms, Clocking, Result, SqlStore, StoreError};
+
+/// A reply to queue.
+#[derive(Debug, Clone)]
+pub struct NewReply {
+    pub id: String,
+    pub thread_id: i64,
+    pub body: String,
+    pub template: Option<String>,
+    pub created_by: String,
+}
+
+/// A reply claimed by an outbox worker.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: String,
+    pub thread_id: i64,
+    pub instance: String,
+    pub body: String,
+    pub attempts: i64,
+    /// The state before the claim: `queued`, or `sending` when a previous
+    /// worker died mid-send and the outcome is unknown.
+    pub previous_state: String,
+}
+
+/// How an outbox send ended.
+#[derive(Debug, Clone)]
+pub enum OutboxOutcome {
+    Sent {
+        external_id: String,
+        sent_at: DateTime<Utc>,
+    },
+    Retry {
+        error: String,
+        at: DateTime<Utc>,
+    },
+    Failed {
+        error: String,
+    },
+    Uncertain {
+        error: String,
+    },
+}
+
+/// Queueing, claiming and completing replies.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Queues a reply on its thread's instance.
+    async fn enqueue_reply(&self, reply: &NewReply) -> Result<()>;
+    /// Claims up to `limit` replies due now: queued ones, and ones left in
+    /// `sending` by a worker whose lease ran out. Claimed rows are in
+    /// `sending` with a lease until `now + lease`.
+    async fn claim_outbox(
+        &self,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>>;
+    /// Like [`OutboxStore::claim_outbox`], for one instance only: each
+    /// instance's sender claims no more than its rate limit lets it send
+    /// within the lease, so a slow or limited instance never holds back the
+    /// others.
+    async fn claim_outbox_for(
+        &self,
+        instance: &str,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>>;
+    /// Ends a send; on `Sent` the reply becomes an outbound message of the
+    /// thread and the clock stops, in the same transaction.
+    async fn complete_outbox(
+        &self,
+        id: &str,
+        outcome: &OutboxOutcome,
+        clocking: &Clocking,
+    ) -> Result<()>;
+    /// Puts a claimed reply that was never handed to the platform back in
+    /// the queue (shutdown, a rate-limit pause), without counting an
+    /// attempt. Only rows still claimed by `worker` are touched.
+    async fn release_outbox(&self, id: &str, worker: &str) -> Result<()>;
+    /// How many replies are in each state.
+    async fn outbox_counts(&self) -> Result<Vec<(String, i64)>>;
+}
+
+/// A reply is only handed out when no earlier reply of its thread is still
+/// waiting or in flight: the replies of one conversation leave in the
+/// order they were written, even when the first one is held back by a
+/// 429 or a retry.
+const IN_THREAD_ORDER: &str = "NOT EXISTS (
+    SELECT 1 FROM outbox earlier
+    WHERE earlier.thread_id = outbox.thread_id
+      AND earlier.state IN ('queued', 'sending')
+      AND (earlier.created_at < outbox.created_at
+           OR (earlier.created_at = outbox.created_at AND earlier.id < outbox.id)))";
+
+#[async_trait]
+impl OutboxStore for SqlStore {
+    async fn enqueue_reply(&self, reply: &NewReply) -> Result<()> {
+        let now = ms(Utc::now());
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let row = sqlx::query("SELECT instance FROM threads WHERE id = $1")
+            .bind(reply.thread_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::ThreadNotFound(reply.thread_id))?;
+        let instance: String = row.try_get("instance")?;
+        sqlx::query(
+            "INSERT INTO outbox (id, thread_id, instance, body, template, state, attempts,
+                next_attempt_at, created_by, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $6, $6)",
+        )
+        .bind(&reply.id)
+        .bind(reply.thread_id)
+        .bind(&instance)
+        .bind(&reply.body)
+        .bind(&reply.template)
+        .bind(now)
+        .bind(&reply.created_by)
+        .execute(&mut *tx)
+        .await?;
+        let (actor, thread) = (&reply.created_by, Some(reply.thread_id));
+        insert_audit(&mut tx, now, actor, "reply_queued", thread, &reply.id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_outbox(
+        &self,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>> {
+        self.claim(None, worker, lease, limit, now).await
+    }
+
+    async fn claim_outbox_for(
+        &self,
+        instance: &str,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>> {
+        self.claim(Some(instance), worker, lease, limit, now).await
+    }
+
+    async fn complete_outbox(
+        &self,
+        id: &str,
+        outcome: &OutboxOutcome,
+        clocking: &Clocking,
+    ) -> Result<()> {
+        let now = ms(Utc::now());
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let row = sqlx::query("SELECT thread_id, instance, body FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?;
+        let thread_id: i64 = row.try_get("thread_id")?;
+        let instance: String = row.try_get("instance")?;
+        match outcome {
+            OutboxOutcome::Sent {
+                external_id,
+                sent_at,
+            } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'sent', external_id = $1, sent_at = $2,
+                        error = NULL, claimed_until = NULL, updated_at = $3
+                     WHERE id = $4",
+                )
+                .bind(external_id)
+                .bind(ms(*sent_at))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                let body: String = row.try_get("body")?;
+                let thread_key: String =
+                    sqlx::query("SELECT thread_key FROM threads WHERE id = $1")
+                        .bind(thread_id)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("thread_key")?;
+                let mut m = Message::new(
+                    external_id.clone(),
+                    thread_key,
+                    Direction::Outbound,
+                    *sent_at,
+                    body,
+                );
+                m.author = Some("hourglass".into());
+                m.meta = serde_json::json!({ "outbox_id": id });
+                insert_message(&mut tx, &instance, thread_id, &m, now).await?;
+                sqlx::query("UPDATE threads SET last_error = NULL WHERE id = $1")
+                    .bind(thread_id)
+                    .execute(&mut *tx)
+                    .await?;
+                reclock(&mut tx, thread_id, clocking, now).await?;
+                insert_audit(&mut tx, now, "outbox", "reply_sent", Some(thread_id), id).await?;
+            }
+            OutboxOutcome::Retry { error, at } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'queued', error = $1, next_attempt_at = $2,
+                        claimed_until = NULL, updated_at = $3
+                     WHERE id = $4",
+                )
+                .bind(error)
+                .bind(ms(*at))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            OutboxOutcome::Failed { error } | OutboxOutcome::Uncertain { error } => {
+                let state = if matches!(outcome, OutboxOutcome::Failed { .. }) {
+                    "failed"
+                } else {
+                    "uncertain"
+                };
+                sqlx::query(
+                    "UPDATE outbox SET state = $1, error = $2, claimed_until = NULL, updated_at = $3
+                     WHERE id = $4",
+                )
+                .bind(state)
+                .bind(error)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                let thread_error = format!("Reply {id} {state}: {error}");
+                set_thread_error(&mut tx, thread_id, &thread_error, now).await?;
+                let (action, detail) = (format!("reply_{state}"), format!("{id}: {error}"));
+                insert_audit(&mut tx, now, "outbox", &action, Some(thread_id), &detail).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_outbox(&self, id: &str, worker: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'queued', claimed_by = NULL, claimed_until = NULL,
+                attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = $1
+             WHERE id = $2 AND state = 'sending' AND claimed_by = $3",
+        )
+        .bind(ms(Utc::now()))
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+}
+
+impl SqlStore {
+    /// Claims replies due now (of one instance, or all): queued ones, and
+    /// ones left in `sending` by a worker whose lease ran out.
+    async fn claim(
+        &self,
+        instance: Option<&str>,
+        worker: &str,
+        lease: Duration,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OutboxItem>> {
+        let now_ms = ms(now);
+        let lease_until = now_ms + lease.as_millis() as i64;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let lock = self.backend.skip_locked();
+        let sql = format!(
+            "SELECT id, thread_id, instance, body, attempts, state FROM outbox
+             WHERE ($1 IS NULL OR instance = $1)
+               AND ((state = 'queued' AND next_attempt_at <= $2)
+                 OR (state = 'sending' AND claimed_until < $2))
+               AND {IN_THREAD_ORDER}
+             ORDER BY next_attempt_at, created_at, id
+             LIMIT $3{lock}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(instance)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let item = OutboxItem {
+                id: r.try_get("id")?,
+                thread_id: r.try_get("thread_id")?,
+                instance: r.try_get("instance")?,
+                body: r.try_get("body")?,
+                attempts: r.try_get("attempts")?,
+                previous_state: r.try_get("state")?,
+            };
+            sqlx::query(
+                "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until = $2,
+                    attempts = attempts + 1, updated_at = $3
+                 WHERE id = $4",
+            )
+            .bind(worker)
+            .bind(lease_until)
+            .bind(now_ms)
+            .bind(&item.id)
+            .execute(&mut *tx)
+            .await?;
+            items.push(item);
+        }
+        tx.commit().await?;
+        Ok(items)
+    }
+}
