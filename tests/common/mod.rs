@@ -105,7 +105,7 @@ impl TestApp {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
@@ -115,6 +115,7 @@ impl TestApp {
         Daemon {
             child,
             log,
+            reader: Some(reader),
             notices,
             ready: false,
             _pid: pid,
@@ -167,6 +168,8 @@ fn notify_socket(dir: &Path, notices: Arc<Mutex<Vec<String>>>) -> String {
 pub struct Daemon {
     pub child: Child,
     pub log: Arc<Mutex<String>>,
+    /// Copies stderr into `log` until the daemon closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
     /// What the daemon told its `NOTIFY_SOCKET`, one `KEY=VALUE` a line.
     notices: Arc<Mutex<Vec<String>>>,
     ready: bool,
@@ -246,11 +249,14 @@ impl Daemon {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Waits for exit; returns the exit code.
+    /// Waits for exit; returns the exit code. The log is complete then.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(50));
