@@ -117,13 +117,7 @@ async fn main() -> anyhow::Result<()> {
     .bind(hour)
     .execute(store.pool())
     .await?;
-    let mut child = Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let (mut child, _notify) = common::spawn_ready(&bin, &config, Stdio::inherit(), dir.path())?;
     let pid = child.id();
 
     println!("Waiting for {crossing} alerts over {window_s} s ...");
@@ -136,8 +130,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let busy_rss = common::proc_kb(pid, "VmRSS:");
 
-    // Idle: nothing crosses for days.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Idle: nothing crosses for days, once every delivery is done.
+    let settle_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM alerts WHERE state IN ('queued', 'sending')")
+                .fetch_one(store.pool())
+                .await?;
+        if pending == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < settle_by, "{pending} alerts never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let idle_cpu = tokio::task::spawn_blocking(move || common::cpu_percent_over(pid, 10)).await?;
     let idle_rss = common::proc_kb(pid, "VmRSS:");
     let peak_rss = common::proc_kb(pid, "VmHWM:");

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,37 +43,36 @@ fn main() -> anyhow::Result<()> {
     let mut ready = Vec::new();
     let mut last_pid = None;
     for run in 0..5 {
-        let sock_path = dir.path().join(format!("notify-{run}.sock"));
-        let sock = UnixDatagram::bind(&sock_path)?;
-        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
         let start = Instant::now();
-        let mut child = Command::new(&bin)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("run")
-            .env("NOTIFY_SOCKET", &sock_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut buf = [0u8; 256];
-        loop {
-            let n = sock.recv(&mut buf)?;
-            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                break;
-            }
-        }
+        let (mut child, notify) =
+            common::spawn_ready(&bin, &config_path, Stdio::inherit(), dir.path())?;
         ready.push(start.elapsed().as_secs_f64() * 1000.0);
         if run == 4 {
-            last_pid = Some((child, start));
+            last_pid = Some((child, notify));
         } else {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
     }
-    let (mut child, _) = last_pid.ok_or_else(|| anyhow::anyhow!("no run"))?;
+    let (mut child, _notify) = last_pid.ok_or_else(|| anyhow::anyhow!("no run"))?;
     let pid = child.id();
     // Settle: the first polls of all 10 instances run at start.
-    std::thread::sleep(Duration::from_secs(5));
+    let polled_all = || -> anyhow::Result<bool> {
+        let out = Command::new(&bin)
+            .arg("--config")
+            .arg(&config_path)
+            .args(["connectors", "list", "--json"])
+            .output()?;
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(list
+            .as_array()
+            .is_some_and(|l| l.len() == 10 && l.iter().all(|i| i["last_poll_at"].is_string())))
+    };
+    let settle_by = Instant::now() + Duration::from_secs(60);
+    while !polled_all()? {
+        anyhow::ensure!(Instant::now() < settle_by, "the first polls never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let idle_cpu = common::cpu_percent_over(pid, 10);
     let rss = common::proc_kb(pid, "VmRSS:") as f64 / 1024.0;
     let peak = common::proc_kb(pid, "VmHWM:") as f64 / 1024.0;

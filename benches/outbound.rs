@@ -7,6 +7,8 @@
 //! `cargo bench --bench outbound` (env `OUTBOUND_REPLIES`, `OUTBOUND_RUNS`
 //! to change the size).
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -113,13 +115,7 @@ fn run_once(replies: usize) -> anyhow::Result<RunResult> {
         started.elapsed().as_secs_f64()
     );
 
-    let mut daemon = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut daemon, _notify) = common::spawn_ready(BIN, &path, Stdio::null(), dir.path())?;
     let deadline = Instant::now() + Duration::from_secs_f64(replies as f64 / RATE * 3.0 + 60.0);
     while mock.accepted().len() < replies && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

@@ -239,6 +239,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         crate::demo::run(run_for.map(|d| d.0), *keep).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    // The daemon handles SIGTERM/SIGINT/SIGHUP from its first moment, even
+    // before its config is read.
+    let signals = match cli.command {
+        Command::Run => {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            daemon::forward_unix_signals(tx)?;
+            Some(rx)
+        }
+        _ => None,
+    };
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -259,8 +269,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            daemon::forward_unix_signals(tx)?;
+            let Some(rx) = signals else {
+                anyhow::bail!("signal handlers were not installed");
+            };
             daemon::run(cli.config.clone(), config, rx, &crate::workers()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::config::{Config, InstanceConfig};
@@ -269,6 +269,7 @@ async fn poll_loop(
         }
         // The poll itself is not cancelled: it commits or it does not, and
         // shutdown waits for it (up to the shutdown timeout).
+        debug!(instance = %name, "Polling.");
         match poll_instance(store.as_ref(), &inst).await {
             Ok(n) => {
                 if failures > 0 {
@@ -425,8 +426,32 @@ pub async fn run(
     mut signals: mpsc::Receiver<Signal>,
     workers: &[Worker],
 ) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = open_store(&config).await?;
-    let instances = build_instances(&config)?;
+    info!("Starting.");
+    // Opening the store can wait on an unreachable database for a while:
+    // a stop asked for meanwhile ends it at once, and a reload is applied
+    // as soon as the daemon runs.
+    let mut reload_asked = false;
+    let (store, instances) = {
+        let startup = async {
+            let store: Arc<dyn Store> = open_store(&config).await?;
+            let instances = build_instances(&config)?;
+            anyhow::Ok((store, instances))
+        };
+        tokio::pin!(startup);
+        loop {
+            tokio::select! {
+                started = &mut startup => break started?,
+                signal = signals.recv() => match signal {
+                    Some(Signal::Reload) => reload_asked = true,
+                    Some(Signal::Shutdown) | None => {
+                        notify_systemd("STOPPING=1");
+                        info!("Stopped before startup finished.");
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    };
     let mut config = Arc::new(config);
     info!(
         instances = instances.len(),
@@ -435,7 +460,16 @@ pub async fn run(
     );
     let mut generation = start_generation(config.clone(), store.clone(), instances, workers).await;
     notify_systemd("READY=1");
-    while let Some(signal) = signals.recv().await {
+    loop {
+        let signal = if reload_asked {
+            reload_asked = false;
+            Signal::Reload
+        } else {
+            match signals.recv().await {
+                Some(s) => s,
+                None => break,
+            }
+        };
         match signal {
             Signal::Shutdown => break,
             Signal::Reload => {
@@ -473,7 +507,9 @@ fn reload(path: &Path, current: &Config) -> anyhow::Result<(Config, Vec<Instance
     Ok((config, instances))
 }
 
-/// Forwards SIGTERM, SIGINT and SIGHUP into `tx`.
+/// Forwards SIGTERM, SIGINT and SIGHUP into `tx`. `run` calls this before
+/// anything else (config, store, connectors), so that a stop asked for at
+/// any moment is a clean exit and never the default "killed by signal".
 pub fn forward_unix_signals(tx: mpsc::Sender<Signal>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;

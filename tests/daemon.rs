@@ -112,7 +112,14 @@ fn auth_failure_stops_polling_that_instance() {
     daemon.wait_for_log("Credentials refused", Duration::from_secs(20));
     let list = app.json(&["connectors", "list", "--json"]);
     assert_eq!(instance(&list, "broken")["state"], "auth_failed");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Two more polls of the healthy instance (a second apart) outlast the
+    // longest backoff (1 s) a retry of the broken one would wait.
+    let ingests = daemon.log().matches("Ingested new messages").count();
+    daemon.wait_for_log_count(
+        "Ingested new messages",
+        ingests + 2,
+        Duration::from_secs(20),
+    );
     let list = app.json(&["connectors", "list", "--json"]);
     assert_eq!(
         instance(&list, "broken")["failures"],
@@ -200,26 +207,65 @@ fn secrets_never_show_up_in_any_output() {
 fn sigterm_during_a_poll_exits_0_and_loses_nothing() {
     let app = TestApp::new(
         None,
-        "[[instances]]\nname = \"slow\"\ntype = \"simulated\"\nschedule = \"* * * * * *\"\n[instances.simulated]\nper_poll = 3\npoll_delay_ms = 1500\n",
+        "[log]\nlevel = \"info,hourglass=debug\"\n\n[[instances]]\nname = \"slow\"\ntype = \"simulated\"\nschedule = \"* * * * * *\"\n[instances.simulated]\nper_poll = 3\npoll_delay_ms = 3000\n",
     );
     let mut daemon = app.spawn_daemon();
     daemon.wait_for_log("Ingested new messages", Duration::from_secs(20));
-    // The next poll starts within a second and takes 1.5 s: stop inside it.
-    std::thread::sleep(Duration::from_millis(1200));
+    // The second poll has begun (it takes 3 s): stop inside it.
+    daemon.wait_for_log_count("Polling.", 2, Duration::from_secs(20));
     daemon.stop_cleanly();
     let log = daemon.log();
     assert!(log.contains("Stopped."), "{log}");
+    // The poll in flight was finished, not cut off: it committed after the
+    // stop began.
+    let stopping = log.find("Shutting down").unwrap();
+    assert!(
+        log[stopping..].contains("Ingested new messages"),
+        "the poll in flight was not finished; log:\n{log}"
+    );
 
     // Every message the cursor covers is in the store, and no more: the
     // cursor and the messages were committed together.
     let total = message_total(&app);
-    assert!(total >= 3 && total % 3 == 0, "{total}");
+    assert!(total >= 6 && total % 3 == 0, "{total}");
     let sync = app.json(&["sync", "--once", "--json"]);
     assert_eq!(
         sync[0]["messages"], 3,
         "the next poll continues where the last commit ended"
     );
     assert_eq!(message_total(&app), total + 3);
+}
+
+#[test]
+fn sigterm_while_the_store_cannot_be_reached_yet_exits_0() {
+    // A "database" that accepts connections and never answers: opening
+    // the store waits (up to its 30 s acquire timeout).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://hourglass@127.0.0.1:{}/hourglass",
+        silent.local_addr().unwrap().port()
+    );
+    let app = TestApp::new(
+        Some(&url),
+        "[[instances]]\nname = \"sim\"\ntype = \"simulated\"\n",
+    );
+    let mut daemon = app.spawn_daemon_unready(&[]);
+    daemon.wait_for_log("Starting.", Duration::from_secs(20));
+    assert!(daemon.is_running(), "{}", daemon.log());
+    daemon.signal_during_startup("TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(log.contains("Stopped before startup finished."), "{log}");
+    wait_until(Duration::from_secs(5), || {
+        daemon.notices().contains(&"STOPPING=1".to_owned())
+    })
+    .unwrap_or_else(|_| panic!("no STOPPING=1: {:?}", daemon.notices()));
+    assert!(!daemon.notices().contains(&"READY=1".to_owned()), "{log}");
 }
 
 #[test]

@@ -164,8 +164,9 @@ fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedu
     let app = app_for(&dovecot, "0 0 0 1 1 *");
     let mut daemon = app.spawn_daemon();
     daemon.wait_for_log("Ingested new messages", Duration::from_secs(30));
-    // Let the daemon enter IDLE.
-    std::thread::sleep(Duration::from_secs(2));
+    dovecot
+        .wait_for_idle(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.log()));
 
     let appended = Instant::now();
     dovecot
@@ -257,8 +258,32 @@ fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
     );
     assert!(mail.contains(&format!("Message-ID: <{id}@")), "{mail}");
 
-    // The Sent copy is polled back and recognised as the same message.
-    std::thread::sleep(Duration::from_secs(3));
+    // The Sent copy is polled back and recognised as the same message: it
+    // is the reply, not a second outbound message.
+    let sent_dir = dovecot.maildir().join(".Sent");
+    let filed = || -> usize {
+        ["cur", "new"]
+            .iter()
+            .map(|d| {
+                std::fs::read_dir(sent_dir.join(d))
+                    .map(|r| r.count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    wait_until(Duration::from_secs(30), || filed() >= 1)
+        .unwrap_or_else(|_| panic!("no copy in Sent; log:\n{}", daemon.log()));
+    // Two polls after the copy was filed (one a second), the daemon has
+    // read it.
+    let polls = |app: &TestApp| -> String {
+        app.json(&["connectors", "list", "--json"])[0]["last_poll_at"].to_string()
+    };
+    for _ in 0..2 {
+        let before = polls(&app);
+        wait_until(Duration::from_secs(30), || polls(&app) != before)
+            .unwrap_or_else(|_| panic!("no further poll; log:\n{}", daemon.log()));
+    }
+    daemon.stop_cleanly();
     let show = app.json(&["show", &thread, "--json"]);
     assert_eq!(show["status"], "answered");
     assert_eq!(show["message_count"], 2, "{show}");
@@ -274,16 +299,6 @@ fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
         "diacritics intact: {}",
         out[0]["text"]
     );
-    let sent_dir = dovecot.maildir().join(".Sent");
-    let filed: usize = ["cur", "new"]
-        .iter()
-        .map(|d| {
-            std::fs::read_dir(sent_dir.join(d))
-                .map(|r| r.count())
-                .unwrap_or(0)
-        })
-        .sum();
-    assert_eq!(filed, 1, "exactly one copy in Sent");
+    assert_eq!(filed(), 1, "exactly one copy in Sent");
     assert_eq!(smtp.messages().unwrap().len(), 1, "exactly one delivery");
-    daemon.stop_cleanly();
 }

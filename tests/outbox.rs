@@ -537,20 +537,40 @@ fn refused_credentials_stop_the_instance_sending_and_keep_its_replies() {
     let app = new_app();
     let threads = seed(&app, &mock, 2, NO_LIMIT, "");
     let (ana, ioana) = (threads["Ana Souza"], threads["Ioana Popescu"]);
+    // A second instance whose sender shows the daemon's outbox at work.
+    let mut config = std::fs::read_to_string(&app.config).unwrap();
+    config.push_str(&format!(
+        "\n[[instances]]\nname = \"witness\"\ntype = \"simulated\"\nschedule = \"0 0 1 1 *\"\n\
+         [instances.simulated]\nchannel = \"ebay\"\nper_poll = 1\nthreads = 1\napi_url = \"{}\"\n",
+        mock.url()
+    ));
+    std::fs::write(&app.config, config).unwrap();
+    app.json(&["sync", "--once", "--json"]);
+    let witness = app.json(&["threads", "--instance", "witness", "--json"])[0]["id"]
+        .as_i64()
+        .unwrap();
     let first = reply(&app, ana, &["--body", "Olá"]);
 
     let mut daemon = app.spawn_daemon();
     daemon.wait_for_log("Credentials refused while sending", Duration::from_secs(20));
     // Sending has stopped for the instance: a reply the platform would take
     // waits too, instead of hammering an account whose token is refused.
+    // Meanwhile the other instance's sender picks up two replies queued
+    // after it, one after the other (each sender looks every 100 ms).
     let second = reply(&app, ioana, &["--body", "Bună"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    for n in 0..2 {
+        let w = reply(&app, witness, &["--body", &format!("witness {n}")]);
+        wait_state(&app, &daemon, witness, &w, "sent");
+    }
     assert_eq!(outbox_state(&app, ioana, &second), "queued");
     assert_eq!(outbox_state(&app, ana, &first), "queued");
     let detail = show(&app, ana);
     let error = detail["outbox"][0]["error"].as_str().unwrap();
     assert!(error.contains("access token expired"), "{detail}");
-    assert!(mock.accepted().is_empty());
+    assert!(mock
+        .accepted()
+        .iter()
+        .all(|a| a.text.starts_with("witness")));
     assert!(daemon.log().contains("ERROR"), "{}", daemon.log());
     daemon.stop_cleanly();
 

@@ -49,3 +49,51 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
+
+/// Starts `BIN --config CONFIG run` (stdout dropped, stderr to `stderr`)
+/// with `NOTIFY_SOCKET` on a fresh socket in `dir`, and returns once it has
+/// sent `READY=1`, as systemd does under `Type=notify`: a daemon is only
+/// measured or signalled once it is ready. Keep the returned socket as long
+/// as the daemon runs: it notifies again when it stops.
+pub fn spawn_ready(
+    bin: &str,
+    config: &std::path::Path,
+    stderr: std::process::Stdio,
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::process::Child, std::os::unix::net::UnixDatagram)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!("notify-{}.sock", N.fetch_add(1, Ordering::Relaxed)));
+    let sock = std::os::unix::net::UnixDatagram::bind(&path)?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return Ok((child, sock));
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the daemon exited ({status}) before READY=1");
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the daemon was not READY=1 within {TIMEOUT:?}");
+        }
+    }
+}

@@ -41,7 +41,9 @@ impl TestApp {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--config").arg(&self.config).args(args);
-        c.env_remove("RUST_LOG").env_remove("HOURGLASS_CONFIG");
+        c.env_remove("RUST_LOG")
+            .env_remove("HOURGLASS_CONFIG")
+            .env_remove("NOTIFY_SOCKET");
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -69,38 +71,109 @@ impl TestApp {
         })
     }
 
-    /// Starts `hourglass run` in the background, capturing its stderr.
+    /// Starts `hourglass run` in the background, capturing its stderr, and
+    /// returns once it has told its (test) `NOTIFY_SOCKET` `READY=1`.
     pub fn spawn_daemon(&self) -> Daemon {
         self.spawn_daemon_with(&[])
     }
 
-    /// `hourglass run` with extra arguments.
+    /// `hourglass run` with extra arguments, once ready.
     pub fn spawn_daemon_with(&self, extra: &[&str]) -> Daemon {
+        let mut daemon = self.spawn_daemon_unready(extra);
+        daemon.wait_ready(READY_TIMEOUT);
+        daemon
+    }
+
+    /// `hourglass run` without waiting for readiness: only for tests of
+    /// startup itself.
+    pub fn spawn_daemon_unready(&self, extra: &[&str]) -> Daemon {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let socket = notify_socket(self.path(), notices.clone());
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
         let mut child = self
             .command(&args)
+            .env("NOTIFY_SOCKET", &socket)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let pid = hourglass_testsupport::pids::PidFile::record(
+            child.id(),
+            &format!("hourglass {}", self.path().display()),
+        );
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        Daemon { child, log }
+        Daemon {
+            child,
+            log,
+            reader: Some(reader),
+            notices,
+            ready: false,
+            _pid: pid,
+        }
     }
+}
+
+/// How long a daemon may take to report `READY=1` (generous: the machine
+/// may be loaded; a healthy start takes milliseconds).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Binds a datagram socket the daemon can notify (as systemd's
+/// `NOTIFY_SOCKET`) in `dir`, and collects what it receives into
+/// `notices` until that is no longer shared (the daemon handle is gone).
+/// Returns the value for `NOTIFY_SOCKET`.
+fn notify_socket(dir: &Path, notices: Arc<Mutex<Vec<String>>>) -> String {
+    use std::os::unix::net::UnixDatagram;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("notify-{n}.sock"));
+    // A socket path is limited to 107 bytes; a long temp dir gets an
+    // abstract name instead.
+    let (socket, name) = if path.as_os_str().len() < 100 {
+        let socket = UnixDatagram::bind(&path).unwrap();
+        (socket, path.display().to_string())
+    } else {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("hourglass-test-{}-{n}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
+    };
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while Arc::strong_count(&notices) > 1 {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                notices
+                    .lock()
+                    .unwrap()
+                    .extend(text.lines().map(str::to_owned));
+            }
+        }
+    });
+    name
 }
 
 pub struct Daemon {
     pub child: Child,
     pub log: Arc<Mutex<String>>,
+    /// Copies stderr into `log` until the daemon closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// What the daemon told its `NOTIFY_SOCKET`, one `KEY=VALUE` a line.
+    notices: Arc<Mutex<Vec<String>>>,
+    ready: bool,
+    _pid: hourglass_testsupport::pids::PidFile,
 }
 
 impl Daemon {
@@ -108,13 +181,66 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
-    /// Waits until the log contains `needle`.
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
-        wait_until(timeout, || self.log().contains(needle))
-            .unwrap_or_else(|_| panic!("log never showed {needle:?}; log:\n{}", self.log()));
+    /// Every `KEY=VALUE` the daemon sent to its `NOTIFY_SOCKET` so far.
+    pub fn notices(&self) -> Vec<String> {
+        self.notices.lock().unwrap().clone()
     }
 
+    /// Waits until the daemon reports `READY=1`; fails the test with its
+    /// log when it exits first or takes longer than `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while !self.notices().iter().any(|n| n == "READY=1") {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "daemon exited ({status}) before READY=1; log:\n{}",
+                    self.log()
+                );
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "daemon not READY=1 within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.ready = true;
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        self.wait_for_log_count(needle, 1, timeout);
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) {
+        wait_until(timeout, || self.log().matches(needle).count() >= count).unwrap_or_else(|_| {
+            panic!(
+                "log never showed {needle:?} {count} times; log:\n{}",
+                self.log()
+            )
+        });
+    }
+
+    /// Sends `sig` (TERM, INT, HUP, KILL). Only to a daemon that reported
+    /// READY=1: before that it may not handle signals yet.
     pub fn signal(&self, sig: &str) {
+        assert!(
+            self.ready,
+            "signalling a daemon that has not reported READY=1; log:\n{}",
+            self.log()
+        );
+        self.send_signal(sig);
+    }
+
+    /// Sends `sig` whether or not the daemon is ready: for tests of what
+    /// happens during startup.
+    pub fn signal_during_startup(&self, sig: &str) {
+        self.send_signal(sig);
+    }
+
+    fn send_signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
@@ -123,11 +249,14 @@ impl Daemon {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Waits for exit; returns the exit code.
+    /// Waits for exit; returns the exit code. The log is complete then.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(50));

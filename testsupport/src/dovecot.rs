@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::net::{free_port, wait_for_port};
+use crate::pids::PidFile;
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
 const MAIL_USER: &str = "vmail";
@@ -38,7 +39,7 @@ pub struct Dovecot {
     port: u16,
     imaps_port: Option<u16>,
     options: DovecotOptions,
-    child: Option<Child>,
+    child: Option<(Child, PidFile)>,
     user: String,
     password: String,
 }
@@ -133,6 +134,8 @@ impl Dovecot {
             r#"base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
+# Process titles name each session's running command (IDLE).
+verbose_proctitle = yes
 instance_name = hg-dovecot-{port}
 listen = 127.0.0.1
 protocols = imap
@@ -187,7 +190,11 @@ namespace inbox {{
             .stderr(out)
             .spawn()
             .context("Starting dovecot")?;
-        self.child = Some(child);
+        let pid = PidFile::record(
+            child.id(),
+            &format!("dovecot {}", self.dir.path().display()),
+        );
+        self.child = Some((child, pid));
         if let Err(e) = wait_for_port(self.port, Duration::from_secs(20)) {
             bail!("{e}; dovecot said:\n{}", self.logs());
         }
@@ -234,7 +241,7 @@ namespace inbox {{
     /// Stops Dovecot (SIGTERM, then SIGKILL) and waits until its port is
     /// closed.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
+        if let Some((mut child, _pid)) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(child.id().to_string())
@@ -272,11 +279,59 @@ namespace inbox {{
     /// migration: with Dovecot stopped, its UID list and indexes are
     /// removed, so it numbers the mail anew.
     pub fn bump_uidvalidity(&mut self) -> anyhow::Result<()> {
+        let stopped_at = unix_secs();
         self.stop()?;
         remove_uid_state(&self.maildir())?;
-        // UIDVALIDITY is the creation time in seconds: make sure it moves.
-        std::thread::sleep(Duration::from_millis(1100));
+        // UIDVALIDITY is the creation time in seconds: make sure it moves
+        // past every value given so far.
+        while unix_secs() <= stopped_at {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.spawn()
+    }
+
+    /// Whether some client of this server is in IMAP IDLE now (seen in the
+    /// title of its imap process, a child of this Dovecot).
+    pub fn has_idle_session(&self) -> bool {
+        self.imap_sessions().iter().any(|t| t.contains(" IDLE"))
+    }
+
+    /// Waits until some client of this server is in IMAP IDLE.
+    pub fn wait_for_idle(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while !self.has_idle_session() {
+            if start.elapsed() > timeout {
+                bail!(
+                    "no IMAP session entered IDLE within {timeout:?}; sessions: {:?}",
+                    self.imap_sessions()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The process titles of this server's imap processes.
+    fn imap_sessions(&self) -> Vec<String> {
+        let Some((child, _)) = &self.child else {
+            return Vec::new();
+        };
+        let master = child.id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let (_, rest) = stat.rsplit_once(')')?;
+                // Field 4, the parent pid, is the second after the name.
+                (rest.split_whitespace().nth(1)? == master).then_some(())?;
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                title.contains("/imap ").then_some(title)
+            })
+            .collect()
     }
 
     /// Appends a raw message to `folder` over IMAP, as a delivery would.
@@ -519,6 +574,7 @@ impl RawImap {
 pub struct TokenInfo {
     port: u16,
     child: Child,
+    _pid: PidFile,
 }
 
 const TOKENINFO_PY: &str = r#"
@@ -552,7 +608,12 @@ impl TokenInfo {
             .stdin(Stdio::null())
             .spawn()
             .context("python3 is needed for the tokeninfo test server")?;
-        let info = TokenInfo { port, child };
+        let pid = PidFile::record(child.id(), "tokeninfo");
+        let info = TokenInfo {
+            port,
+            child,
+            _pid: pid,
+        };
         wait_for_port(port, Duration::from_secs(10))?;
         Ok(info)
     }

@@ -5,5 +5,6 @@
 pub mod dovecot;
 pub mod mockplatform;
 pub mod net;
+pub mod pids;
 pub mod postgres;
 pub mod smtp;

@@ -10,12 +10,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::net::{free_port, wait_for_port};
+use crate::pids::PidFile;
 
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The postmaster's, once it runs.
+    pid: Option<PidFile>,
 }
 
 fn pg_bin_dir() -> anyhow::Result<PathBuf> {
@@ -56,11 +59,12 @@ impl Postgres {
                 bail!("chown postgres failed");
             }
         }
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             bin,
             port: free_port(),
             as_postgres,
+            pid: None,
         };
         let data = pg.data_dir();
         pg.run(
@@ -93,6 +97,16 @@ impl Postgres {
                 "start",
             ],
         )?;
+        // pg_ctl -w has waited for the postmaster, which wrote its pid.
+        let postmaster = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        if let Some(postmaster) = postmaster {
+            pg.pid = Some(PidFile::record(
+                postmaster,
+                &format!("postgres {}", pg.dir.path().display()),
+            ));
+        }
         wait_for_port(pg.port, Duration::from_secs(20))?;
         Ok(pg)
     }
@@ -161,7 +175,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.data_dir();
-        let _ = self.run(
+        let stopped = self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -172,5 +186,9 @@ impl Drop for Postgres {
                 "stop",
             ],
         );
+        if stopped.is_err() {
+            // Still running: leave its pid file for the runner's cleanup.
+            std::mem::forget(self.pid.take());
+        }
     }
 }

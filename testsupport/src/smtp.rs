@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::net::{free_port, wait_for_port};
+use crate::pids::PidFile;
 
 /// A running aiosmtpd. Stopped on drop.
 pub struct SmtpSink {
     dir: tempfile::TempDir,
     port: u16,
     child: Child,
+    _pid: PidFile,
 }
 
 /// aiosmtpd with AUTH PLAIN/LOGIN for one user, allowed without TLS on
@@ -81,7 +83,13 @@ impl SmtpSink {
             .stderr(log)
             .spawn()
             .context("Starting aiosmtpd")?;
-        let sink = SmtpSink { dir, port, child };
+        let pid = PidFile::record(child.id(), &format!("aiosmtpd {}", dir.path().display()));
+        let sink = SmtpSink {
+            dir,
+            port,
+            child,
+            _pid: pid,
+        };
         if let Err(e) = wait_for_port(port, Duration::from_secs(20)) {
             bail!("{e}; aiosmtpd said:\n{}", sink.logs());
         }

@@ -204,7 +204,12 @@ async fn idle_wakes_up_when_mail_arrives() {
     let (changed, ()) = tokio::join!(
         conn.wait_for_change(&cursors, Duration::from_secs(60)),
         async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Once the wait is in IDLE (this task runs it: poll, not block).
+            let idle_by = Instant::now() + Duration::from_secs(30);
+            while !d.has_idle_session() {
+                assert!(Instant::now() < idle_by, "the wait never entered IDLE");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             tokio::task::block_in_place(|| d.append("INBOX", &fixture("fr_latin1_8bit.eml")))
                 .unwrap();
         }

@@ -75,7 +75,23 @@ async fn maildir_reads_inbox_and_sent_once_each_even_when_files_move_to_cur() {
     let again = conn.poll(&cursors).await.unwrap();
     assert!(again.messages.is_empty(), "{:?}", again.messages);
 
-    std::thread::sleep(Duration::from_millis(20));
+    // File times are coarse: deliver once a fresh file is dated after every
+    // file read so far, or the new mail could sort before the cursor.
+    let newest = ["new", "cur"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+        .map(|e| e.unwrap().metadata().unwrap().modified().unwrap())
+        .max()
+        .unwrap();
+    let probe = root.join("tmp").join("clock-probe");
+    loop {
+        std::fs::write(&probe, b"").unwrap();
+        if std::fs::metadata(&probe).unwrap().modified().unwrap() > newest {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::fs::remove_file(&probe).unwrap();
     deliver(root, &fixture("pl_cp1250_b64.eml")).unwrap();
     let next = conn.poll(&cursors).await.unwrap();
     let new_ids: BTreeSet<_> = next
