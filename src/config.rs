@@ -326,6 +326,11 @@ pub struct DaemonConfig {
     /// Directory of per-instance files; relative to the main file.
     #[serde(default = "default_connectors_dir")]
     pub connectors_dir: PathBuf,
+    /// Under systemd's watchdog (`WatchdogSec=`): one poll, alert pass or
+    /// send busy for longer than this means the daemon is wedged; it stops
+    /// answering the watchdog and systemd restarts it.
+    #[serde(default = "default_watchdog_busy_limit")]
+    pub watchdog_busy_limit: Dur,
 }
 
 fn default_shutdown_timeout() -> Dur {
@@ -336,6 +341,9 @@ fn default_min_backoff() -> Dur {
 }
 fn default_max_backoff() -> Dur {
     Dur::from_secs(300)
+}
+fn default_watchdog_busy_limit() -> Dur {
+    Dur::from_secs(10 * 60)
 }
 fn default_connectors_dir() -> PathBuf {
     PathBuf::from("connectors.d")
@@ -348,6 +356,7 @@ impl Default for DaemonConfig {
             min_backoff: default_min_backoff(),
             max_backoff: default_max_backoff(),
             connectors_dir: default_connectors_dir(),
+            watchdog_busy_limit: default_watchdog_busy_limit(),
         }
     }
 }

@@ -270,7 +270,10 @@ async fn poll_loop(
         // The poll itself is not cancelled: it commits or it does not, and
         // shutdown waits for it (up to the shutdown timeout).
         debug!(instance = %name, "Polling.");
-        match poll_instance(store.as_ref(), &inst).await {
+        let busy = crate::watchdog::busy(format!("polling {name}"));
+        let polled = poll_instance(store.as_ref(), &inst).await;
+        drop(busy);
+        match polled {
             Ok(n) => {
                 if failures > 0 {
                     info!(instance = %name, after_failures = failures, "Instance recovered.");
@@ -460,6 +463,14 @@ pub async fn run(
     );
     let mut generation = start_generation(config.clone(), store.clone(), instances, workers).await;
     notify_systemd("READY=1");
+    if let Some(interval) = crate::watchdog::interval_from_env() {
+        info!(interval = ?interval, "systemd watchdog on.");
+        tokio::spawn(crate::watchdog::run(
+            interval,
+            config.daemon.watchdog_busy_limit.0,
+            notify_systemd,
+        ));
+    }
     loop {
         let signal = if reload_asked {
             reload_asked = false;
@@ -473,7 +484,9 @@ pub async fn run(
         match signal {
             Signal::Shutdown => break,
             Signal::Reload => {
-                notify_systemd("RELOADING=1");
+                // systemd 253+ (Type=notify-reload) wants the time of the
+                // reload request with it.
+                notify_systemd(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
                 match reload(&config_path, &config) {
                     Ok((new_config, instances)) => {
                         info!(instances = instances.len(), "Configuration reloaded.");
@@ -528,6 +541,20 @@ pub fn forward_unix_signals(tx: mpsc::Sender<Signal>) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds, as sd_notify's MONOTONIC_USEC wants.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
 /// Tells systemd (Type=notify) about our state, when run under it.

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod watchdog;
 
 /// The workers `hourglass run` starts beside the poll loops.
 pub fn workers() -> Vec<daemon::Worker> {

@@ -41,7 +41,10 @@ pub fn engine(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
             tokio::spawn(deliver_loop(ctx.clone(), stop.clone(), deliveries.clone()));
         loop {
             let now = Utc::now();
-            match tick(&ctx, now).await {
+            let busy = crate::watchdog::busy("the alert engine's pass");
+            let ticked = tick(&ctx, now).await;
+            drop(busy);
+            match ticked {
                 Ok(fired) if fired > 0 => deliveries.notify_one(),
                 Ok(_) => {}
                 Err(e) => warn!(error = %format!("{e:#}"), "Alert check failed; retrying."),

@@ -178,6 +178,7 @@ impl Sender {
             let claimed_at = Instant::now();
             let claimed = {
                 let _w = self.writes.lock().await;
+                let _busy = crate::watchdog::busy(format!("claiming replies of {}", self.name));
                 self.store
                     .claim_outbox_for(
                         &self.name,
@@ -323,7 +324,10 @@ impl Sender {
             return;
         }
         let timeout = finish_by.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(timeout, self.inst.connector.send_reply(&reply)).await {
+        let busy = crate::watchdog::busy(format!("sending a reply of {}", self.name));
+        let sent = tokio::time::timeout(timeout, self.inst.connector.send_reply(&reply)).await;
+        drop(busy);
+        match sent {
             Err(_) => warn!(
                 instance = %self.name,
                 reply = %item.id,
