@@ -52,6 +52,19 @@ pub struct EbayConfig {
     /// twentieth of it for replies.
     #[serde(default = "default_daily_call_budget")]
     pub daily_call_budget: u32,
+    /// The first sync reads whole conversations active in the last this
+    /// many days, and only the latest message of older ones (a large
+    /// account's full history would not fit in the daily call budget).
+    /// `0` reads every conversation whole.
+    #[serde(default = "default_backfill_days")]
+    pub backfill_days: u32,
+}
+
+/// Days of history the first sync reads in full by default.
+pub const DEFAULT_BACKFILL_DAYS: u32 = 30;
+
+fn default_backfill_days() -> u32 {
+    DEFAULT_BACKFILL_DAYS
 }
 
 fn default_api_url() -> String {
@@ -80,6 +93,7 @@ impl EbayConfig {
             username: None,
             mark_read: false,
             daily_call_budget: default_daily_call_budget(),
+            backfill_days: default_backfill_days(),
         }
     }
 

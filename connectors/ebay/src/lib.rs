@@ -276,6 +276,28 @@ impl EbayConnector {
         let mut reached_since = false;
         let mut fetched: Vec<(ConversationDetail, Option<String>, Vec<MessageDetail>)> = Vec::new();
         let listed = page.conversations.len();
+        // The scan may stop at the first conversation not newer than the
+        // cursor only if eBay listed this page newest first.
+        let latest_dates: Vec<Option<String>> = page
+            .conversations
+            .iter()
+            .map(|c| {
+                c.pointer("/latestMessage/createdDate")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        let newest_first = latest_dates
+            .iter()
+            .map(|d| d.as_deref().and_then(|d| d.parse::<DateTime<Utc>>().ok()))
+            .collect::<Option<Vec<_>>>()
+            .is_some_and(|d| d.windows(2).all(|w| w[0] >= w[1]));
+        // A first sync reads old conversations' latest message only: a
+        // large account's history would not fit in the daily call budget.
+        let backfill_from = match (since, self.config.backfill_days) {
+            (None, days) if days > 0 => Some(Utc::now() - chrono::Duration::days(i64::from(days))),
+            _ => None,
+        };
         for raw in page.conversations {
             let detail: ConversationDetail = match serde_json::from_value(raw.clone()) {
                 Ok(d) => d,
@@ -294,10 +316,26 @@ impl EbayConnector {
             };
             let latest = detail.latest_message.created_date;
             if since.is_some_and(|s| latest <= s) {
-                reached_since = true;
+                reached_since = newest_first;
                 continue;
             }
             top = Some(top.map_or(latest, |t| t.max(latest)));
+            if backfill_from.is_some_and(|from| latest < from) {
+                match raw
+                    .get("latestMessage")
+                    .cloned()
+                    .map(serde_json::from_value::<MessageDetail>)
+                {
+                    Some(Ok(m)) => fetched.push((detail, None, vec![m])),
+                    _ => batch.quarantined.push(Quarantined {
+                        external_id: Some(detail.conversation_id.clone()),
+                        source: format!("getConversations {}", kind.as_str()),
+                        error: "latestMessage is not the documented MessageDetail".to_owned(),
+                        raw: serde_json::to_vec(&raw).unwrap_or_default(),
+                    }),
+                }
+                continue;
+            }
             if let Some((title, messages)) = self
                 .conversation_messages(
                     &detail.conversation_id,

@@ -48,3 +48,43 @@ fn a_missing_secret_is_named_by_its_reference() {
         "{err}"
     );
 }
+
+#[test]
+fn the_readme_documents_every_key_and_only_real_ones() {
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("```toml")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let table: String = block
+        .split("[instances.ebay]")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.strip_prefix("# ")
+                .filter(|r| r.contains(" = "))
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c: EbayConfig = toml::from_str(&table).unwrap();
+    assert_eq!(c.username.as_deref(), Some("myshop"));
+    // Every field of EbayConfig appears in the README.
+    let keys = table.parse::<toml::Table>().unwrap();
+    for field in [
+        "api_url",
+        "token_url",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "marketplace_id",
+        "username",
+        "mark_read",
+        "daily_call_budget",
+        "backfill_days",
+    ] {
+        assert!(keys.contains_key(field), "README lacks {field}");
+    }
+}

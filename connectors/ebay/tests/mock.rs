@@ -53,8 +53,15 @@ impl Setup {
     }
 }
 
+/// Two days ago at 08:00 UTC, plus `minute` minutes: recent enough to be
+/// read in full by a first sync.
 fn at(minute: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap() + chrono::Duration::minutes(minute)
+    static BASE: std::sync::OnceLock<DateTime<Utc>> = std::sync::OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        let day = (Utc::now() - chrono::Duration::days(2)).date_naive();
+        Utc.from_utc_datetime(&day.and_hms_opt(8, 0, 0).unwrap())
+    });
+    *base + chrono::Duration::minutes(minute)
 }
 
 /// Polls until the connector says there is no more, committing cursors
@@ -224,10 +231,8 @@ async fn only_conversations_with_a_newer_message_are_fetched_again() {
         })
         .cloned()
         .unwrap();
-    assert_eq!(
-        listing.query.get("start_time").map(String::as_str),
-        Some("2026-11-20T08:59:00.000Z")
-    );
+    let newest_before = at(59).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(listing.query.get("start_time"), Some(&newest_before));
     s.assert_spec_kept();
 }
 
@@ -533,5 +538,47 @@ async fn the_connector_passes_the_conformance_suite() {
         .unwrap();
     assert_eq!(report.messages, 131);
     assert_eq!(report.polls, 3);
+    s.assert_spec_kept();
+}
+
+#[tokio::test]
+async fn a_first_sync_reads_old_conversations_latest_message_only() {
+    let s = setup();
+    let old = Utc::now() - chrono::Duration::days(60);
+    let stale = s
+        .mock
+        .add_conversation("buyer_old", Some("111122223333"), "Old question");
+    s.mock.buyer_writes(&stale, "Do you ship to Austria?", old);
+    let last = s
+        .mock
+        .seller_writes(&stale, "Yes.", old + chrono::Duration::hours(1));
+    let recent = seed(&s.mock, 1);
+    s.mock.seller_writes(&recent[0], "Yes, it is.", at(30));
+    let conn = s.connector();
+    let mut cursors = Cursors::new();
+    let first = sync(&conn, &mut cursors).await;
+
+    let of_stale: Vec<_> = first.iter().filter(|m| m.thread_key == stale).collect();
+    assert_eq!(of_stale.len(), 1, "the latest message only");
+    assert_eq!(of_stale[0].external_id, last);
+    assert_eq!(of_stale[0].direction, Direction::Outbound);
+    assert_eq!(
+        first.iter().filter(|m| m.thread_key == recent[0]).count(),
+        2
+    );
+    assert_eq!(s.mock.count(Route::GetConversation), 1);
+
+    // When the old conversation comes alive, it is read whole.
+    s.mock
+        .buyer_writes(&stale, "And to Switzerland?", Utc::now());
+    let batch = conn.poll(&cursors).await.unwrap();
+    assert_eq!(
+        batch
+            .messages
+            .iter()
+            .filter(|m| m.thread_key == stale)
+            .count(),
+        3
+    );
     s.assert_spec_kept();
 }
