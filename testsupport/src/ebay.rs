@@ -73,6 +73,10 @@ pub enum FaultKind {
     ExpireTokens,
     /// Answer only after this long (the request is served normally).
     Delay(Duration),
+    /// `send_message` and `update_conversation`: the request is served and recorded at once,
+    /// the answer comes after this long. A client killed meanwhile never
+    /// learns that it went through (what `check_sent` is for).
+    SlowAnswer(Duration),
 }
 
 /// A fault for the `skip + 1`-th matching request from now on.
@@ -439,8 +443,9 @@ fn message_json(m: &Msg) -> Value {
 }
 
 /// Records the request, applies a due fault and checks the bearer token.
-/// `Some(response)` ends the request there.
-async fn intake(state: &Shared, req: Request, headers: &HeaderMap) -> Option<Response> {
+/// `Err(response)` ends the request there; `Ok(delay)` is how long the
+/// answer must wait after the request was served.
+async fn intake(state: &Shared, req: Request, headers: &HeaderMap) -> Result<Duration, Response> {
     let route = req.route;
     let (fault, violations) = {
         let mut inner = state.lock();
@@ -462,6 +467,7 @@ async fn intake(state: &Shared, req: Request, headers: &HeaderMap) -> Option<Res
         (due.map(|i| inner.faults.remove(i)), violations)
     };
     state.lock().violations.extend(violations);
+    let mut slow = Duration::ZERO;
     match fault.map(|f| f.kind) {
         Some(FaultKind::Status {
             status,
@@ -480,10 +486,10 @@ async fn intake(state: &Shared, req: Request, headers: &HeaderMap) -> Option<Res
                     resp.headers_mut().insert("retry-after", v);
                 }
             }
-            return Some(resp);
+            return Err(resp);
         }
         Some(FaultKind::Malformed(body)) => {
-            return Some(
+            return Err(
                 (StatusCode::OK, [("content-type", "application/json")], body).into_response(),
             )
         }
@@ -493,6 +499,7 @@ async fn intake(state: &Shared, req: Request, headers: &HeaderMap) -> Option<Res
             }
         }
         Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
+        Some(FaultKind::SlowAnswer(d)) => slow = d,
         None => {}
     }
     let token = headers
@@ -506,7 +513,7 @@ async fn intake(state: &Shared, req: Request, headers: &HeaderMap) -> Option<Res
         .get(token)
         .is_some_and(|until| Instant::now() < *until);
     if !valid {
-        return Some(
+        return Err(
             (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"errors": [{
@@ -520,7 +527,7 @@ async fn intake(state: &Shared, req: Request, headers: &HeaderMap) -> Option<Res
                 .into_response(),
         );
     }
-    None
+    Ok(slow)
 }
 
 fn violation(state: &Shared, status: StatusCode, error_id: u64, message: String) -> Response {
@@ -705,9 +712,10 @@ async fn get_conversations(
         marketplace: marketplace(&headers),
         body: None,
     };
-    if let Some(r) = intake(&state, req, &headers).await {
-        return r;
-    }
+    let _slow = match intake(&state, req, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     const KNOWN: &[&str] = &[
         "conversation_status",
         "conversation_type",
@@ -868,9 +876,10 @@ async fn get_conversation(
         marketplace: marketplace(&headers),
         body: None,
     };
-    if let Some(r) = intake(&state, req, &headers).await {
-        return r;
-    }
+    let _slow = match intake(&state, req, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     if let Some(k) = q
         .keys()
         .find(|k| !["conversation_type", "limit", "offset"].contains(&k.as_str()))
@@ -964,9 +973,10 @@ async fn send_message(
         marketplace: marketplace(&headers),
         body: parsed,
     };
-    if let Some(r) = intake(&state, req, &headers).await {
-        return r;
-    }
+    let slow = match intake(&state, req, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     let body = match json_body(&state, &headers, &raw, "send_message") {
         Ok(b) => b,
         Err(r) => return r,
@@ -1012,6 +1022,14 @@ async fn send_message(
             "Please pass message text or upload one of more media attachments.".into(),
         );
     }
+    let resp = accept_message(&state, &body, text, media);
+    if resp.status().is_success() && !slow.is_zero() {
+        tokio::time::sleep(slow).await;
+    }
+    resp
+}
+
+fn accept_message(state: &Shared, body: &Value, text: String, media: Vec<Value>) -> Response {
     let conv_id = body["conversationId"].as_str().map(str::to_owned);
     let other = body["otherPartyUsername"].as_str().map(str::to_owned);
     let mut inner = state.lock();
@@ -1054,7 +1072,7 @@ async fn send_message(
         (None, None) => {
             drop(inner);
             return violation(
-                &state,
+                state,
                 StatusCode::BAD_REQUEST,
                 355018,
                 "conversationId and otherPartyUsername cannot both be empty.".into(),
@@ -1107,9 +1125,10 @@ async fn update_conversation(
         marketplace: marketplace(&headers),
         body: parsed,
     };
-    if let Some(r) = intake(&state, req, &headers).await {
-        return r;
-    }
+    let slow = match intake(&state, req, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     let body = match json_body(&state, &headers, &raw, "update_conversation") {
         Ok(b) => b,
         Err(r) => return r,
@@ -1148,6 +1167,14 @@ async fn update_conversation(
             "Invalid or unrecognized conversation_id value.".into(),
         );
     };
+    let resp = apply_update(&state, &body, kind, cid);
+    if resp.status().is_success() && !slow.is_zero() {
+        tokio::time::sleep(slow).await;
+    }
+    resp
+}
+
+fn apply_update(state: &Shared, body: &Value, kind: &str, cid: &str) -> Response {
     let read = body["read"].as_bool();
     let mut inner = state.lock();
     let Some(c) = inner

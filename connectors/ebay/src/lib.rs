@@ -314,7 +314,9 @@ impl EbayConnector {
                     continue;
                 }
             };
-            let latest = detail.latest_message.created_date;
+            let Some(latest) = detail.latest_message.as_ref().map(|m| m.created_date) else {
+                continue;
+            };
             if since.is_some_and(|s| latest <= s) {
                 reached_since = newest_first;
                 continue;

@@ -54,7 +54,9 @@ pub struct ConversationDetail {
     pub reference_id: Option<String>,
     #[serde(default)]
     pub reference_type: Option<String>,
-    pub latest_message: LatestMessage,
+    /// Absent in a conversation with nothing in it.
+    #[serde(default)]
+    pub latest_message: Option<LatestMessage>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

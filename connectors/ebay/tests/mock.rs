@@ -582,3 +582,32 @@ async fn a_first_sync_reads_old_conversations_latest_message_only() {
     );
     s.assert_spec_kept();
 }
+
+#[tokio::test]
+async fn a_reply_whose_answer_never_came_is_found_by_check_sent() {
+    let s = setup();
+    let convs = seed(&s.mock, 1);
+    s.mock.inject(
+        Route::SendMessage,
+        0,
+        FaultKind::SlowAnswer(Duration::from_secs(600)),
+    );
+    let reply = reply_to(&convs[0], "Refund issued.", "outbox-9");
+    let conn = std::sync::Arc::new(s.connector());
+    let sending = {
+        let conn = conn.clone();
+        let reply = reply.clone();
+        tokio::spawn(async move { conn.send_reply(&reply).await })
+    };
+    // eBay has the message; the daemon dies before the answer arrives.
+    while s.mock.sent().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sending.abort();
+    let after_restart = s.connector();
+    match after_restart.check_sent(&reply).await.unwrap() {
+        SentCheck::Sent(found) => assert_eq!(found.external_id, s.mock.sent()[0].message_id),
+        other => panic!("the reply was not found: {other:?}"),
+    }
+    assert_eq!(s.mock.sent().len(), 1);
+}
