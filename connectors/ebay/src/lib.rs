@@ -117,8 +117,9 @@ impl EbayConnector {
         self.seller.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every message of a conversation, paged. `Ok(None)` when eBay no
-    /// longer knows it; `Err(raw)` when a page is not the documented JSON.
+    /// Every message of a conversation, paged, with its title. `Ok(None)`
+    /// when eBay no longer knows it, or when a page is not the documented
+    /// JSON (then quarantined with its raw bytes).
     async fn conversation_messages(
         &self,
         id: &str,
@@ -173,7 +174,7 @@ impl EbayConnector {
             }
             let mut dates = Vec::new();
             for raw in page.messages {
-                match serde_json::from_value::<MessageDetail>(raw.clone()) {
+                match MessageDetail::deserialize(&raw) {
                     Ok(m) => {
                         dates.push(m.created_date);
                         out.push(m);
@@ -299,7 +300,7 @@ impl EbayConnector {
             _ => None,
         };
         for raw in page.conversations {
-            let detail: ConversationDetail = match serde_json::from_value(raw.clone()) {
+            let detail = match ConversationDetail::deserialize(&raw) {
                 Ok(d) => d,
                 Err(e) => {
                     batch.quarantined.push(Quarantined {
