@@ -859,7 +859,7 @@ mod tests {
             "{shown}"
         );
         assert!(
-            shown.contains("email, maildir, amazon, simulated"),
+            shown.contains("email, maildir, amazon, ebay, simulated"),
             "{shown}"
         );
     }
@@ -910,12 +910,20 @@ mod tests {
         for sub in ["cur", "new", "tmp"] {
             std::fs::create_dir_all(maildir.join(sub)).unwrap();
         }
-        let tables = |kind: &str| match kind {
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "not-a-real-one").unwrap();
+        let tables = |kind: &str| {
+            match kind {
             "email" => "[instances.imap]\nhost = \"127.0.0.1\"\nusername = \"u\"\n".to_owned(),
             "maildir" | "amazon" => {
                 format!("[instances.maildir]\npath = \"{}\"\n", maildir.display())
             }
+            "ebay" => format!(
+                "[instances.ebay]\nclient_id = \"app\"\nclient_secret = \"file:{0}\"\nrefresh_token = \"file:{0}\"\n",
+                secret.display()
+            ),
             _ => String::new(),
+        }
         };
         for kind in crate::registry::kinds() {
             let path = write(

@@ -13,6 +13,7 @@ pub static PLATFORMS: &[&dyn Platform] = &[
     &hourglass_email::EMAIL,
     &hourglass_email::MAILDIR,
     &hourglass_amazon::AMAZON,
+    &hourglass_ebay::EBAY,
     &hourglass_simulated::PLATFORM,
 ];
 

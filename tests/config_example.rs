@@ -23,6 +23,8 @@ fn example_config_passes_check_config() {
         "TELEGRAM_BOT_TOKEN",
         "SP_API_CLIENT_SECRET",
         "SP_API_REFRESH_TOKEN",
+        "EBAY_CLIENT_SECRET",
+        "EBAY_REFRESH_TOKEN",
     ] {
         cmd.env(var, "https://hooks.example.com/x");
     }
@@ -33,7 +35,7 @@ fn example_config_passes_check_config() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 instances)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (5 instances)"));
 
     // Without the secrets, every missing one is reported with its place.
     let out = Command::new(common::BIN)

@@ -65,6 +65,16 @@ pub async fn enqueue(store: &dyn Store, reply: &NewReply) -> crate::store::Resul
     Ok(())
 }
 
+/// What the instance's platform would refuse whatever happens (eBay's
+/// 2,000 characters, Amazon's no-links rule), said before anything is
+/// queued. An instance no longer configured has no rules to apply.
+pub fn platform_refusal(config: &Config, instance: &str, body: &str) -> Result<(), String> {
+    match config.instance(instance).and_then(|i| i.settings().ok()) {
+        Some(settings) => settings.check_reply(body),
+        None => Ok(()),
+    }
+}
+
 /// Runs `reply`. Everything that can be wrong (unknown thread, template
 /// missing or with an undefined variable, empty text) is reported before
 /// anything is queued.
@@ -99,6 +109,10 @@ pub async fn reply_command(config: &Config, args: &ReplyArgs) -> anyhow::Result<
     };
     if body.is_empty() {
         eprintln!("error: nothing was queued: the reply is empty");
+        return Ok(ExitCode::from(1));
+    }
+    if let Err(reason) = platform_refusal(config, &thread.instance, &body) {
+        eprintln!("error: nothing was queued: {reason}");
         return Ok(ExitCode::from(1));
     }
     if config.instance(&thread.instance).is_none_or(|i| !i.enabled) {

@@ -3,6 +3,7 @@
 //! server's binary is missing, the test fails and says what to install.
 
 pub mod dovecot;
+pub mod ebay;
 pub mod mockplatform;
 pub mod net;
 pub mod pids;

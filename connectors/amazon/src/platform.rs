@@ -65,6 +65,10 @@ impl InstanceSettings for AmazonSettings {
         Some(SEND_QUOTA)
     }
 
+    fn check_reply(&self, text: &str) -> Result<(), String> {
+        crate::rules::check_reply(text)
+    }
+
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {
         let built = match (&self.imap, &self.maildir) {
             (Some(imap), _) => {

@@ -143,6 +143,13 @@ pub trait InstanceSettings: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// Refuses, before it is queued, a reply the platform would refuse
+    /// whatever happens (too long, a link where links are forbidden), with
+    /// the reason in words for the agent.
+    fn check_reply(&self, _text: &str) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The connector of the instance named `instance`. Errors never carry
     /// a secret.
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String>;
