@@ -311,9 +311,10 @@ pub async fn run(duration: Option<Duration>, keep: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let threads = store.threads(&ThreadFilter::default(), Utc::now()).await?;
+    let threads =
+        crate::view::threads(store.as_ref(), &ThreadFilter::default(), Utc::now()).await?;
     println!("Deadlines:");
-    print!("{}", crate::cli::render_threads(&threads));
+    print!("{}", crate::view::text::threads(&threads));
     println!("\nAlerts as they reach the capture (Ana Souza's 1h alert follows about 30 s in):");
 
     let stop = async {

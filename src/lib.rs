@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod view;
 
 /// The workers `hourglass run` starts beside the poll loops.
 pub fn workers() -> Vec<daemon::Worker> {
