@@ -386,6 +386,11 @@ pub trait Store: Send + Sync {
     /// Inbound messages that started a cycle since `since`, with the first
     /// human reply after each, for `stats`.
     async fn response_samples(&self, since: DateTime<Utc>) -> Result<Vec<ResponseSample>>;
+
+    /// The other threads of the customer behind thread `id` (other
+    /// channels, other orders), most recently active first, at most 20:
+    /// the web inbox shows a customer's whole conversation.
+    async fn customer_threads(&self, id: i64, now: DateTime<Utc>) -> Result<Vec<ThreadSummary>>;
 }
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {

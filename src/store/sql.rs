@@ -1515,6 +1515,22 @@ impl Store for SqlStore {
             .transpose()
     }
 
+    async fn customer_threads(&self, id: i64, now: DateTime<Utc>) -> Result<Vec<ThreadSummary>> {
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS} FROM threads t LEFT JOIN customers c ON c.id = t.customer_id
+             WHERE t.customer_id = (SELECT customer_id FROM threads WHERE id = $1)
+               AND t.id <> $2
+             ORDER BY t.updated_at DESC, t.id DESC
+             LIMIT 20"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| thread_from_row(r, now)).collect()
+    }
+
     async fn response_samples(&self, since: DateTime<Utc>) -> Result<Vec<ResponseSample>> {
         // Each inbound message that opened an awaiting cycle (no inbound
         // since the previous human reply), with the first human reply after.
