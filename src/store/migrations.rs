@@ -30,10 +30,10 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0002_error_alerts.sql"),
     },
     Migration {
-        version: 3,
+        version: 4,
         name: "customer_threads",
-        sqlite: include_str!("../../migrations/sqlite/0003_customer_threads.sql"),
-        postgres: include_str!("../../migrations/postgres/0003_customer_threads.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0004_customer_threads.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_customer_threads.sql"),
     },
 ];
 
