@@ -29,6 +29,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_error_alerts.sql"),
         postgres: include_str!("../../migrations/postgres/0002_error_alerts.sql"),
     },
+    Migration {
+        version: 3,
+        name: "http",
+        sqlite: include_str!("../../migrations/sqlite/0003_http.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_http.sql"),
+    },
 ];
 
 impl Migration {
