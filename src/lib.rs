@@ -14,6 +14,7 @@ pub mod connectors;
 pub mod daemon;
 pub mod demo;
 pub mod duration;
+pub mod http;
 pub mod outbox;
 pub mod stats;
 pub mod store;
@@ -24,5 +25,6 @@ pub mod view;
 pub fn workers() -> Vec<daemon::Worker> {
     let mut workers = alerts::WORKERS.to_vec();
     workers.push(outbox::worker);
+    workers.push(http::worker);
     workers
 }

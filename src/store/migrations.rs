@@ -30,6 +30,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0002_error_alerts.sql"),
     },
     Migration {
+        version: 3,
+        name: "http",
+        sqlite: include_str!("../../migrations/sqlite/0003_http.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_http.sql"),
+    },
+    Migration {
         version: 4,
         name: "customer_threads",
         sqlite: include_str!("../../migrations/sqlite/0004_customer_threads.sql"),

@@ -4,6 +4,7 @@
 //! with the same version numbers.
 
 mod migrations;
+mod push;
 mod sql;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::clock::{Policy, Status, Threshold};
 
 pub use migrations::{Backend, MIGRATIONS};
+pub use push::{sha256_hex, IdempotentReply, MetricsSnapshot, WebhookEvent};
 pub use sql::{redact_url as sql_redact, SqlStore};
 
 /// Store failures. Messages carry no secrets (URLs are shown without
@@ -252,6 +254,12 @@ pub struct ResponseSample {
 
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// The SQL store behind this one, for the HTTP surface's own tables
+    /// (webhook events, idempotency keys; see `push.rs`).
+    fn as_sql(&self) -> Option<&SqlStore> {
+        None
+    }
+
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>>;
     /// Versions already applied.

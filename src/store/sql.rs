@@ -648,6 +648,10 @@ impl SqlStore {
 
 #[async_trait]
 impl Store for SqlStore {
+    fn as_sql(&self) -> Option<&SqlStore> {
+        Some(self)
+    }
+
     async fn migrate(&self) -> Result<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
         sqlx::query(

@@ -125,4 +125,8 @@ impl Connector for AmazonConnector {
     async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
         self.source.check_sent(reply).await
     }
+
+    fn check_reply(&self, text: &str) -> Result<(), String> {
+        rules::check_reply(text)
+    }
 }
