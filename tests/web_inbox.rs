@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{deliver_mail, wait_until, TestApp, WebhookReceiver};
+use hourglass_testsupport::mockplatform::MockPlatform;
 use hourglass_testsupport::net::{free_port, wait_for_port};
 use hourglass_testsupport::smtp::SmtpSink;
 
@@ -360,9 +361,20 @@ fn set_cookie(resp: &reqwest::Response) -> (String, String) {
     (pair.to_owned(), attrs.to_owned())
 }
 
+/// The value of the hidden form field `name`.
+fn field(html: &str, name: &str) -> String {
+    let start = format!("name=\"{name}\" value=\"");
+    let at = html
+        .find(&start)
+        .unwrap_or_else(|| panic!("no field {name}"))
+        + start.len();
+    let value = html[at..].split('"').next().unwrap().to_owned();
+    assert!(!value.is_empty(), "field {name} is empty");
+    value
+}
+
 fn csrf_of(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
-    html[at..].split('"').next().unwrap().to_owned()
+    field(html, "csrf")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -494,4 +506,121 @@ async fn sign_in_is_slowed_forms_need_their_csrf_token_and_no_secret_shows() {
         !log.contains(TOKEN) && !log.contains("wrong-token"),
         "{log}"
     );
+}
+
+fn simulated_shop(mock: &MockPlatform, per_poll: u32, port: u16) -> String {
+    format!(
+        r#"[outbox]
+poll_interval = "100ms"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[[http.tokens]]
+name = "ana"
+secret = "env:HG_TOKEN_ANA"
+role = "agent"
+
+[[instances]]
+name = "shop"
+type = "simulated"
+schedule = "0 0 1 1 *"
+[instances.simulated]
+channel = "amazon"
+per_poll = {per_poll}
+threads = 1
+api_url = "{url}"
+"#,
+        url = mock.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_reply_shows_on_the_thread_in_plain_words_and_a_double_send_queues_once() {
+    let mock = MockPlatform::start(None).unwrap();
+    mock.refuse_to("buyer0@shop.sim", "the reply window has closed");
+    let port = free_port();
+    let mut app = TestApp::new(None, "");
+    let store = std::fs::read_to_string(&app.config).unwrap();
+    std::fs::write(
+        &app.config,
+        format!("{store}{}", simulated_shop(&mock, 1, port)),
+    )
+    .unwrap();
+    app.env.push(("HG_TOKEN_ANA".into(), TOKEN.into()));
+    app.json(&["sync", "--once", "--json"]);
+    std::fs::write(
+        &app.config,
+        format!("{store}{}", simulated_shop(&mock, 0, port)),
+    )
+    .unwrap();
+    let id = app.json(&["threads", "--json"])[0]["id"].as_i64().unwrap();
+
+    let mut daemon = app.spawn_daemon();
+    wait_for_port(port, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.log()));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    let (cookie, _) = set_cookie(&sign_in(&http, &base, TOKEN).await);
+    let page = |http: reqwest::Client, cookie: String, base: String| async move {
+        http.get(format!("{base}/threads/{id}"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let html = page(http.clone(), cookie.clone(), base.clone()).await;
+    let csrf = csrf_of(&html);
+    let key = field(&html, "idempotency_key");
+
+    // The same form sent twice (a double click, a resubmit) queues once.
+    for _ in 0..2 {
+        let resp = http
+            .post(format!("{base}/threads/{id}/reply"))
+            .header("cookie", &cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("idempotency_key", key.as_str()),
+                ("body", "Bom dia, já seguiu."),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303);
+    }
+    let outbox = || app.json(&["show", &id.to_string(), "--json"])["outbox"].clone();
+    wait_until(Duration::from_secs(20), || outbox()[0]["state"] == "failed")
+        .unwrap_or_else(|_| panic!("never failed: {}\nlog:\n{}", outbox(), daemon.log()));
+    assert_eq!(outbox().as_array().unwrap().len(), 1, "{}", outbox());
+
+    let html = page(http.clone(), cookie.clone(), base.clone()).await;
+    for needle in [
+        "The last reply did not go through.",
+        "The platform refused this reply: ",
+        "the reply window has closed",
+        ">Not sent<",
+    ] {
+        assert!(html.contains(needle), "{needle:?} missing:\n{html}");
+    }
+
+    // An empty reply is refused on the page, with nothing queued.
+    let resp = http
+        .post(format!("{base}/threads/{id}/reply"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("body", "   ")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("Nothing was sent: the reply is empty"));
+    assert_eq!(outbox().as_array().unwrap().len(), 1);
+    assert!(mock.accepted().is_empty());
+    daemon.stop_cleanly();
 }

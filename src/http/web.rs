@@ -849,6 +849,8 @@ fn outbox_label(state: &str) -> &'static str {
 
 /// An outbox entry's error, in plain words.
 fn outbox_error(state: &str, error: Option<&str>) -> Option<String> {
+    // The connector error's own prefix would say "refused" twice.
+    let error = error.map(|e| e.strip_prefix("Refused by the platform: ").unwrap_or(e));
     match (state, error) {
         ("failed", Some(e)) => Some(format!("The platform refused this reply: {e}")),
         ("failed", None) => Some("The platform refused this reply.".into()),
@@ -895,7 +897,10 @@ async fn thread_data(
     messages.sort_by(|a, b| a.sent_at.cmp(&b.sent_at));
     let mut errors = Vec::new();
     if let Some(e) = &detail.thread.last_error {
-        errors.push(context! { title => "The last reply did not go through.", text => e });
+        errors.push(context! {
+            title => "The last reply did not go through.",
+            text => e.strip_prefix("Refused by the platform: ").map(|r| format!("The platform refused it: {r}")).unwrap_or_else(|| e.clone()),
+        });
     }
     let outbox: Vec<_> = detail
         .outbox
@@ -1628,10 +1633,12 @@ mod tests {
     #[test]
     fn outbox_errors_in_plain_words() {
         assert_eq!(outbox_error("sent", None), None);
-        assert_eq!(
-            outbox_error("failed", Some("window closed")).as_deref(),
-            Some("The platform refused this reply: window closed")
-        );
+        for e in ["window closed", "Refused by the platform: window closed"] {
+            assert_eq!(
+                outbox_error("failed", Some(e)).as_deref(),
+                Some("The platform refused this reply: window closed")
+            );
+        }
         assert!(outbox_error("uncertain", None)
             .unwrap()
             .contains("Check on the platform"));
