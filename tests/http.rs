@@ -615,3 +615,80 @@ fn sighup_reloads_the_tokens() {
     assert!(!daemon.log().contains("the-new-agent-token"));
     daemon.stop_cleanly();
 }
+
+/// `hourglass demo` turns the server on and prints where, with a token
+/// that works; Amazon's no-links rule refuses a reply up front (422).
+#[test]
+fn the_demo_prints_a_working_inbox_url_and_token() {
+    use std::io::{BufRead, BufReader};
+    /// Stops the demo also when an assertion fails.
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut demo = Demo(
+        std::process::Command::new(common::BIN)
+            .args(["demo", "--for", "120s"])
+            .env_remove("HOURGLASS_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut demo.0;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let api_line = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.trim_start().starts_with("api "))
+        .expect("the demo printed no API line");
+    let token = api_line
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = api_line.split_whitespace().last().unwrap().to_owned();
+    let base = url.trim_end_matches("/api/v1/threads").to_owned();
+    std::thread::spawn(move || lines.for_each(drop));
+
+    wait_until(Duration::from_secs(30), || {
+        common::http::try_get(&base, "/api/v1/threads", Some(&token))
+            .is_some_and(|(_, v)| v.as_array().is_some_and(|a| a.len() >= 7))
+    })
+    .expect("the demo's threads never showed through the API");
+    let threads = get(&base, "/api/v1/threads", Some(&token)).1;
+    let amazon = threads
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["instance"] == "amazon-eu" && t["status"] != "answered")
+        .unwrap();
+    let refused = post(
+        &base,
+        &format!("/api/v1/threads/{}/reply", amazon["id"]),
+        Some(&token),
+        &[],
+        &json!({"body": "Details: https://demo-shop.example/returns"}),
+    );
+    assert_error(&refused, 422, "refused", "links");
+    let show = get(
+        &base,
+        &format!("/api/v1/threads/{}", amazon["id"]),
+        Some(&token),
+    )
+    .1;
+    assert_eq!(show["outbox"].as_array().unwrap().len(), 0);
+
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(child.wait().unwrap().success());
+}

@@ -118,3 +118,18 @@ pub fn assert_error(got: &(u16, serde_json::Value), status: u16, code: &str, men
         "error message {message:?} should mention {mentions:?}"
     );
 }
+
+/// Like [`get`], but `None` while nothing listens yet.
+pub fn try_get(base: &str, path: &str, token: Option<&str>) -> Option<(u16, serde_json::Value)> {
+    let mut req = client().get(format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().ok()?;
+    Some((
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}
