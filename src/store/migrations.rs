@@ -35,6 +35,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_http.sql"),
         postgres: include_str!("../../migrations/postgres/0003_http.sql"),
     },
+    Migration {
+        version: 4,
+        name: "threads_by_deadline",
+        sqlite: include_str!("../../migrations/sqlite/0004_threads_by_deadline.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_threads_by_deadline.sql"),
+    },
 ];
 
 impl Migration {
