@@ -44,7 +44,8 @@ fn p50_p99(mut micros: Vec<i64>) -> (f64, f64) {
 
 /// The thread list's first page as the store reads it (src/store/sql.rs):
 /// the same columns, join, order and limit.
-const FIRST_PAGE_SQL: &str = "SELECT t.id, t.instance, t.channel, t.thread_key, t.subject, t.order_id, \
+const FIRST_PAGE_SQL: &str =
+    "SELECT t.id, t.instance, t.channel, t.thread_key, t.subject, t.order_id, \
     t.marketplace, t.language, t.reply_to, t.awaiting_since, t.due_at, t.reply_window_closes_at, \
     t.last_outbound_at, t.handled_at, t.snoozed_until, t.message_count, t.last_error, \
     t.alerted_remaining_ms, t.next_alert_at, c.display_name AS customer \
@@ -52,7 +53,8 @@ const FIRST_PAGE_SQL: &str = "SELECT t.id, t.instance, t.channel, t.thread_key, 
     ORDER BY (t.due_at IS NULL), t.due_at, t.updated_at DESC, t.id LIMIT 100";
 
 /// What `/metrics` counts from the store, as one bare query.
-const METRICS_SQL: &str = "SELECT channel, due_at IS NULL AS open, COUNT(*) AS n FROM threads GROUP BY 1, 2";
+const METRICS_SQL: &str =
+    "SELECT channel, due_at IS NULL AS open, COUNT(*) AS n FROM threads GROUP BY 1, 2";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -141,12 +143,23 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    println!("Daemon listening at {base} after {} ms", started.elapsed().as_millis());
-    let client = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+    println!(
+        "Daemon listening at {base} after {} ms",
+        started.elapsed().as_millis()
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
 
     // Warm up both sides (page cache, prepared statements, connections).
     for _ in 0..20 {
-        client.get(format!("{base}/api/v1/threads")).bearer_auth(TOKEN).send().await?.bytes().await?;
+        client
+            .get(format!("{base}/api/v1/threads"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .bytes()
+            .await?;
         sqlx::query(FIRST_PAGE_SQL).fetch_all(store.pool()).await?;
     }
 
@@ -155,8 +168,16 @@ async fn main() -> anyhow::Result<()> {
     let mut rows_api = 0;
     for _ in 0..requests {
         let t = Instant::now();
-        let resp = client.get(format!("{base}/api/v1/threads")).bearer_auth(TOKEN).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "threads: HTTP {}", resp.status());
+        let resp = client
+            .get(format!("{base}/api/v1/threads"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "threads: HTTP {}",
+            resp.status()
+        );
         let body: Vec<serde_json::Value> = resp.json().await?;
         api.push(t.elapsed().as_micros() as i64);
         rows_api = body.len();
@@ -178,7 +199,11 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..requests {
         let t = Instant::now();
         let resp = client.get(format!("{base}/metrics")).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "metrics: HTTP {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "metrics: HTTP {}",
+            resp.status()
+        );
         scrape_bytes = resp.bytes().await?.len();
         scrape.push(t.elapsed().as_micros() as i64);
     }
@@ -187,7 +212,10 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..counts {
         let t = Instant::now();
         let rows = sqlx::query(METRICS_SQL).fetch_all(store.pool()).await?;
-        let _: i64 = rows.iter().map(|r| r.try_get::<i64, _>("n").unwrap_or(0)).sum();
+        let _: i64 = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("n").unwrap_or(0))
+            .sum();
         count_sql.push(t.elapsed().as_micros() as i64);
     }
     let (m50, m99) = p50_p99(scrape);
@@ -221,7 +249,11 @@ async fn main() -> anyhow::Result<()> {
                     .body(body)
                     .send()
                     .await?;
-                anyhow::ensure!(resp.status().is_success(), "webhook: HTTP {}", resp.status());
+                anyhow::ensure!(
+                    resp.status().is_success(),
+                    "webhook: HTTP {}",
+                    resp.status()
+                );
                 i += concurrency;
             }
             Ok::<_, anyhow::Error>(())
@@ -233,9 +265,10 @@ async fn main() -> anyhow::Result<()> {
     let intake_s = t.elapsed().as_secs_f64();
     // Wait until the daemon has turned them all into messages.
     let processed_by = loop {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM webhook_events WHERE processed_at IS NULL")
-            .fetch_one(store.pool())
-            .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM webhook_events WHERE processed_at IS NULL")
+                .fetch_one(store.pool())
+                .await?;
         if row.try_get::<i64, _>("n")? == 0 {
             break t.elapsed().as_secs_f64();
         }
@@ -254,7 +287,9 @@ async fn main() -> anyhow::Result<()> {
             while i < bodies.len() {
                 let mut body = bodies[i].clone();
                 body.push(b' '); // another body: not absorbed as a redelivery
-                store.store_webhook_event("direct", &body, Utc::now()).await?;
+                store
+                    .store_webhook_event("direct", &body, Utc::now())
+                    .await?;
                 i += concurrency;
             }
             Ok::<_, anyhow::Error>(())
@@ -264,11 +299,19 @@ async fn main() -> anyhow::Result<()> {
         task.await??;
     }
     let direct_s = t.elapsed().as_secs_f64();
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
 
     let threads_listed = store
-        .threads(&hourglass::store::ThreadFilter { limit: Some(100), ..Default::default() }, Utc::now())
+        .threads(
+            &hourglass::store::ThreadFilter {
+                limit: Some(100),
+                ..Default::default()
+            },
+            Utc::now(),
+        )
         .await?
         .len();
     println!();
@@ -281,15 +324,27 @@ async fn main() -> anyhow::Result<()> {
         "  /metrics scrape ({scrape_bytes} bytes)        p50 {m50:.2}  p99 {m99:.2}  | bare count SQL ({counts} runs) p50 {c50:.2}  p99 {c99:.2}  | ratio p99 {:.2}x",
         m99 / c99.max(0.001)
     );
-    println!("  target: p99 under 50 ms: thread list {}, metrics {}", verdict(api99 < 50.0), verdict(m99 < 50.0));
-    println!("  daemon RSS {} MB (peak {} MB); target under 40 MB: {}", rss / 1024, hwm / 1024, verdict(hwm < 40 * 1024));
+    println!(
+        "  target: p99 under 50 ms: thread list {}, metrics {}",
+        verdict(api99 < 50.0),
+        verdict(m99 < 50.0)
+    );
+    println!(
+        "  daemon RSS {} MB (peak {} MB); target under 40 MB: {}",
+        rss / 1024,
+        hwm / 1024,
+        verdict(hwm < 40 * 1024)
+    );
     println!(
         "Webhook intake: {pushes} signed deliveries, {concurrency} at a time: {:.0} req/s durable before the 200 (all processed into messages after {processed_by:.1} s) | the same insert directly: {:.0}/s | ratio {:.2}",
         pushes as f64 / intake_s,
         pushes as f64 / direct_s,
         (pushes as f64 / intake_s) / (pushes as f64 / direct_s)
     );
-    anyhow::ensure!(threads_listed == 100, "the store listed {threads_listed} threads");
+    anyhow::ensure!(
+        threads_listed == 100,
+        "the store listed {threads_listed} threads"
+    );
     Ok(())
 }
 

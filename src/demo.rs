@@ -284,8 +284,7 @@ pub async fn run(duration: Option<Duration>, keep: bool) -> anyhow::Result<()> {
         .tempdir()?;
     // Listen for Ctrl-C from the start: a SIGINT while the demo sets up
     // stops it cleanly too (and removes its temp directory).
-    let mut interrupt =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let now = Utc::now();
     let count = write_week(&dir.path().join("mail"), now)?;
     let (capture_url, mut captured) = start_capture().await?;

@@ -913,9 +913,8 @@ impl Store for SqlStore {
         // The status conditions mirror clock::status; answered and
         // no_response_needed differ only by columns compared in Rust.
         let mut now_param = None;
-        let mut at_now = |next: &mut dyn FnMut() -> String| {
-            now_param.get_or_insert_with(|| next()).clone()
-        };
+        let mut at_now =
+            |next: &mut dyn FnMut() -> String| now_param.get_or_insert_with(|| next()).clone();
         match filter.status {
             Some(Status::Answered) | Some(Status::NoResponseNeeded) => {
                 sql.push_str(" AND t.due_at IS NULL")
