@@ -217,7 +217,7 @@ pub enum PollError {
 }
 
 impl PollError {
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             PollError::Connector(e) => e.kind(),
             PollError::Store(_) => "store",
@@ -269,7 +269,14 @@ async fn poll_loop(
         }
         // The poll itself is not cancelled: it commits or it does not, and
         // shutdown waits for it (up to the shutdown timeout).
-        match poll_instance(store.as_ref(), &inst).await {
+        let started = std::time::Instant::now();
+        let result = poll_instance(store.as_ref(), &inst).await;
+        crate::http::metrics::record_poll(
+            &name,
+            started.elapsed(),
+            result.as_ref().err().map(|e| e.kind()),
+        );
+        match result {
             Ok(n) => {
                 if failures > 0 {
                     info!(instance = %name, after_failures = failures, "Instance recovered.");

@@ -45,7 +45,46 @@ fn recorder() -> Option<&'static PrometheusHandle> {
 
 /// Installs the recorder early, so counts start before the first scrape.
 pub fn install() {
-    let _ = recorder();
+    if recorder().is_some() {
+        describe();
+    }
+}
+
+fn describe() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        metrics::describe_counter!(
+            "hourglass_polls_total",
+            "Polls per instance by outcome (ok, or the error kind)."
+        );
+        metrics::describe_histogram!(
+            "hourglass_poll_duration_seconds",
+            metrics::Unit::Seconds,
+            "How long polls take per instance."
+        );
+        metrics::describe_counter!(
+            "hourglass_webhook_requests_total",
+            "Webhook requests per instance by outcome (stored, duplicate, rejected, handshake, ...)."
+        );
+        metrics::describe_counter!(
+            "hourglass_http_replies_queued_total",
+            "Replies queued through the HTTP API and web inbox."
+        );
+    });
+}
+
+/// Counts one poll of `instance`: its duration, and its error kind when it
+/// failed.
+pub fn record_poll(instance: &str, took: Duration, error: Option<&'static str>) {
+    let outcome = error.unwrap_or("ok");
+    metrics::counter!(
+        "hourglass_polls_total",
+        "instance" => instance.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+    metrics::histogram!("hourglass_poll_duration_seconds", "instance" => instance.to_owned())
+        .record(took.as_secs_f64());
 }
 
 /// The cached store counts of one generation.
@@ -151,6 +190,32 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Every status of every channel seen, 0 where none: a series that
+/// vanishes reads as "no data", not as zero.
+fn thread_rows(threads: &[(String, String, i64)]) -> Vec<(String, i64)> {
+    const STATUSES: [&str; 5] = [
+        "awaiting",
+        "breached",
+        "snoozed",
+        "answered",
+        "no_response_needed",
+    ];
+    let mut channels: Vec<&str> = threads.iter().map(|(c, _, _)| c.as_str()).collect();
+    channels.dedup();
+    let mut out = Vec::new();
+    for c in channels {
+        for st in STATUSES {
+            let n = threads
+                .iter()
+                .find(|(tc, ts, _)| tc == c && ts == st)
+                .map(|(_, _, n)| *n)
+                .unwrap_or(0);
+            out.push((format!("{{channel=\"{}\",status=\"{st}\"}}", label(c)), n));
+        }
+    }
+    out
+}
+
 fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
     let Some(s) = s else {
         return;
@@ -167,15 +232,7 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
         "hourglass_threads",
         "gauge",
         "Threads by channel and status.",
-        s.threads
-            .iter()
-            .map(|(c, st, n)| {
-                (
-                    format!("{{channel=\"{}\",status=\"{}\"}}", label(c), label(st)),
-                    *n,
-                )
-            })
-            .collect(),
+        thread_rows(&s.threads),
     );
     let breached: i64 = s
         .threads

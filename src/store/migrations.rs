@@ -37,9 +37,15 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        name: "threads_by_deadline",
+        sqlite: include_str!("../../migrations/sqlite/0004_threads_by_deadline.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_threads_by_deadline.sql"),
+    },
+    Migration {
+        version: 5,
         name: "customer_threads",
-        sqlite: include_str!("../../migrations/sqlite/0004_customer_threads.sql"),
-        postgres: include_str!("../../migrations/postgres/0004_customer_threads.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0005_customer_threads.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_customer_threads.sql"),
     },
 ];
 

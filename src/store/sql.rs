@@ -910,16 +910,50 @@ impl Store for SqlStore {
         if filter.instance.is_some() {
             sql.push_str(&format!(" AND t.instance = {}", next()));
         }
+        // The status conditions mirror clock::status; answered and
+        // no_response_needed differ only by columns compared in Rust.
+        let mut now_param = None;
+        let mut at_now =
+            |next: &mut dyn FnMut() -> String| now_param.get_or_insert_with(|| next()).clone();
         match filter.status {
             Some(Status::Answered) | Some(Status::NoResponseNeeded) => {
                 sql.push_str(" AND t.due_at IS NULL")
             }
-            Some(_) => sql.push_str(" AND t.due_at IS NOT NULL"),
+            Some(Status::Snoozed) => {
+                let now_p = at_now(&mut next);
+                sql.push_str(&format!(
+                    " AND t.due_at IS NOT NULL AND t.snoozed_until > {now_p}"
+                ));
+            }
+            Some(Status::Breached) => {
+                let now_p = at_now(&mut next);
+                sql.push_str(&format!(
+                    " AND t.due_at <= {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
+                ));
+            }
+            Some(Status::Awaiting) => {
+                let now_p = at_now(&mut next);
+                sql.push_str(&format!(
+                    " AND t.due_at > {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
+                ));
+            }
             None => {}
         }
-        sql.push_str(
-            " ORDER BY CASE WHEN t.due_at IS NULL THEN 1 ELSE 0 END, t.due_at, t.updated_at DESC, t.id",
+        // Matches the threads_by_deadline index (migration 0004): the
+        // first page of a million threads reads a page of rows, not all.
+        sql.push_str(" ORDER BY (t.due_at IS NULL), t.due_at, t.updated_at DESC, t.id");
+        let exact = !matches!(
+            filter.status,
+            Some(Status::Answered) | Some(Status::NoResponseNeeded)
         );
+        let limit_param = match filter.limit {
+            Some(_) if exact => {
+                let p = next();
+                sql.push_str(&format!(" LIMIT {p}"));
+                true
+            }
+            _ => false,
+        };
         let mut q = sqlx::query(&sql);
         if let Some(limit) = due_limit {
             q = q.bind(limit);
@@ -930,10 +964,17 @@ impl Store for SqlStore {
         if let Some(i) = &filter.instance {
             q = q.bind(i.clone());
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        if now_param.is_some() {
+            q = q.bind(ms(now));
+        }
+        if limit_param {
+            q = q.bind(filter.limit.unwrap_or(i64::MAX));
+        }
+        // Streamed: with a limit, reading stops at the last row needed.
+        let mut rows = q.fetch(&self.pool);
         let mut out = Vec::new();
-        for row in &rows {
-            let t = thread_from_row(row, now)?;
+        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+            let t = thread_from_row(&row, now)?;
             if filter.status.is_some_and(|s| s != t.status) {
                 continue;
             }
