@@ -191,6 +191,8 @@ def main():
         other.goto(f"{URL}/threads/{EXPECT['mark_id']}")
         other.get_by_role("button", name="No response needed").click()
         expect(other.get_by_role("status").first).to_contain_text("No response needed")
+        # Closed now: after signing out, its next poll would (rightly) get 401.
+        other.close()
         expect(row(page, EXPECT["mark_id"])).to_have_count(0, timeout=30_000)
         # The answered thread left the open list as well.
         expect(row(page, EXPECT["alerted_id"])).to_have_count(0)
