@@ -149,6 +149,9 @@ def main():
         expect(related).to_have_attribute("href", f"/threads/{EXPECT['related_id']}")
         expect(page.locator(".messages .msg")).to_have_count(2)
         expect(page.locator(".messages .msg.other")).to_have_count(1)
+        page.set_viewport_size(PHONE)
+        shot(page, "thread-related-360")
+        page.set_viewport_size(DESKTOP)
 
         # --- The thread an alert links to ---------------------------------
         step("the alert's thread shows its conversation, order and reply form")
@@ -170,7 +173,10 @@ def main():
         step("send a reply; it is queued, then shown as sent without a reload")
         page.evaluate("window.__sameDocument = true")
         page.get_by_label("Reply").fill(EXPECT["reply_text"])
-        page.get_by_role("button", name="Send").click()
+        # By keyboard: Tab from the text reaches Send, Enter sends.
+        page.get_by_label("Reply").press("Tab")
+        expect(page.get_by_role("button", name="Send")).to_be_focused()
+        page.keyboard.press("Enter")
         expect(page.get_by_role("status").first).to_contain_text("Reply queued")
         page.evaluate("window.__sameDocument = true")
         sent = page.locator(".outbox li").filter(has_text=EXPECT["reply_text"])
