@@ -832,8 +832,9 @@ struct MessageRow {
     text: String,
     automatic: bool,
     other: bool,
+    thread_id: i64,
     channel: String,
-    instance: String,
+    order_id: Option<String>,
 }
 
 fn outbox_label(state: &str) -> &'static str {
@@ -1016,8 +1017,9 @@ fn message_row(m: &view::Message, t: &view::Thread, other: bool) -> MessageRow {
         text: m.text.clone(),
         automatic: m.automatic,
         other,
+        thread_id: t.id,
         channel: t.channel.clone(),
-        instance: t.instance.clone(),
+        order_id: t.order_id.clone(),
     }
 }
 

@@ -91,6 +91,9 @@ def main():
         page.get_by_label("Token").fill("not-the-token")
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_role("alert")).to_contain_text("not valid")
+        page.set_viewport_size(PHONE)
+        shot(page, "login-refused-360")
+        page.set_viewport_size(DESKTOP)
         assert "not-the-token" not in page.content(), "the page shows the token that was typed"
         # The browser logs the refused sign-in's 401: that one is expected.
         problems[:] = [p for p in problems if "status of 401" not in p]
@@ -145,8 +148,11 @@ def main():
 
         step("a customer's other threads are part of the conversation")
         page.goto(f"{URL}/threads/{EXPECT['breached_id']}")
-        related = page.get_by_role("link", name=re.compile(re.escape(EXPECT["related_order"])))
+        related = page.locator("#live p.hint a", has_text=EXPECT["related_order"])
         expect(related).to_have_attribute("href", f"/threads/{EXPECT['related_id']}")
+        expect(page.locator(".messages .msg.other a.badge")).to_have_attribute(
+            "href", f"/threads/{EXPECT['related_id']}"
+        )
         expect(page.locator(".messages .msg")).to_have_count(2)
         expect(page.locator(".messages .msg.other")).to_have_count(1)
         page.set_viewport_size(PHONE)
