@@ -159,6 +159,10 @@ fn forged_webhooks_leave_nothing_and_verified_ones_become_threads() {
     })
     .expect("never quarantined");
 
+    // Bodies over [http] max_body_bytes are refused before anything else.
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    assert_eq!(push(&base, &huge, Some(SECRET)).0, 413);
+
     // Unknown instance.
     assert_eq!(
         client()
