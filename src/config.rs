@@ -632,6 +632,9 @@ fn validate(config: &Config, sources: &[Source], origin: &[usize], diags: &mut V
     for (value, message) in config.alerts.problems() {
         diags.push(main.diag_at(main.find_value(&value), format!("alerts: {message}")));
     }
+    for (value, message) in config.http.problems() {
+        diags.push(main.diag_at(main.find_value(&value), format!("http: {message}")));
+    }
     if let Some(pw) = &config.store.password {
         if let Err(e) = pw.resolve() {
             diags.push(main.diag_at(

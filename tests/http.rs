@@ -692,3 +692,31 @@ fn the_demo_prints_a_working_inbox_url_and_token() {
     assert!(ok.success());
     assert!(child.wait().unwrap().success());
 }
+
+/// `/readyz` says 503 when the store stops answering; `/healthz` stays 200.
+#[test]
+fn readyz_is_503_when_the_store_does_not_answer() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let url = pg.create_database("ready").unwrap();
+    let mut app = TestApp::new(Some(&url), HTTP_CONFIG);
+    app.env = token_env();
+    let mut daemon = app.spawn_daemon_with(&["--log-format", "json"]);
+    let base = base_url(&daemon);
+    let ready = get(&base, "/readyz", None);
+    assert_eq!(ready.0, 200, "{:?}", ready.1);
+    assert_eq!(ready.1["store"]["ok"], true);
+
+    drop(pg);
+    wait_until(Duration::from_secs(30), || {
+        get(&base, "/readyz", None).0 == 503
+    })
+    .expect("readyz stayed 200 with the store gone");
+    let ready = get(&base, "/readyz", None);
+    assert_eq!(ready.1["ready"], false);
+    assert_eq!(ready.1["store"]["ok"], false);
+    assert!(ready.1["store"]["error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
+    assert_eq!(get(&base, "/healthz", None).0, 200);
+    daemon.stop_cleanly();
+}

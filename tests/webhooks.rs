@@ -30,6 +30,9 @@ schedule = "0 0 1 1 *"
 channel = "messenger"
 per_poll = 0
 webhook_secret = "env:TEST_WEBHOOK_SECRET"
+
+[log]
+level = "info,tower_http=debug"
 {HTTP_CONFIG}{extra}"#
         ),
     );
@@ -159,6 +162,10 @@ fn forged_webhooks_leave_nothing_and_verified_ones_become_threads() {
     })
     .expect("never quarantined");
 
+    // Bodies over [http] max_body_bytes are refused before anything else.
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    assert_eq!(push(&base, &huge, Some(SECRET)).0, 413);
+
     // Unknown instance.
     assert_eq!(
         client()
@@ -234,6 +241,15 @@ fn forged_webhooks_leave_nothing_and_verified_ones_become_threads() {
         "{text}"
     );
     assert!(text.contains("hourglass_poll_duration_seconds"), "{text}");
+
+    // Requests are logged, without the handshake's verify token or any
+    // bearer token.
+    let log = daemon.log();
+    assert!(log.contains("/webhooks/shop-chat"), "{log}");
+    assert!(
+        !log.contains(SECRET) && !log.contains(AGENT),
+        "a secret reached the log"
+    );
     daemon.stop_cleanly();
 }
 

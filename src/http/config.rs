@@ -57,6 +57,81 @@ fn default_request_timeout() -> Dur {
     Dur::from_secs(30)
 }
 
+impl HttpConfig {
+    /// What is wrong with `[http]`, as (a value to locate it by, message).
+    /// Token values are read here (as every secret is by `check-config`)
+    /// and never shown.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        use hourglass_connector::secret::ExposeSecret as _;
+        let mut out = Vec::new();
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                out.push((
+                    url.clone(),
+                    format!("public_url {url:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        if self.max_body_bytes == 0 {
+            out.push((
+                "max_body_bytes".into(),
+                "max_body_bytes must be more than 0".into(),
+            ));
+        }
+        let mut seen: Vec<(&str, Option<String>)> = Vec::new();
+        for t in &self.tokens {
+            let here = t.secret.to_string();
+            if t.name.trim().is_empty() {
+                out.push((here.clone(), "a token needs a name".into()));
+            }
+            if seen.iter().any(|(n, _)| *n == t.name) {
+                out.push((
+                    t.name.clone(),
+                    format!("token name {:?} is used twice", t.name),
+                ));
+            }
+            let value = match t.secret.resolve() {
+                Ok(v) => Some(v.expose_secret().to_owned()),
+                Err(e) => {
+                    out.push((here.clone(), format!("token {:?}: {e}", t.name)));
+                    None
+                }
+            };
+            if let Some(v) = &value {
+                if v.len() < 16 {
+                    out.push((
+                        here.clone(),
+                        format!(
+                            "token {:?} is too short to be safe: use at least 16 characters",
+                            t.name
+                        ),
+                    ));
+                }
+                if let Some((other, _)) = seen.iter().find(|(_, o)| o.as_ref() == Some(v)) {
+                    out.push((
+                        here.clone(),
+                        format!("tokens {other:?} and {:?} have the same value", t.name),
+                    ));
+                }
+            }
+            seen.push((&t.name, value));
+        }
+        if self.metrics_require_token
+            && !self
+                .tokens
+                .iter()
+                .any(|t| matches!(t.role, Role::Metrics | Role::Admin))
+        {
+            out.push((
+                "metrics_require_token".into(),
+                "metrics_require_token = true, but no token has role \"metrics\" or \"admin\""
+                    .into(),
+            ));
+        }
+        out
+    }
+}
+
 /// `[[http.tokens]]`: one API token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,5 +167,55 @@ impl Role {
     /// everything; the others only their own.
     pub fn allows(self, needed: Role) -> bool {
         self == Role::Admin || self == needed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_problems_are_found_without_showing_values() {
+        std::env::set_var("HG_TEST_TOKEN_A", "0123456789abcdef-a");
+        std::env::set_var("HG_TEST_TOKEN_SHORT", "short");
+        let config: HttpConfig = toml::from_str(
+            r#"
+            public_url = "hourglass.example.com"
+            metrics_require_token = true
+            [[tokens]]
+            name = "ana"
+            secret = "env:HG_TEST_TOKEN_A"
+            role = "agent"
+            [[tokens]]
+            name = "ana"
+            secret = "env:HG_TEST_TOKEN_A"
+            role = "agent"
+            [[tokens]]
+            name = "bob"
+            secret = "env:HG_TEST_TOKEN_SHORT"
+            role = "agent"
+            [[tokens]]
+            name = "cy"
+            secret = "env:HG_TEST_TOKEN_MISSING"
+            role = "agent"
+            "#,
+        )
+        .unwrap();
+        let problems: Vec<String> = config.problems().into_iter().map(|(_, m)| m).collect();
+        let all = problems.join("\n");
+        assert!(all.contains("must start with http"), "{all}");
+        assert!(all.contains("\"ana\" is used twice"), "{all}");
+        assert!(all.contains("have the same value"), "{all}");
+        assert!(all.contains("\"bob\" is too short"), "{all}");
+        assert!(all.contains("HG_TEST_TOKEN_MISSING is not set"), "{all}");
+        assert!(all.contains("no token has role"), "{all}");
+        assert!(
+            !all.contains("0123456789abcdef") && !all.contains("short\""),
+            "{all}"
+        );
+        assert!(toml::from_str::<HttpConfig>("listen = \"127.0.0.1:8080\"")
+            .unwrap()
+            .problems()
+            .is_empty());
     }
 }

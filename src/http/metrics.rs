@@ -76,6 +76,8 @@ fn describe() {
 /// Counts one poll of `instance`: its duration, and its error kind when it
 /// failed.
 pub fn record_poll(instance: &str, took: Duration, error: Option<&'static str>) {
+    // The first poll may end before the HTTP worker has started.
+    install();
     let outcome = error.unwrap_or("ok");
     metrics::counter!(
         "hourglass_polls_total",

@@ -117,7 +117,14 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             http.request_timeout.0,
         ))
-        .layer(TraceLayer::new_for_http())
+        // Requests are logged at debug (`level = "info,tower_http=debug"`),
+        // by method and path only: a query string may carry a secret
+        // (Meta's hub.verify_token), and headers carry tokens.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<axum::body::Body>| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            },
+        ))
         .with_state(state)
 }
 

@@ -912,31 +912,25 @@ impl Store for SqlStore {
         }
         // The status conditions mirror clock::status; answered and
         // no_response_needed differ only by columns compared in Rust.
-        let mut now_param = None;
-        let mut at_now =
-            |next: &mut dyn FnMut() -> String| now_param.get_or_insert_with(|| next()).clone();
+        let now_param = matches!(
+            filter.status,
+            Some(Status::Snoozed) | Some(Status::Breached) | Some(Status::Awaiting)
+        )
+        .then(&mut next);
+        let now_p = now_param.as_deref().unwrap_or_default();
         match filter.status {
             Some(Status::Answered) | Some(Status::NoResponseNeeded) => {
                 sql.push_str(" AND t.due_at IS NULL")
             }
-            Some(Status::Snoozed) => {
-                let now_p = at_now(&mut next);
-                sql.push_str(&format!(
-                    " AND t.due_at IS NOT NULL AND t.snoozed_until > {now_p}"
-                ));
-            }
-            Some(Status::Breached) => {
-                let now_p = at_now(&mut next);
-                sql.push_str(&format!(
-                    " AND t.due_at <= {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
-                ));
-            }
-            Some(Status::Awaiting) => {
-                let now_p = at_now(&mut next);
-                sql.push_str(&format!(
-                    " AND t.due_at > {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
-                ));
-            }
+            Some(Status::Snoozed) => sql.push_str(&format!(
+                " AND t.due_at IS NOT NULL AND t.snoozed_until > {now_p}"
+            )),
+            Some(Status::Breached) => sql.push_str(&format!(
+                " AND t.due_at <= {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
+            )),
+            Some(Status::Awaiting) => sql.push_str(&format!(
+                " AND t.due_at > {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
+            )),
             None => {}
         }
         // Matches the threads_by_deadline index (migration 0004): the
