@@ -147,59 +147,61 @@ pub async fn process_pending(state: &AppState) -> usize {
             if events.is_empty() {
                 break;
             }
-            let mut progressed = false;
+            // One ingest (one write transaction) for the whole page of
+            // deliveries: under a burst, the processor takes the write lock
+            // once per page, not once per delivery, and intake keeps going.
+            let mut batch = Batch::default();
+            let mut ok = Vec::new();
+            let mut unreadable = Vec::new();
             for event in &events {
-                let (batch, error) = match inst.connector.parse_webhook(&event.body) {
-                    Ok(mut batch) => {
-                        batch.cursors.clear();
-                        (batch, None)
+                match inst.connector.parse_webhook(&event.body) {
+                    Ok(parsed) => {
+                        batch.messages.extend(parsed.messages);
+                        batch.quarantined.extend(parsed.quarantined);
+                        ok.push(event.id);
                     }
-                    Err(ConnectorError::BadData { reason, raw }) => (
-                        Batch {
-                            quarantined: vec![Quarantined {
-                                external_id: None,
-                                source: format!("webhook {}", event.id),
-                                error: reason.clone(),
-                                raw,
-                            }],
-                            ..Batch::default()
-                        },
-                        Some(reason),
-                    ),
+                    Err(ConnectorError::BadData { reason, raw }) => {
+                        batch.quarantined.push(Quarantined {
+                            external_id: None,
+                            source: format!("webhook {}", event.id),
+                            error: reason.clone(),
+                            raw,
+                        });
+                        unreadable.push((event.id, reason));
+                    }
                     Err(e) => {
                         warn!(instance = %name, delivery = event.id, error = %e, "Cannot process a webhook delivery; will retry.");
                         let _ = sql.retry_webhook_event(event.id, &e.to_string()).await;
-                        continue;
-                    }
-                };
-                match state.store.ingest(name, &batch, &inst.clocking).await {
-                    Ok(report) => {
-                        if let Err(e) = sql
-                            .finish_webhook_event(event.id, error.as_deref(), Utc::now())
-                            .await
-                        {
-                            // Processed again later: ingest absorbs it.
-                            warn!(instance = %name, delivery = event.id, error = %e, "Cannot mark a webhook delivery processed.");
-                        }
-                        if report.quarantined > 0 {
-                            warn!(instance = %name, delivery = event.id, "A webhook delivery could not be read; quarantined with its raw bytes.");
-                        }
-                        if report.inserted > 0 {
-                            info!(instance = %name, messages = report.inserted, "Ingested pushed messages.");
-                            state.ingested.notify_waiters();
-                        }
-                        done += 1;
-                        progressed = true;
-                    }
-                    Err(e) => {
-                        warn!(instance = %name, delivery = event.id, error = %e, "Cannot store pushed messages; will retry.");
-                        return done;
                     }
                 }
             }
-            if !progressed {
+            if ok.is_empty() && unreadable.is_empty() {
                 break;
             }
+            let report = match state.store.ingest(name, &batch, &inst.clocking).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(instance = %name, error = %e, "Cannot store pushed messages; will retry.");
+                    return done;
+                }
+            };
+            // Marked after the ingest committed: a crash in between
+            // processes them again, and ingest absorbs the repeat.
+            let now = Utc::now();
+            if let Err(e) = sql.finish_webhook_events(&ok, now).await {
+                warn!(instance = %name, error = %e, "Cannot mark webhook deliveries processed.");
+            }
+            for (id, reason) in &unreadable {
+                warn!(instance = %name, delivery = id, reason = %reason, "A webhook delivery could not be read; quarantined with its raw bytes.");
+                if let Err(e) = sql.finish_webhook_event(*id, Some(reason), now).await {
+                    warn!(instance = %name, error = %e, "Cannot mark a webhook delivery processed.");
+                }
+            }
+            if report.inserted > 0 {
+                info!(instance = %name, messages = report.inserted, "Ingested pushed messages.");
+                state.ingested.notify_waiters();
+            }
+            done += ok.len() + unreadable.len();
         }
     }
     done

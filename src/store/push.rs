@@ -128,6 +128,26 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Marks deliveries processed (their messages are stored).
+    pub async fn finish_webhook_events(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+        for chunk in ids.chunks(500) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE webhook_events SET processed_at = $1, error = NULL, attempts = attempts + 1
+                 WHERE id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql).bind(ms(now));
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
     /// Records a failed attempt; the delivery stays pending.
     pub async fn retry_webhook_event(&self, id: i64, error: &str) -> Result<()> {
         sqlx::query("UPDATE webhook_events SET error = $1, attempts = attempts + 1 WHERE id = $2")
