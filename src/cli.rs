@@ -11,11 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::clock::Status;
 use crate::config::{Config, LogFormat};
 use crate::daemon;
-use crate::duration::{format_left, Dur};
-use crate::store::{
-    ClockStore, InstanceStore, MigrationStore, QuarantineStore, StatsStore, Store, ThreadFilter,
-    ThreadStore, ThreadSummary,
-};
+use crate::duration::Dur;
+use crate::store::{ClockStore, MigrationStore, QuarantineStore, Store, ThreadFilter, ThreadStore};
+use crate::view::{self, text::truncate};
 
 /// hourglass: never miss a customer's reply deadline.
 #[derive(Debug, Parser)]
@@ -349,88 +347,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 status: args.status,
                 limit: args.limit,
             };
-            let threads = store.threads(&filter, Utc::now()).await?;
+            let threads = view::threads(store.as_ref(), &filter, Utc::now()).await?;
             if args.json {
                 print_json(&threads)?;
             } else {
-                print!("{}", render_threads(&threads));
+                print!("{}", view::text::threads(&threads));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id, json } => {
             let store = daemon::open_store(&config).await?;
-            let Some(detail) = store.thread(*id, Utc::now()).await? else {
+            let Some(detail) = view::thread(store.as_ref(), *id, Utc::now()).await? else {
                 eprintln!("error: thread {id} not found");
                 return Ok(ExitCode::from(1));
             };
             if *json {
                 print_json(&detail)?;
             } else {
-                let t = &detail.thread;
-                println!(
-                    "Thread {} · {} · {} · {}",
-                    t.id,
-                    t.instance,
-                    t.channel,
-                    t.status.as_str()
-                );
-                println!("Customer: {}", t.customer.as_deref().unwrap_or("-"));
-                if let Some(o) = &t.order_id {
-                    println!(
-                        "Order:    {o}{}",
-                        t.marketplace
-                            .as_ref()
-                            .map(|m| format!(" ({m})"))
-                            .unwrap_or_default()
-                    );
-                }
-                println!("Subject:  {}", t.subject.as_deref().unwrap_or("-"));
-                if let (Some(due), Some(left)) = (t.due_at, t.time_left_ms) {
-                    println!(
-                        "Due:      {} ({})",
-                        due.format("%Y-%m-%d %H:%M UTC"),
-                        format_left(left)
-                    );
-                }
-                if let Some(w) = t.reply_window_closes_at {
-                    println!(
-                        "Platform reply window closes {}",
-                        w.format("%Y-%m-%d %H:%M UTC")
-                    );
-                }
-                if let Some(err) = &t.last_error {
-                    println!("Error:    {err}");
-                }
-                for m in &detail.messages {
-                    println!(
-                        "\n--- {} {} {}{}",
-                        m.sent_at.format("%Y-%m-%d %H:%M"),
-                        m.direction,
-                        m.author.as_deref().unwrap_or(""),
-                        if m.automatic { " (automatic)" } else { "" }
-                    );
-                    println!("{}", m.text.trim_end());
-                }
-                for o in &detail.outbox {
-                    println!(
-                        "\n[outbox {} {}{}]",
-                        o.id,
-                        o.state,
-                        o.error
-                            .as_ref()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    );
-                }
-                for a in &detail.audit {
-                    println!(
-                        "[{} {} {} {}]",
-                        a.at.format("%Y-%m-%d %H:%M"),
-                        a.actor,
-                        a.action,
-                        a.detail
-                    );
-                }
+                print!("{}", view::text::thread(&detail));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -507,8 +441,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats { since, json } => {
             let store = daemon::open_store(&config).await?;
             let now = Utc::now();
-            let samples = store.response_samples(now - since.chrono()).await?;
-            let report = crate::stats::compute(&samples, &config, now);
+            let report = view::stats(store.as_ref(), &config, since.0, now).await?;
             if *json {
                 print_json(&report)?;
             } else {
@@ -551,44 +484,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connectors { command } => match command {
             ConnectorsCommand::List { json } => {
                 let store = daemon::open_store(&config).await?;
-                let known = store.instances().await?;
-                let mut rows = Vec::new();
-                for inst in &config.instances {
-                    let status = known.iter().find(|k| k.name == inst.name());
-                    rows.push(serde_json::json!({
-                        "name": inst.name(),
-                        "type": inst.kind(),
-                        "enabled": inst.enabled,
-                        "schedule": inst.schedule.as_ref().map(|s| s.get_ref().clone())
-                            .unwrap_or_else(|| crate::config::DEFAULT_SCHEDULE.to_owned()),
-                        "channel": status.map(|s| s.channel.clone()),
-                        "state": status.map(|s| s.state.clone()).unwrap_or_else(|| "idle".into()),
-                        "failures": status.map(|s| s.failures).unwrap_or(0),
-                        "last_error": status.and_then(|s| s.last_error.clone()),
-                        "last_error_kind": status.and_then(|s| s.last_error_kind.clone()),
-                        "last_poll_at": status.and_then(|s| s.last_poll_at),
-                        "last_success_at": status.and_then(|s| s.last_success_at),
-                        "next_poll_at": status.and_then(|s| s.next_poll_at),
-                        "messages_total": status.map(|s| s.messages_total).unwrap_or(0),
-                    }));
-                }
+                let rows = view::connectors(store.as_ref(), &config).await?;
                 if *json {
                     print_json(&rows)?;
                 } else {
-                    println!(
-                        "{:<20} {:<10} {:<12} {:>8}  LAST ERROR",
-                        "NAME", "TYPE", "STATE", "MESSAGES"
-                    );
-                    for r in &rows {
-                        println!(
-                            "{:<20} {:<10} {:<12} {:>8}  {}",
-                            r["name"].as_str().unwrap_or(""),
-                            r["type"].as_str().unwrap_or(""),
-                            r["state"].as_str().unwrap_or(""),
-                            r["messages_total"].as_i64().unwrap_or(0),
-                            r["last_error"].as_str().unwrap_or("")
-                        );
-                    }
+                    print!("{}", view::text::connectors(&rows));
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -610,42 +510,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         },
-    }
-}
-
-/// The deadline table.
-pub fn render_threads(threads: &[ThreadSummary]) -> String {
-    let mut out = format!(
-        "{:>5}  {:<18}  {:<20}  {:<10}  {:<14}  {:<22}  {:<19}  {}\n",
-        "ID", "STATUS", "DUE", "CHANNEL", "INSTANCE", "CUSTOMER", "ORDER", "SUBJECT"
-    );
-    for t in threads {
-        let due = t
-            .time_left_ms
-            .map(format_left)
-            .unwrap_or_else(|| "-".into());
-        out.push_str(&format!(
-            "{:>5}  {:<18}  {:<20}  {:<10}  {:<14}  {:<22}  {:<19}  {}\n",
-            t.id,
-            t.status.as_str(),
-            due,
-            t.channel,
-            truncate(&t.instance, 14),
-            truncate(t.customer.as_deref().unwrap_or("-"), 22),
-            t.order_id.as_deref().unwrap_or("-"),
-            truncate(t.subject.as_deref().unwrap_or(""), 50),
-        ));
-    }
-    out
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
     }
 }
 

@@ -267,15 +267,7 @@ pub fn parse_schedule(text: &str) -> Result<cron::Schedule, String> {
         .map_err(|e| format!("invalid cron schedule {text:?}: {e}"))
 }
 
-/// `[http]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Base URL for links to threads in alerts (your help desk or inbox),
-    /// e.g. `https://hourglass.example.com`; alerts link `{public_url}/threads/ID`.
-    #[serde(default)]
-    pub public_url: Option<String>,
-}
+pub use crate::http::config::HttpConfig;
 
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
@@ -748,6 +740,9 @@ fn validate(
     }
     for (value, message) in config.alerts.problems() {
         diags.push(main.diag_at(main.find_value(&value), format!("alerts: {message}")));
+    }
+    for (value, message) in config.http.problems() {
+        diags.push(main.diag_at(main.find_value(&value), format!("http: {message}")));
     }
     if let Some(pw) = &config.store.password {
         if let Err(e) = pw.resolve() {

@@ -217,7 +217,7 @@ pub enum PollError {
 }
 
 impl PollError {
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             PollError::Connector(e) => e.kind(),
             PollError::Store(_) => "store",
@@ -271,8 +271,14 @@ async fn poll_loop(
         // shutdown waits for it (up to the shutdown timeout).
         debug!(instance = %name, "Polling.");
         let busy = crate::watchdog::busy(format!("polling {name}"));
+        let started = std::time::Instant::now();
         let polled = poll_instance(store.as_ref(), &inst).await;
         drop(busy);
+        crate::http::metrics::record_poll(
+            &name,
+            started.elapsed(),
+            polled.as_ref().err().map(|e| e.kind()),
+        );
         match polled {
             Ok(n) => {
                 if failures > 0 {

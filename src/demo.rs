@@ -233,10 +233,20 @@ fn write_week(root: &Path, now: DateTime<Utc>) -> anyhow::Result<usize> {
 
 /// The demo's configuration: `config/demo.toml` with its placeholders
 /// filled in.
-fn demo_config(dir: &Path, capture: &str) -> String {
+fn demo_config(dir: &Path, capture: &str, listen: &str) -> String {
     include_str!("../config/demo.toml")
         .replace("@DIR@", &dir.display().to_string())
         .replace("@CAPTURE@", capture)
+        .replace("@LISTEN@", listen)
+}
+
+/// Where the demo's HTTP server listens: 127.0.0.1:8080 when free, else
+/// a free port.
+fn demo_listen() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:8080")
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .context("Cannot find a free port for the demo's HTTP server")?;
+    Ok(listener.local_addr()?)
 }
 
 /// Starts the local alert capture; returns its URL and a stream of what it
@@ -272,13 +282,23 @@ pub async fn run(duration: Option<Duration>, keep: bool) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("hourglass-demo-")
         .tempdir()?;
+    // Listen for Ctrl-C from the start: a SIGINT while the demo sets up
+    // stops it cleanly too (and removes its temp directory).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let now = Utc::now();
     let count = write_week(&dir.path().join("mail"), now)?;
     let (capture_url, mut captured) = start_capture().await?;
     let config_path = dir.path().join("hourglass.toml");
-    std::fs::write(&config_path, demo_config(dir.path(), &capture_url))?;
+    let listen = demo_listen()?;
+    std::fs::write(
+        &config_path,
+        demo_config(dir.path(), &capture_url, &listen.to_string()),
+    )?;
     // The sink's secret goes by reference, as in production.
     std::fs::write(dir.path().join("webhook-secret"), SECRET)?;
+    // So does the demo's API token: a fresh one per run.
+    let token = format!("demo-{:016x}", rand::random::<u64>());
+    std::fs::write(dir.path().join("demo-token"), &token)?;
     let config = Config::load(&config_path).map_err(|d| anyhow::anyhow!("{d}"))?;
     crate::telemetry::init(config.log.format, &config.log.level);
 
@@ -289,6 +309,8 @@ pub async fn run(duration: Option<Duration>, keep: bool) -> anyhow::Result<()> {
         dir.path().display()
     );
     println!("  alerts   webhook capture at {capture_url} (HMAC-signed)");
+    println!("  inbox    http://{listen}/  (sign in with the token {token})");
+    println!("  api      curl -H 'Authorization: Bearer {token}' http://{listen}/api/v1/threads");
     println!("  config   {}", config_path.display());
     println!("Press Ctrl-C to stop.\n");
 
@@ -311,17 +333,23 @@ pub async fn run(duration: Option<Duration>, keep: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let threads = store.threads(&ThreadFilter::default(), Utc::now()).await?;
+    let threads =
+        crate::view::threads(store.as_ref(), &ThreadFilter::default(), Utc::now()).await?;
     println!("Deadlines:");
-    print!("{}", crate::cli::render_threads(&threads));
+    print!("{}", crate::view::text::threads(&threads));
     println!("\nAlerts as they reach the capture (Ana Souza's 1h alert follows about 30 s in):");
 
+    // Ctrl-C stops it, also before `--for` is over.
     let stop = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
+        let limit = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            _ = limit => {}
+            _ = interrupt.recv() => {}
         }
     };
     tokio::pin!(stop);

@@ -13,16 +13,19 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod duration;
+pub mod http;
 pub mod outbox;
 pub mod registry;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod view;
 pub mod watchdog;
 
 /// The workers `hourglass run` starts beside the poll loops.
 pub fn workers() -> Vec<daemon::Worker> {
     let mut workers = alerts::WORKERS.to_vec();
     workers.push(outbox::worker);
+    workers.push(http::worker);
     workers
 }

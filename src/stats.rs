@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::duration::{format_compact, Dur};
 use crate::store::ResponseSample;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Figures {
     /// Customer messages that opened an awaiting cycle.
     pub conversations: usize,
@@ -22,7 +22,7 @@ pub struct Figures {
     pub first_response_p90_s: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub total: Figures,
     pub per_channel: BTreeMap<String, Figures>,

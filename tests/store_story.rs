@@ -194,6 +194,36 @@ async fn story(store: &dyn Store) {
         store.quarantine_raw(q[0].id).await.unwrap().unwrap(),
         b"\x00\xffgarbage"
     );
+
+    // A customer's other threads: Anna writes again about another order,
+    // from the same relay address; Bruno is someone else.
+    let mut again = buyer_message("m9", "anna-2", 1, "Anna Schmidt");
+    if let Some(c) = again.customer.as_mut() {
+        c.handle = "anna@marketplace.amazon.de".into();
+    }
+    again.order_id = Some("302-7654321-1234567".into());
+    let mut batch = Batch::default();
+    batch.messages.push(again);
+    store.ingest("amazon-eu", &batch, &c).await.unwrap();
+    let related = store.customer_threads(anna, Utc::now()).await.unwrap();
+    assert_eq!(related.len(), 1, "{related:?}");
+    assert_ne!(related[0].id, anna);
+    assert_eq!(related[0].order_id.as_deref(), Some("302-7654321-1234567"));
+    let back = store
+        .customer_threads(related[0].id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(back.iter().map(|t| t.id).collect::<Vec<_>>(), vec![anna]);
+    assert!(store
+        .customer_threads(bruno, Utc::now())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .customer_threads(999_999, Utc::now())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

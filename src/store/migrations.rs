@@ -30,6 +30,24 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_error_alerts.sql"),
         postgres: include_str!("../../migrations/postgres/0002_error_alerts.sql"),
     },
+    Migration {
+        version: 3,
+        name: "http",
+        sqlite: include_str!("../../migrations/sqlite/0003_http.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_http.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "threads_by_deadline",
+        sqlite: include_str!("../../migrations/sqlite/0004_threads_by_deadline.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_threads_by_deadline.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "customer_threads",
+        sqlite: include_str!("../../migrations/sqlite/0005_customer_threads.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_customer_threads.sql"),
+    },
 ];
 
 impl Migration {

@@ -16,6 +16,7 @@
 //! | `alerts.rs`      | alert points, error alerts and the delivery queue          |
 //! | `stats.rs`       | response samples for `stats`                               |
 //! | `quarantine.rs`  | items that could not be read, with their raw bytes         |
+//! | `push.rs`        | webhook deliveries, idempotency keys, metrics snapshots    |
 //!
 //! Adding a concern: a new file with its types, its trait and
 //! `impl ThatStore for SqlStore` (module docs first, like the others), its
@@ -32,6 +33,7 @@ mod ingest;
 mod instances;
 mod migrations;
 mod outbox;
+mod push;
 mod quarantine;
 mod sql;
 mod stats;
@@ -46,12 +48,22 @@ pub use ingest::{IngestReport, IngestStore};
 pub use instances::{InstanceStatus, InstanceStore, PollOutcome};
 pub use migrations::{MigrationStore, MIGRATIONS};
 pub use outbox::{NewReply, OutboxItem, OutboxOutcome, OutboxStore};
+pub use push::{sha256_hex, IdempotentReply, MetricsSnapshot, WebhookEvent};
 pub use quarantine::{QuarantineEntry, QuarantineStore};
 pub use sql::{redact_url as sql_redact, SqlStore};
 pub use stats::{ResponseSample, StatsStore};
 pub use threads::{
     AuditEntry, MessageView, OutboxView, ThreadDetail, ThreadFilter, ThreadStore, ThreadSummary,
 };
+
+/// Every concern trait, for code that holds a concrete [`SqlStore`]:
+/// `use crate::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        AlertStore, ClockStore, IngestStore, InstanceStore, MigrationStore, OutboxStore,
+        QuarantineStore, StatsStore, Store, ThreadStore,
+    };
+}
 
 /// Every concern of the store, for callers that hold one `dyn Store`.
 pub trait Store:
@@ -65,10 +77,19 @@ pub trait Store:
     + StatsStore
     + QuarantineStore
 {
+    /// The SQL store behind this one, for the HTTP surface's own tables
+    /// (webhook events, idempotency keys; see `push.rs`).
+    fn as_sql(&self) -> Option<&SqlStore> {
+        None
+    }
 }
 
 /// Stated once, so that a new concern is one line in [`Store`]'s list.
-impl Store for SqlStore {}
+impl Store for SqlStore {
+    fn as_sql(&self) -> Option<&SqlStore> {
+        Some(self)
+    }
+}
 
 /// Store failures. Messages carry no secrets (URLs are shown without
 /// passwords).

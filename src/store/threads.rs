@@ -110,6 +110,10 @@ pub trait ThreadStore: Send + Sync {
     ) -> Result<Vec<ThreadSummary>>;
     /// One thread with its messages, replies and audit log.
     async fn thread(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>>;
+    /// The other threads of the customer behind thread `id` (other
+    /// channels, other orders), most recently active first, at most 20:
+    /// the web inbox shows a customer's whole conversation.
+    async fn customer_threads(&self, id: i64, now: DateTime<Utc>) -> Result<Vec<ThreadSummary>>;
 }
 
 /// The columns [`thread_from_row`] reads, from `threads t LEFT JOIN
@@ -181,16 +185,44 @@ impl ThreadStore for SqlStore {
         if filter.instance.is_some() {
             sql.push_str(&format!(" AND t.instance = {}", next()));
         }
+        // The status conditions mirror clock::status; answered and
+        // no_response_needed differ only by columns compared in Rust.
+        let now_param = matches!(
+            filter.status,
+            Some(Status::Snoozed) | Some(Status::Breached) | Some(Status::Awaiting)
+        )
+        .then(&mut next);
+        let now_p = now_param.as_deref().unwrap_or_default();
         match filter.status {
             Some(Status::Answered) | Some(Status::NoResponseNeeded) => {
                 sql.push_str(" AND t.due_at IS NULL")
             }
-            Some(_) => sql.push_str(" AND t.due_at IS NOT NULL"),
+            Some(Status::Snoozed) => sql.push_str(&format!(
+                " AND t.due_at IS NOT NULL AND t.snoozed_until > {now_p}"
+            )),
+            Some(Status::Breached) => sql.push_str(&format!(
+                " AND t.due_at <= {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
+            )),
+            Some(Status::Awaiting) => sql.push_str(&format!(
+                " AND t.due_at > {now_p} AND (t.snoozed_until IS NULL OR t.snoozed_until <= {now_p})"
+            )),
             None => {}
         }
-        sql.push_str(
-            " ORDER BY CASE WHEN t.due_at IS NULL THEN 1 ELSE 0 END, t.due_at, t.updated_at DESC, t.id",
+        // Matches the threads_by_deadline index (migration 0004): the
+        // first page of a million threads reads a page of rows, not all.
+        sql.push_str(" ORDER BY (t.due_at IS NULL), t.due_at, t.updated_at DESC, t.id");
+        let exact = !matches!(
+            filter.status,
+            Some(Status::Answered) | Some(Status::NoResponseNeeded)
         );
+        let limit_param = match filter.limit {
+            Some(_) if exact => {
+                let p = next();
+                sql.push_str(&format!(" LIMIT {p}"));
+                true
+            }
+            _ => false,
+        };
         let mut q = sqlx::query(&sql);
         if let Some(limit) = due_limit {
             q = q.bind(limit);
@@ -201,10 +233,17 @@ impl ThreadStore for SqlStore {
         if let Some(i) = &filter.instance {
             q = q.bind(i.clone());
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        if now_param.is_some() {
+            q = q.bind(ms(now));
+        }
+        if limit_param {
+            q = q.bind(filter.limit.unwrap_or(i64::MAX));
+        }
+        // Streamed: with a limit, reading stops at the last row needed.
+        let mut rows = q.fetch(&self.pool);
         let mut out = Vec::new();
-        for row in &rows {
-            let t = thread_from_row(row, now)?;
+        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+            let t = thread_from_row(&row, now)?;
             if filter.status.is_some_and(|s| s != t.status) {
                 continue;
             }
@@ -214,6 +253,22 @@ impl ThreadStore for SqlStore {
             }
         }
         Ok(out)
+    }
+
+    async fn customer_threads(&self, id: i64, now: DateTime<Utc>) -> Result<Vec<ThreadSummary>> {
+        let sql = format!(
+            "SELECT {THREAD_COLUMNS} FROM threads t LEFT JOIN customers c ON c.id = t.customer_id
+             WHERE t.customer_id = (SELECT customer_id FROM threads WHERE id = $1)
+               AND t.id <> $2
+             ORDER BY t.updated_at DESC, t.id DESC
+             LIMIT 20"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| thread_from_row(r, now)).collect()
     }
 
     async fn thread(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>> {

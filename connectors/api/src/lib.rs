@@ -19,6 +19,7 @@ mod model;
 mod order;
 pub mod platform;
 pub mod secret;
+mod webhook;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -35,6 +36,7 @@ pub use model::{
 };
 pub use order::extract_order_id;
 pub use platform::{InstanceSettings, Platform, PlatformOf, RateLimit, SettingsProblem};
+pub use webhook::{constant_time_eq, WebhookRequest, WebhookVerdict};
 
 /// One configured platform account, seen from the daemon.
 #[async_trait]
@@ -96,5 +98,36 @@ pub trait Connector: Send + Sync {
     /// The default cannot tell, and the daemon marks the reply `uncertain`.
     async fn check_sent(&self, _reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
         Ok(SentCheck::CannotTell)
+    }
+
+    /// Whether the platform pushes to `/webhooks/{instance}`. When false
+    /// (the default) that route answers 404 for this instance.
+    fn accepts_webhooks(&self) -> bool {
+        false
+    }
+
+    /// Checks that a pushed request comes from the platform (a signature
+    /// over the raw body, a secret token, the handshake's verify token).
+    /// `Err(ConnectorError::Auth)` for a forged or unsigned request: the
+    /// daemon answers 401 and stores nothing. Cheap and synchronous: it
+    /// runs before the platform gets its answer.
+    fn verify_webhook(
+        &self,
+        _request: &WebhookRequest<'_>,
+    ) -> Result<WebhookVerdict, ConnectorError> {
+        Err(ConnectorError::Other(
+            "this connector takes no webhooks".to_owned(),
+        ))
+    }
+
+    /// Turns a verified, stored delivery into messages. Called after the
+    /// 200, and again after a crash or a platform's redelivery: the same
+    /// body must give the same `external_id`s. A body that cannot be read is
+    /// `BadData` (the daemon quarantines it). The batch's cursors are
+    /// ignored: pushes never move the poll cursor.
+    fn parse_webhook(&self, _body: &[u8]) -> Result<Batch, ConnectorError> {
+        Err(ConnectorError::Other(
+            "this connector takes no webhooks".to_owned(),
+        ))
     }
 }

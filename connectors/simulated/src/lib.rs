@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use hourglass_connector::platform::{InstanceSettings, PlatformOf, RateLimit};
 use hourglass_connector::{
     Batch, Capabilities, Connector, ConnectorError, Cursors, CustomerIdentity, Direction, Message,
-    OutgoingReply, SentCheck, SentReply,
+    OutgoingReply, SentCheck, SentReply, WebhookRequest, WebhookVerdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,13 @@ pub struct SimulatedSettings {
 }
 
 impl InstanceSettings for SimulatedSettings {
+    fn secrets(&self) -> Vec<(&'static str, &hourglass_connector::secret::SecretRef)> {
+        match &self.simulated.webhook_secret {
+            Some(r) => vec![("simulated.webhook_secret", r)],
+            None => Vec::new(),
+        }
+    }
+
     fn channel(&self, _kind: &str) -> String {
         self.simulated.channel.clone()
     }
@@ -112,6 +119,13 @@ pub struct SimulatedConfig {
     /// what was sent lives outside the daemon and survives its crash.
     #[serde(default)]
     pub api_url: Option<String>,
+    /// Webhook mode: the simulated platform also pushes messages to
+    /// `/webhooks/{instance}`, signed with this secret (HMAC-SHA256 of the
+    /// raw body, hex, in `X-Simulated-Signature: sha256=...`), and checks
+    /// the subscription like Meta (`GET ?hub.mode=subscribe&
+    /// hub.verify_token=SECRET&hub.challenge=...`).
+    #[serde(default)]
+    pub webhook_secret: Option<hourglass_connector::secret::SecretRef>,
 }
 
 impl Default for SimulatedConfig {
@@ -123,6 +137,7 @@ impl Default for SimulatedConfig {
             fail: None,
             poll_delay_ms: 0,
             api_url: None,
+            webhook_secret: None,
         }
     }
 }
@@ -167,6 +182,8 @@ pub struct SimulatedConnector {
     sent: Mutex<Vec<OutgoingReply>>,
     /// Client for `api_url`, when set.
     http: Option<reqwest::Client>,
+    /// The resolved `webhook_secret` (or why it could not be read).
+    webhook_key: Option<Result<secrecy::SecretString, String>>,
 }
 
 impl SimulatedConnector {
@@ -177,11 +194,16 @@ impl SimulatedConnector {
                 .build()
                 .unwrap_or_default()
         });
+        let webhook_key = config
+            .webhook_secret
+            .as_ref()
+            .map(|r| r.resolve().map_err(|e| e.to_string()));
         SimulatedConnector {
             instance: instance.to_owned(),
             config,
             sent: Mutex::new(Vec::new()),
             http,
+            webhook_key,
         }
     }
 
@@ -358,6 +380,109 @@ impl Connector for SimulatedConnector {
             _ => Ok(SentCheck::CannotTell),
         }
     }
+
+    fn accepts_webhooks(&self) -> bool {
+        self.webhook_key.is_some()
+    }
+
+    fn verify_webhook(
+        &self,
+        request: &WebhookRequest<'_>,
+    ) -> Result<WebhookVerdict, ConnectorError> {
+        use secrecy::ExposeSecret as _;
+        let key = match &self.webhook_key {
+            Some(Ok(key)) => key.expose_secret().as_bytes(),
+            Some(Err(e)) => return Err(ConnectorError::Other(format!("webhook_secret: {e}"))),
+            None => return Err(ConnectorError::Other("webhooks are not enabled".into())),
+        };
+        if request.method == "GET" {
+            let token = request.query_param("hub.verify_token").unwrap_or("");
+            return match (
+                request.query_param("hub.mode"),
+                request.query_param("hub.challenge"),
+            ) {
+                (Some("subscribe"), Some(challenge))
+                    if hourglass_connector::constant_time_eq(token.as_bytes(), key) =>
+                {
+                    Ok(WebhookVerdict::Respond {
+                        status: 200,
+                        content_type: "text/plain".into(),
+                        body: challenge.as_bytes().to_vec(),
+                    })
+                }
+                _ => Err(ConnectorError::Auth(
+                    "the subscription handshake does not match".into(),
+                )),
+            };
+        }
+        let given = request
+            .header("x-simulated-signature")
+            .and_then(|v| v.strip_prefix("sha256="))
+            .ok_or_else(|| ConnectorError::Auth("no X-Simulated-Signature header".into()))?;
+        if hourglass_connector::constant_time_eq(
+            given.as_bytes(),
+            simulated_signature(key, request.body).as_bytes(),
+        ) {
+            Ok(WebhookVerdict::Accept)
+        } else {
+            Err(ConnectorError::Auth(
+                "the signature does not match the body".into(),
+            ))
+        }
+    }
+
+    fn parse_webhook(&self, body: &[u8]) -> Result<Batch, ConnectorError> {
+        #[derive(Deserialize)]
+        struct Push {
+            messages: Vec<Pushed>,
+        }
+        #[derive(Deserialize)]
+        struct Pushed {
+            id: String,
+            buyer: String,
+            name: Option<String>,
+            text: String,
+            sent_at: DateTime<Utc>,
+        }
+        let push: Push = serde_json::from_slice(body).map_err(|e| ConnectorError::BadData {
+            reason: format!("unreadable webhook body: {e}"),
+            raw: body.to_vec(),
+        })?;
+        let messages = push
+            .messages
+            .into_iter()
+            .map(|p| {
+                let handle = format!("{}@{}.sim", p.buyer, self.instance);
+                let mut m = Message::new(p.id, p.buyer, Direction::Inbound, p.sent_at, p.text);
+                m.author = p.name.clone();
+                m.customer = Some(CustomerIdentity {
+                    channel: self.config.channel.clone(),
+                    handle: handle.clone(),
+                    display_name: p.name,
+                    email: None,
+                });
+                m.reply_to = Some(handle);
+                m
+            })
+            .collect();
+        Ok(Batch {
+            messages,
+            ..Batch::default()
+        })
+    }
+}
+
+/// The signature the simulated platform puts on a webhook body: hex of
+/// HMAC-SHA256(secret, body). Tests sign their pushes with it.
+pub fn simulated_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        Ok(m) => m,
+        // HMAC takes keys of any length; this cannot happen.
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Reads `{"id": ..., "sent_at": ...}` from the mock platform.

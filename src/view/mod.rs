@@ -1,0 +1,303 @@
+//! The views: the JSON shapes of threads, a thread, stats and connectors,
+//! defined once and built from the store. `hourglass ... --json` prints
+//! them, the HTTP API (`/api/v1/...`) answers with them and the web inbox
+//! renders them, so the three never drift. These shapes are a public
+//! contract (DESIGN §6): add fields, never rename or remove one.
+//!
+//! Text tables for the terminal live in [`text`]: fetching and rendering
+//! stay apart.
+
+pub mod text;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::clock::Status;
+use crate::config::Config;
+use crate::store::{self, Store, ThreadFilter};
+
+pub use crate::stats::{Figures, Report as Stats};
+
+/// A thread in a listing (`threads --json`, `GET /api/v1/threads`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Thread {
+    pub id: i64,
+    /// The configured instance the thread came in on.
+    pub instance: String,
+    /// `amazon`, `email`, `ebay`, `messenger`, ...
+    pub channel: String,
+    #[schema(value_type = String, example = "awaiting")]
+    /// awaiting | answered | breached | snoozed | no_response_needed
+    pub status: Status,
+    /// The customer's display name.
+    pub customer: Option<String>,
+    pub order_id: Option<String>,
+    pub marketplace: Option<String>,
+    pub subject: Option<String>,
+    pub language: Option<String>,
+    pub awaiting_since: Option<DateTime<Utc>>,
+    /// The reply deadline (RFC 3339 UTC), null when not awaiting.
+    pub due_at: Option<DateTime<Utc>>,
+    /// Milliseconds until `due_at` (negative when breached).
+    pub time_left_ms: Option<i64>,
+    /// When the platform stops accepting free replies (Meta's 24 h).
+    pub reply_window_closes_at: Option<DateTime<Utc>>,
+    pub snoozed_until: Option<DateTime<Utc>>,
+    pub message_count: i64,
+    /// The last refused or bounced reply, in plain words.
+    pub last_error: Option<String>,
+}
+
+impl From<&store::ThreadSummary> for Thread {
+    fn from(t: &store::ThreadSummary) -> Thread {
+        Thread {
+            id: t.id,
+            instance: t.instance.clone(),
+            channel: t.channel.clone(),
+            status: t.status,
+            customer: t.customer.clone(),
+            order_id: t.order_id.clone(),
+            marketplace: t.marketplace.clone(),
+            subject: t.subject.clone(),
+            language: t.language.clone(),
+            awaiting_since: t.awaiting_since,
+            due_at: t.due_at,
+            time_left_ms: t.time_left_ms,
+            reply_window_closes_at: t.reply_window_closes_at,
+            snoozed_until: t.snoozed_until,
+            message_count: t.message_count,
+            last_error: t.last_error.clone(),
+        }
+    }
+}
+
+/// One message of a thread.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Message {
+    pub id: i64,
+    /// The platform's id of the message.
+    pub external_id: String,
+    /// inbound | outbound | system
+    pub direction: String,
+    /// An auto-responder or other automatic message.
+    pub automatic: bool,
+    pub sent_at: DateTime<Utc>,
+    pub author: Option<String>,
+    pub subject: Option<String>,
+    pub text: String,
+}
+
+/// A reply in the outbox and its state.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OutboxEntry {
+    pub id: String,
+    /// queued | sending | sent | failed | uncertain
+    pub state: String,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub text: String,
+}
+
+/// One entry of a thread's audit log (marks, snoozes, replies).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// A thread and its whole conversation (`show --json`,
+/// `GET /api/v1/threads/{id}`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ThreadDetail {
+    #[serde(flatten)]
+    pub thread: Thread,
+    pub messages: Vec<Message>,
+    pub outbox: Vec<OutboxEntry>,
+    pub audit: Vec<AuditEntry>,
+}
+
+impl From<&store::ThreadDetail> for ThreadDetail {
+    fn from(d: &store::ThreadDetail) -> ThreadDetail {
+        ThreadDetail {
+            thread: Thread::from(&d.thread),
+            messages: d
+                .messages
+                .iter()
+                .map(|m| Message {
+                    id: m.id,
+                    external_id: m.external_id.clone(),
+                    direction: m.direction.clone(),
+                    automatic: m.automatic,
+                    sent_at: m.sent_at,
+                    author: m.author.clone(),
+                    subject: m.subject.clone(),
+                    text: m.text.clone(),
+                })
+                .collect(),
+            outbox: d
+                .outbox
+                .iter()
+                .map(|o| OutboxEntry {
+                    id: o.id.clone(),
+                    state: o.state.clone(),
+                    attempts: o.attempts,
+                    error: o.error.clone(),
+                    created_at: o.created_at,
+                    sent_at: o.sent_at,
+                    text: o.text.clone(),
+                })
+                .collect(),
+            audit: d
+                .audit
+                .iter()
+                .map(|a| AuditEntry {
+                    at: a.at,
+                    actor: a.actor.clone(),
+                    action: a.action.clone(),
+                    detail: a.detail.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A configured instance and its state (`connectors list --json`,
+/// `GET /api/v1/connectors`). Fields in alphabetical order: the JSON
+/// has always listed them so.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConnectorStatus {
+    /// Null until the instance has run once.
+    pub channel: Option<String>,
+    pub enabled: bool,
+    /// Consecutive failed polls.
+    pub failures: i64,
+    pub last_error: Option<String>,
+    /// auth | rate_limited | transient | bad_data | other | store
+    pub last_error_kind: Option<String>,
+    pub last_poll_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub messages_total: i64,
+    pub name: String,
+    pub next_poll_at: Option<DateTime<Utc>>,
+    /// The cron schedule of its polls.
+    pub schedule: String,
+    /// idle | ok | backoff | auth_failed | stopped
+    pub state: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// The threads `filter` selects, by deadline.
+pub async fn threads(
+    store: &dyn Store,
+    filter: &ThreadFilter,
+    now: DateTime<Utc>,
+) -> store::Result<Vec<Thread>> {
+    Ok(store
+        .threads(filter, now)
+        .await?
+        .iter()
+        .map(Thread::from)
+        .collect())
+}
+
+/// One thread with its conversation; `None` when there is no such thread.
+pub async fn thread(
+    store: &dyn Store,
+    id: i64,
+    now: DateTime<Utc>,
+) -> store::Result<Option<ThreadDetail>> {
+    Ok(store
+        .thread(id, now)
+        .await?
+        .as_ref()
+        .map(ThreadDetail::from))
+}
+
+/// Response times, breach rate and volume over the last `since`.
+pub async fn stats(
+    store: &dyn Store,
+    config: &Config,
+    since: Duration,
+    now: DateTime<Utc>,
+) -> store::Result<Stats> {
+    let since = chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
+    let from = now
+        .checked_sub_signed(since)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let samples = store.response_samples(from).await?;
+    Ok(crate::stats::compute(&samples, config, now))
+}
+
+/// Every configured instance, with its state where it has run.
+pub async fn connectors(store: &dyn Store, config: &Config) -> store::Result<Vec<ConnectorStatus>> {
+    let known = store.instances().await?;
+    Ok(config
+        .instances
+        .iter()
+        .map(|inst| {
+            let status = known.iter().find(|k| k.name == inst.name());
+            ConnectorStatus {
+                channel: status.map(|s| s.channel.clone()),
+                enabled: inst.enabled,
+                failures: status.map(|s| s.failures).unwrap_or(0),
+                last_error: status.and_then(|s| s.last_error.clone()),
+                last_error_kind: status.and_then(|s| s.last_error_kind.clone()),
+                last_poll_at: status.and_then(|s| s.last_poll_at),
+                last_success_at: status.and_then(|s| s.last_success_at),
+                messages_total: status.map(|s| s.messages_total).unwrap_or(0),
+                name: inst.name().to_owned(),
+                next_poll_at: status.and_then(|s| s.next_poll_at),
+                schedule: inst
+                    .schedule
+                    .as_ref()
+                    .map(|s| s.get_ref().clone())
+                    .unwrap_or_else(|| crate::config::DEFAULT_SCHEDULE.to_owned()),
+                state: status
+                    .map(|s| s.state.clone())
+                    .unwrap_or_else(|| "idle".into()),
+                kind: inst.kind().to_owned(),
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON of a thread keeps the keys and the order scripts know.
+    #[test]
+    fn thread_json_keys_in_contract_order() {
+        let t = Thread {
+            id: 7,
+            instance: "shop".into(),
+            channel: "amazon".into(),
+            status: Status::Awaiting,
+            customer: Some("Ana".into()),
+            order_id: None,
+            marketplace: None,
+            subject: None,
+            language: None,
+            awaiting_since: None,
+            due_at: None,
+            time_left_ms: None,
+            reply_window_closes_at: None,
+            snoozed_until: None,
+            message_count: 1,
+            last_error: None,
+        };
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":7,"instance":"shop","channel":"amazon","status":"awaiting","customer":"Ana","order_id":null,"marketplace":null,"subject":null,"language":null,"awaiting_since":null,"due_at":null,"time_left_ms":null,"reply_window_closes_at":null,"snoozed_until":null,"message_count":1,"last_error":null}"#
+        );
+    }
+}
