@@ -1,4 +1,5 @@
-//! `EmailConnector` against a real Dovecot (and aiosmtpd for replies).
+//! `EmailConnector` against real IMAP servers, Dovecot and Cyrus (and
+//! aiosmtpd for replies): each test body runs once per server.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use hourglass_connector::testkit::conformance;
 use hourglass_connector::{Connector, Cursors, Direction, OutgoingReply, SentCheck};
 use hourglass_email::{EmailConnector, ImapAuth, ImapConfig, SmtpConfig, TlsMode};
 use hourglass_testsupport::dovecot::Dovecot;
+use hourglass_testsupport::imap::{ImapServer, ServerKind};
 use hourglass_testsupport::smtp::SmtpSink;
 use serde_json::json;
 
@@ -18,7 +20,38 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn imap_config(d: &Dovecot) -> ImapConfig {
+/// Runs each named `async fn(ImapServer)` as two tests, `NAME::dovecot`
+/// and `NAME::cyrus`.
+macro_rules! on_both_servers {
+    ($($body:ident),* $(,)?) => { $(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dovecot() {
+                super::$body(ImapServer::start(ServerKind::Dovecot).unwrap()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cyrus() {
+                super::$body(ImapServer::start(ServerKind::Cyrus).unwrap()).await
+            }
+        }
+    )* };
+}
+
+on_both_servers!(
+    first_sync_reads_every_folder_in_batches_and_then_only_new_mail,
+    idle_wakes_up_when_mail_arrives,
+    mail_expunged_before_it_was_read_does_not_keep_idle_awake,
+    a_restarted_server_is_reconnected_on_the_next_poll,
+    a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind,
+    a_wrong_password_is_an_auth_error_without_the_password,
+    authenticate_plain_works_too,
+    email_connector_passes_the_conformance_suite,
+    a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent,
+    a_reply_after_a_server_restart_is_still_filed_in_sent,
+);
+
+fn imap_config(d: &ImapServer) -> ImapConfig {
     // Every test uses the same value, so parallel tests may all set it.
     std::env::set_var(PASSWORD_VAR, d.password());
     ImapConfig {
@@ -29,7 +62,7 @@ fn imap_config(d: &Dovecot) -> ImapConfig {
         password: Some(SecretRef::Env(PASSWORD_VAR.to_owned())),
         auth: ImapAuth::Login,
         folders: vec!["INBOX".to_owned()],
-        sent_folder: Some("Sent".to_owned()),
+        sent_folder: Some(d.sent_folder()),
         idle: true,
         fetch_batch: 200,
         accept_invalid_certs: false,
@@ -47,7 +80,11 @@ fn smtp_config(sink: &SmtpSink) -> SmtpConfig {
     }
 }
 
-fn seed(d: &Dovecot) {
+/// Not an e-mail, yet a message both servers take: Cyrus refuses an APPEND
+/// whose first line is no header ("Message contains invalid header").
+const GARBAGE: &[u8] = b"X-Junk: y\r\n\r\nthis is not a mail at all\r\n";
+
+fn seed(d: &ImapServer) {
     for name in [
         "ro_utf8_qp.eml",
         "fr_latin1_8bit.eml",
@@ -57,7 +94,8 @@ fn seed(d: &Dovecot) {
     ] {
         d.append("INBOX", &fixture(name)).unwrap();
     }
-    d.append("Sent", &fixture("seller_reply.eml")).unwrap();
+    d.append(&d.sent_folder(), &fixture("seller_reply.eml"))
+        .unwrap();
 }
 
 /// Polls until the connector says there is no more; returns every message
@@ -77,11 +115,9 @@ async fn drain(conn: &EmailConnector, mut cursors: Cursors) -> (Vec<String>, Cur
     }
 }
 
-#[tokio::test]
-async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
-    let d = Dovecot::start().unwrap();
+async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail(d: ImapServer) {
     seed(&d);
-    d.append("INBOX", b"this is not a mail at all\r\n").unwrap();
+    d.append("INBOX", GARBAGE).unwrap();
     let mut cfg = imap_config(&d);
     cfg.fetch_batch = 2;
     let conn = EmailConnector::new("mail", cfg, None).unwrap();
@@ -95,7 +131,7 @@ async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
     let sent: Vec<_> = first
         .messages
         .iter()
-        .filter(|m| m.meta["folder"] == "Sent")
+        .filter(|m| m.meta["folder"] == d.sent_folder().as_str())
         .collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].direction, Direction::Outbound);
@@ -126,7 +162,7 @@ async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
         "{:?}",
         quarantined[0].error
     );
-    assert_eq!(quarantined[0].raw, b"this is not a mail at all\r\n");
+    assert_eq!(quarantined[0].raw, GARBAGE);
     assert!(quarantined[0].source.contains("INBOX"));
 
     // Nothing new: nothing returned, even though `UID n:*` matches the
@@ -157,15 +193,20 @@ async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
     );
 }
 
+/// Dovecot only: it renumbers a folder when its index is removed; Cyrus
+/// keeps UIDVALIDITY in its mailbox list, out of a test's reach.
 #[tokio::test]
 async fn a_new_uidvalidity_resyncs_under_the_same_external_ids() {
-    let mut d = Dovecot::start().unwrap();
+    let mut d = ImapServer::Dovecot(Dovecot::start().unwrap());
     seed(&d);
     let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
     let (before, cursors, _) = drain(&conn, Cursors::new()).await;
     let old_validity = d.uidvalidity("INBOX").unwrap();
 
-    d.bump_uidvalidity().unwrap();
+    let ImapServer::Dovecot(dovecot) = &mut d else {
+        unreachable!()
+    };
+    dovecot.bump_uidvalidity().unwrap();
     assert_ne!(d.uidvalidity("INBOX").unwrap(), old_validity);
 
     // The cached session died with the server: the poll reconnects.
@@ -183,9 +224,7 @@ async fn a_new_uidvalidity_resyncs_under_the_same_external_ids() {
     assert!(!inbox.starts_with(&format!("{old_validity}:")), "{inbox}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_wakes_up_when_mail_arrives() {
-    let d = Dovecot::start().unwrap();
+async fn idle_wakes_up_when_mail_arrives(d: ImapServer) {
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
     let (_, cursors, _) = drain(&conn, Cursors::new()).await;
@@ -226,9 +265,7 @@ async fn idle_wakes_up_when_mail_arrives() {
     assert!(start.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake() {
-    let d = Dovecot::start().unwrap();
+async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake(d: ImapServer) {
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
     let (_, cursors, _) = drain(&conn, Cursors::new()).await;
@@ -252,9 +289,7 @@ async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake() {
     );
 }
 
-#[tokio::test]
-async fn a_restarted_server_is_reconnected_on_the_next_poll() {
-    let mut d = Dovecot::start().unwrap();
+async fn a_restarted_server_is_reconnected_on_the_next_poll(mut d: ImapServer) {
     seed(&d);
     let mut cfg = imap_config(&d);
     cfg.fetch_batch = 2;
@@ -292,9 +327,7 @@ async fn a_restarted_server_is_reconnected_on_the_next_poll() {
     assert_eq!(unique.len(), 6);
 }
 
-#[tokio::test]
-async fn a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind() {
-    let d = Dovecot::start().unwrap();
+async fn a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind(d: ImapServer) {
     let raw = String::from_utf8(fixture("en_html_only.eml")).unwrap();
     let n = d
         .deliver_many(
@@ -321,9 +354,7 @@ async fn a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind() {
     assert_eq!(ids.len(), n);
 }
 
-#[tokio::test]
-async fn a_wrong_password_is_an_auth_error_without_the_password() {
-    let d = Dovecot::start().unwrap();
+async fn a_wrong_password_is_an_auth_error_without_the_password(d: ImapServer) {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "wrong-hunter2").unwrap();
@@ -337,9 +368,7 @@ async fn a_wrong_password_is_an_auth_error_without_the_password() {
     assert_eq!(err.kind(), "auth", "{err}");
 }
 
-#[tokio::test]
-async fn authenticate_plain_works_too() {
-    let d = Dovecot::start().unwrap();
+async fn authenticate_plain_works_too(d: ImapServer) {
     seed(&d);
     let mut cfg = imap_config(&d);
     cfg.auth = ImapAuth::Plain;
@@ -348,11 +377,9 @@ async fn authenticate_plain_works_too() {
     assert_eq!(ids.len(), 6);
 }
 
-#[tokio::test]
-async fn email_connector_passes_the_conformance_suite() {
-    let d = Dovecot::start().unwrap();
+async fn email_connector_passes_the_conformance_suite(d: ImapServer) {
     seed(&d);
-    d.append("INBOX", b"garbage without headers\r\n").unwrap();
+    d.append("INBOX", GARBAGE).unwrap();
     let mut cfg = imap_config(&d);
     cfg.fetch_batch = 2;
     let conn = EmailConnector::new("mail", cfg, None).unwrap();
@@ -364,9 +391,7 @@ async fn email_connector_passes_the_conformance_suite() {
     assert!(report.polls >= 3);
 }
 
-#[tokio::test]
-async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent() {
-    let d = Dovecot::start().unwrap();
+async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent(d: ImapServer) {
     let sink = SmtpSink::start().unwrap();
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), Some(smtp_config(&sink))).unwrap();
@@ -425,7 +450,7 @@ async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent()
     assert_eq!(copy.external_id, sent.external_id);
     assert_eq!(copy.direction, Direction::Outbound);
     assert_eq!(copy.thread_key, inbound.thread_key);
-    assert_eq!(copy.meta["folder"], "Sent");
+    assert_eq!(copy.meta["folder"], d.sent_folder().as_str());
 
     let other = OutgoingReply {
         outbox_id: "outbox-18".into(),
@@ -435,9 +460,7 @@ async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent()
     let _ = json!({});
 }
 
-#[tokio::test]
-async fn a_reply_after_a_server_restart_is_still_filed_in_sent() {
-    let mut d = Dovecot::start().unwrap();
+async fn a_reply_after_a_server_restart_is_still_filed_in_sent(mut d: ImapServer) {
     let sink = SmtpSink::start().unwrap();
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), Some(smtp_config(&sink))).unwrap();
