@@ -49,6 +49,12 @@ impl Cyrus {
     /// Writes the config and starts Cyrus for user `alice`, password
     /// `secret`, with INBOX and INBOX.Sent (`\Sent`).
     pub fn start() -> anyhow::Result<Cyrus> {
+        Cyrus::start_with_sent("INBOX.Sent")
+    }
+
+    /// Like [`Cyrus::start`], with `sent` (its name on the wire, modified
+    /// UTF-7) as the `\Sent` folder, as a localized client would create it.
+    pub fn start_with_sent(sent: &str) -> anyhow::Result<Cyrus> {
         let bin = cyrus_dir().join("usr/lib/cyrus/bin");
         if !bin.join("master").exists() {
             bail!(
@@ -105,7 +111,7 @@ impl Cyrus {
         admin.command(&format!("CREATE \"user.{}\"", cyrus.user))?;
         admin.logout()?;
         let mut imap = cyrus.login()?;
-        imap.command("CREATE \"INBOX.Sent\" (USE (\\Sent))")?;
+        imap.command(&format!("CREATE \"{sent}\" (USE (\\Sent))"))?;
         imap.logout()?;
         Ok(cyrus)
     }

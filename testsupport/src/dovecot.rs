@@ -30,6 +30,9 @@ pub struct DovecotOptions {
     /// this tokeninfo URL (the token is appended); the JSON answer's
     /// `email` names the user.
     pub oauth2_tokeninfo_url: Option<String>,
+    /// The name (UTF-8) of the folder set up as `\Sent`, as a localized
+    /// client would create it; default `Sent`.
+    pub sent_name: Option<String>,
 }
 
 /// A running Dovecot. Stopped on drop.
@@ -162,7 +165,7 @@ service imap-login {{
 namespace inbox {{
   inbox = yes
   separator = /
-  mailbox Sent {{
+  mailbox "{sent}" {{
     special_use = \Sent
     auto = create
   }}
@@ -170,6 +173,7 @@ namespace inbox {{
 "#,
             port = self.port,
             imaps_port = self.imaps_port.unwrap_or(0),
+            sent = self.options.sent_name.as_deref().unwrap_or("Sent"),
         );
         std::fs::write(self.dir.path().join("dovecot.conf"), conf)?;
         Ok(())

@@ -3,7 +3,7 @@
 //! universities, company servers), each as its Debian package sets it up.
 
 use crate::cyrus::Cyrus;
-use crate::dovecot::Dovecot;
+use crate::dovecot::{Dovecot, DovecotOptions};
 
 /// Which server a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,20 @@ impl ImapServer {
         })
     }
 
+    /// Like [`ImapServer::start`], with the `\Sent` folder under a
+    /// localized name (UTF-8, in the personal namespace) instead of `Sent`.
+    pub fn start_with_sent(kind: ServerKind, sent: &str) -> anyhow::Result<ImapServer> {
+        Ok(match kind {
+            ServerKind::Dovecot => ImapServer::Dovecot(Dovecot::start_with(DovecotOptions {
+                sent_name: Some(sent.to_owned()),
+                ..DovecotOptions::default()
+            })?),
+            ServerKind::Cyrus => {
+                ImapServer::Cyrus(Cyrus::start_with_sent(&format!("INBOX.{}", mutf7(sent)))?)
+            }
+        })
+    }
+
     pub fn kind(&self) -> ServerKind {
         match self {
             ImapServer::Dovecot(_) => ServerKind::Dovecot,
@@ -43,14 +57,14 @@ impl ImapServer {
         }
     }
 
-    /// A folder of the user's personal namespace by its name as the
-    /// server spells it: Dovecot has it at the root (`Sent`), Debian's
-    /// Cyrus below INBOX (`INBOX.Sent`).
+    /// The wire name (modified UTF-7) of a folder of the user's personal
+    /// namespace: Dovecot has it at the root (`Sent`), Debian's Cyrus
+    /// below INBOX (`INBOX.Sent`).
     pub fn folder(&self, name: &str) -> String {
         match self {
-            ImapServer::Dovecot(_) => name.to_owned(),
+            ImapServer::Dovecot(_) => mutf7(name),
             ImapServer::Cyrus(_) if name.eq_ignore_ascii_case("INBOX") => "INBOX".to_owned(),
-            ImapServer::Cyrus(_) => format!("INBOX.{}", name.replace('/', ".")),
+            ImapServer::Cyrus(_) => format!("INBOX.{}", mutf7(&name.replace('/', "."))),
         }
     }
 
@@ -112,4 +126,49 @@ impl ImapServer {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         each!(self, s => s.restart())
     }
+}
+
+/// RFC 3501 §5.1.3 modified UTF-7, written again here so that the tests do
+/// not check the connector's encoder against itself.
+pub fn mutf7(name: &str) -> String {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+    let mut out = String::new();
+    let mut run: Vec<u8> = Vec::new();
+    let flush = |out: &mut String, run: &mut Vec<u8>| {
+        if run.is_empty() {
+            return;
+        }
+        out.push('&');
+        let mut bits = 0u32;
+        let mut n = 0;
+        for b in run.iter() {
+            bits = (bits << 8) | u32::from(*b);
+            n += 8;
+            while n >= 6 {
+                n -= 6;
+                out.push(B64[((bits >> n) & 63) as usize] as char);
+            }
+        }
+        if n > 0 {
+            out.push(B64[((bits << (6 - n)) & 63) as usize] as char);
+        }
+        out.push('-');
+        run.clear();
+    };
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut out, &mut run);
+            out.push_str(if c == '&' { "&-" } else { "" });
+            if c != '&' {
+                out.push(c);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            for u in c.encode_utf16(&mut buf) {
+                run.extend_from_slice(&u.to_be_bytes());
+            }
+        }
+    }
+    flush(&mut out, &mut run);
+    out
 }

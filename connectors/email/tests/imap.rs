@@ -49,7 +49,34 @@ on_both_servers!(
     email_connector_passes_the_conformance_suite,
     a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent,
     a_reply_after_a_server_restart_is_still_filed_in_sent,
+    a_missing_folder_is_an_error_for_that_folder_only,
+    a_non_ascii_folder_name_from_the_config_is_read,
+    idle_comes_back_after_the_server_restarts,
 );
+
+/// Like `on_both_servers!`, on servers whose `\Sent` folder has the
+/// localized name a French mail client gives it.
+macro_rules! on_both_servers_with_sent {
+    ($($body:ident),* $(,)?) => { $(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dovecot() {
+                let s = ImapServer::start_with_sent(ServerKind::Dovecot, LOCALIZED_SENT).unwrap();
+                super::$body(s).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cyrus() {
+                let s = ImapServer::start_with_sent(ServerKind::Cyrus, LOCALIZED_SENT).unwrap();
+                super::$body(s).await
+            }
+        }
+    )* };
+}
+
+const LOCALIZED_SENT: &str = "Éléments envoyés";
+
+on_both_servers_with_sent!(a_localized_sent_folder_is_found_by_special_use);
 
 fn imap_config(d: &ImapServer) -> ImapConfig {
     // Every test uses the same value, so parallel tests may all set it.
@@ -485,4 +512,145 @@ async fn a_reply_after_a_server_restart_is_still_filed_in_sent(mut d: ImapServer
         SentCheck::Sent(s) => assert_eq!(s.external_id, sent.external_id),
         other => panic!("the copy did not reach Sent: {other:?}"),
     }
+}
+
+async fn a_missing_folder_is_an_error_for_that_folder_only(d: ImapServer) {
+    seed(&d);
+    let mut cfg = imap_config(&d);
+    cfg.folders = vec!["INBOX".into(), "Commandes".into()];
+    cfg.sent_folder = None;
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let (ids, cursors, _) = drain(&conn, Cursors::new()).await;
+    // INBOX (5) and the server's \Sent (1) are read all the same.
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let problem = conn
+        .partial_failure()
+        .expect("the missing folder is reported");
+    assert!(
+        problem.contains("\"Commandes\" does not exist"),
+        "{problem}"
+    );
+    assert!(!cursors.contains_key("Commandes"), "{cursors:?}");
+    let err = conn.health_check().await.unwrap_err();
+    assert!(err.to_string().contains("Commandes"), "{err}");
+
+    // Created later: read from the next connect on, and no longer an error.
+    let wire = d.folder("Commandes");
+    d.create_folder(&wire, None).unwrap();
+    d.append(&wire, &fixture("pl_cp1250_b64.eml")).unwrap();
+    let conn = EmailConnector::new("mail", conn.config().clone(), None).unwrap();
+    let batch = conn.poll(&cursors).await.unwrap();
+    assert_eq!(batch.messages.len(), 1);
+    assert_eq!(batch.messages[0].meta["folder"], "Commandes");
+    assert_eq!(conn.partial_failure(), None);
+
+    // Only missing folders: that is the poll's error, in the server's
+    // terms, not Rust's.
+    let mut cfg = imap_config(&d);
+    cfg.folders = vec!["Nope".into()];
+    cfg.sent_folder = Some("Nope either".into());
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let err = conn.poll(&Cursors::new()).await.unwrap_err();
+    assert!(err.to_string().contains("\"Nope\" does not exist"), "{err}");
+    assert!(!err.to_string().contains("Some("), "{err}");
+}
+
+async fn a_non_ascii_folder_name_from_the_config_is_read(d: ImapServer) {
+    // As the seller's mail client shows it; on the wire it is
+    // `R&APw-ckfragen` (Dovecot) or `INBOX.R&APw-ckfragen` (Cyrus).
+    let name = "Rückfragen/Größen";
+    let wire = d.folder(name);
+    assert!(wire.contains("R&APw-ckfragen"), "{wire}");
+    d.create_folder(&d.folder("Rückfragen"), None).unwrap();
+    d.create_folder(&wire, None).unwrap();
+    d.append(&wire, &fixture("de_latin9_qp.eml")).unwrap();
+    let mut cfg = imap_config(&d);
+    cfg.folders = vec!["INBOX".into(), name.into()];
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let (ids, cursors, _) = drain(&conn, Cursors::new()).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(cursors.contains_key(name), "{cursors:?}");
+    assert_eq!(conn.partial_failure(), None);
+}
+
+async fn a_localized_sent_folder_is_found_by_special_use(d: ImapServer) {
+    let sent = d.folder(LOCALIZED_SENT);
+    d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
+    d.append(&sent, &fixture("seller_reply.eml")).unwrap();
+    // Only INBOX configured, no sent_folder: the server says which is Sent.
+    let mut cfg = imap_config(&d);
+    cfg.sent_folder = None;
+    // No [smtp], so the seller's address is not known: the folder alone
+    // makes the reply outbound.
+    let conn = EmailConnector::new("mail", cfg.clone(), None).unwrap();
+    let batch = conn.poll(&Cursors::new()).await.unwrap();
+    assert_eq!(batch.messages.len(), 2);
+    let reply = batch
+        .messages
+        .iter()
+        .find(|m| m.meta["folder"] != "INBOX")
+        .unwrap();
+    assert_eq!(reply.direction, Direction::Outbound, "{:?}", reply.meta);
+    assert!(
+        reply.meta["folder"]
+            .as_str()
+            .unwrap()
+            .ends_with(LOCALIZED_SENT),
+        "{:?}",
+        reply.meta
+    );
+
+    // Replies hourglass sends are filed there too, and found there.
+    let sink = SmtpSink::start().unwrap();
+    let conn = EmailConnector::new("mail", cfg, Some(smtp_config(&sink))).unwrap();
+    let inbound = batch
+        .messages
+        .iter()
+        .find(|m| m.direction == Direction::Inbound)
+        .unwrap();
+    let out = OutgoingReply {
+        outbox_id: "outbox-fr".into(),
+        thread_key: inbound.thread_key.clone(),
+        to: inbound.reply_to.clone().unwrap(),
+        subject: inbound.subject.clone(),
+        text: "Merci !".into(),
+        in_reply_to_meta: inbound.meta.clone(),
+        order_id: None,
+    };
+    let sent_reply = conn.send_reply(&out).await.unwrap();
+    match conn.check_sent(&out).await.unwrap() {
+        SentCheck::Sent(s) => assert_eq!(s.external_id, sent_reply.external_id),
+        other => panic!("the copy is not in {LOCALIZED_SENT}: {other:?}"),
+    }
+}
+
+async fn idle_comes_back_after_the_server_restarts(mut d: ImapServer) {
+    d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
+    let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
+    let (_, cursors, _) = drain(&conn, Cursors::new()).await;
+
+    // The server restarts under a waiting IDLE: the wait reconnects and
+    // reports a change (mail may have come while it was down) instead of
+    // sleeping out its timeout.
+    let (changed, ()) = tokio::join!(
+        conn.wait_for_change(&cursors, Duration::from_secs(600)),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::task::block_in_place(|| d.restart()).unwrap();
+        }
+    );
+    assert!(changed.unwrap_or_else(|e| panic!("{e}\n{}", d.logs())));
+
+    // IDLE is back on the new connection: the next mail wakes it.
+    let (changed, ()) = tokio::join!(
+        conn.wait_for_change(&cursors, Duration::from_secs(600)),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::task::block_in_place(|| d.append("INBOX", &fixture("fr_latin1_8bit.eml")))
+                .unwrap();
+        }
+    );
+    assert!(changed.unwrap());
+    let batch = conn.poll(&cursors).await.unwrap();
+    assert_eq!(batch.messages.len(), 1);
 }
