@@ -351,7 +351,10 @@ impl EmailConnector {
                         *slot = Some(s);
                         return Ok(true);
                     }
-                    Ok(s) => s,
+                    Ok(s) => {
+                        tracing::info!(instance = %self.instance, "Waiting for new mail with IMAP IDLE.");
+                        s
+                    }
                     Err(e) if e.is_retryable() => {
                         let now = tokio::time::Instant::now();
                         if now >= deadline {
