@@ -31,6 +31,29 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// Taken first in the migration transaction on PostgreSQL, where DDL does
+/// not lock what does not exist yet (two `CREATE TABLE IF NOT EXISTS` at
+/// once collide in `pg_type`). SQLite's `BEGIN IMMEDIATE` is the lock there.
+pub fn migration_lock(backend: Backend) -> Option<&'static str> {
+    match backend {
+        Backend::Sqlite => None,
+        // An arbitrary key: "hourglass" on a phone keypad.
+        Backend::Postgres => Some("SELECT pg_advisory_xact_lock(468752777)"),
+    }
+}
+
+/// The versions recorded as applied; an error when there is no
+/// bookkeeping table yet.
+pub async fn applied_versions(conn: &mut sqlx::AnyConnection) -> Result<Vec<i64>, sqlx::Error> {
+    use sqlx::Row;
+    sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>("version"))
+        .collect()
+}
+
 impl Migration {
     pub fn sql(&self, backend: Backend) -> &'static str {
         match backend {

@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
-use super::migrations::{Backend, MIGRATIONS};
+use super::migrations::{applied_versions, migration_lock, Backend, MIGRATIONS};
 use super::*;
 use crate::clock::{self, Fact};
 
@@ -650,6 +650,19 @@ impl SqlStore {
 impl Store for SqlStore {
     async fn migrate(&self) -> Result<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
+        // Fast path, no lock: everything applied already.
+        let applied = applied_versions(&mut conn).await.unwrap_or_default();
+        if MIGRATIONS.iter().all(|m| applied.contains(&m.version)) {
+            return Ok(Vec::new());
+        }
+        // Processes opening one new store at once take turns: the write
+        // lock (SQLite) or an advisory lock (PostgreSQL) is held from
+        // before the bookkeeping table exists until all is committed, and
+        // what is applied is read again under it.
+        let mut tx = self.begin_write(&mut conn).await?;
+        if let Some(lock) = migration_lock(self.backend) {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version BIGINT PRIMARY KEY NOT NULL,
@@ -657,21 +670,14 @@ impl Store for SqlStore {
                 applied_at BIGINT NOT NULL
             )",
         )
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
-        // On the connection we hold: a pool of one would wait for itself.
-        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<i64, _>("version"))
-            .collect::<Result<_, _>>()?;
+        let applied = applied_versions(&mut tx).await?;
         let mut now_applied = Vec::new();
         for m in MIGRATIONS {
             if applied.contains(&m.version) {
                 continue;
             }
-            let mut tx = self.begin_write(&mut conn).await?;
             for stmt in m.statements(self.backend) {
                 sqlx::query(&stmt).execute(&mut *tx).await?;
             }
@@ -683,9 +689,9 @@ impl Store for SqlStore {
             .bind(ms(Utc::now()))
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             now_applied.push(m.version);
         }
+        tx.commit().await?;
         Ok(now_applied)
     }
 
