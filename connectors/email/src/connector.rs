@@ -222,6 +222,10 @@ impl EmailConnector {
     ) -> Result<Batch, ConnectorError> {
         let now = Utc::now();
         let mut batch = Batch::default();
+        if self.folder_plan().folders.iter().any(|f| f.wire.is_err()) {
+            // A missing folder may have been created since: look again.
+            self.resolve_folders(session).await?;
+        }
         let plan = self.folder_plan();
         let mut failed: Vec<String> = Vec::new();
         let mut read_any = false;

@@ -534,11 +534,10 @@ async fn a_missing_folder_is_an_error_for_that_folder_only(d: ImapServer) {
     let err = conn.health_check().await.unwrap_err();
     assert!(err.to_string().contains("Commandes"), "{err}");
 
-    // Created later: read from the next connect on, and no longer an error.
+    // Created later: read from the next poll on, and no longer an error.
     let wire = d.folder("Commandes");
     d.create_folder(&wire, None).unwrap();
     d.append(&wire, &fixture("pl_cp1250_b64.eml")).unwrap();
-    let conn = EmailConnector::new("mail", conn.config().clone(), None).unwrap();
     let batch = conn.poll(&cursors).await.unwrap();
     assert_eq!(batch.messages.len(), 1);
     assert_eq!(batch.messages[0].meta["folder"], "Commandes");
