@@ -18,6 +18,11 @@
 //! checked: every message in the store, the expected threads, the expected
 //! threads with a running clock; every message in mbsync's Maildir.
 //!
+//! The same runs then repeat against Cyrus (as Debian sets it up: the
+//! `INBOX.` namespace, filled by MULTIAPPEND, as it keeps no Maildir), with
+//! mbsync on the same server; `HOURGLASS_BENCH_SERVERS=dovecot` (or
+//! `cyrus`) for one only.
+//!
 //! `cargo bench --bench ingest`; `HOURGLASS_BENCH_MESSAGES=2000` for a
 //! quick run, `HOURGLASS_BENCH_RUNS` for the repetitions (default 3),
 //! `HOURGLASS_BENCH_WRAP="perf record -o FILE --"` to profile the sync
@@ -31,7 +36,7 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
 use chrono::{DateTime, TimeZone, Utc};
-use hourglass_testsupport::dovecot::Dovecot;
+use hourglass_testsupport::imap::{ImapServer, ServerKind};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hourglass");
 const MBSYNC: &str = "mbsync";
@@ -67,14 +72,35 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let dovecot = Dovecot::start()?;
-    write_maildir(&dovecot, &corpus)?;
+    let servers =
+        std::env::var("HOURGLASS_BENCH_SERVERS").unwrap_or_else(|_| "dovecot,cyrus".into());
+    for name in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind = match name {
+            "dovecot" => ServerKind::Dovecot,
+            "cyrus" => ServerKind::Cyrus,
+            other => bail!("HOURGLASS_BENCH_SERVERS: unknown server {other:?} (dovecot, cyrus)"),
+        };
+        bench_server(kind, name, &corpus, runs)?;
+    }
+    Ok(())
+}
+
+fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> anyhow::Result<()> {
+    let n = corpus.mails.len();
+    let server = ImapServer::start(kind)?;
+    let t = Instant::now();
+    fill(&server, corpus)?;
+    println!();
+    println!(
+        "{label}: mailbox filled in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 
     let work = tempfile::Builder::new().prefix("hg-ingest-").tempdir()?;
-    // Warm-up: Dovecot indexes the Maildir on first access; neither side
-    // should pay for that.
+    // Warm-up: the server indexes the mailbox on first access; neither
+    // side should pay for that.
     let t = Instant::now();
-    let warm = run_mbsync(&dovecot, &work.path().join("warmup"), false)?;
+    let warm = run_mbsync(&server, &work.path().join("warmup"), false)?;
     ensure!(
         warm.copied == n,
         "warm-up mbsync copied {} of {n} messages",
@@ -89,7 +115,7 @@ fn main() -> anyhow::Result<()> {
     let mut mb = Vec::new();
     let mut mb_nofsync = Vec::new();
     for run in 1..=runs {
-        let h = run_hourglass(&dovecot, &work.path().join(format!("hg{run}")), &corpus)?;
+        let h = run_hourglass(&server, &work.path().join(format!("hg{run}")), corpus)?;
         println!(
             "run {run}: hourglass         {:>7.2}s  ({} messages, {} threads, {} awaiting, verified)",
             h.seconds, h.messages, h.threads, h.awaiting
@@ -97,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         hg.push(h.seconds);
         for (fsync, times) in [(true, &mut mb), (false, &mut mb_nofsync)] {
             let dir = work.path().join(format!("mb{run}-{fsync}"));
-            let m = run_mbsync(&dovecot, &dir, fsync)?;
+            let m = run_mbsync(&server, &dir, fsync)?;
             ensure!(m.copied == n, "mbsync copied {} of {n} messages", m.copied);
             println!(
                 "run {run}: mbsync{:<12}{:>7.2}s  ({} messages, verified)",
@@ -114,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     let (h, m, m_nofsync) = (median(&mut hg), median(&mut mb), median(&mut mb_nofsync));
     let ratio = m / h;
     println!();
-    println!("Ingest of {n} messages from local Dovecot, median of {runs}:");
+    println!("Ingest of {n} messages from local {label}, median of {runs}:");
     println!("  {:<34} {:>9} {:>12}", "", "seconds", "messages/s");
     for (name, t) in [
         ("hourglass sync --once", h),
@@ -155,7 +181,11 @@ struct HourglassRun {
     awaiting: usize,
 }
 
-fn run_hourglass(dovecot: &Dovecot, dir: &Path, corpus: &Corpus) -> anyhow::Result<HourglassRun> {
+fn run_hourglass(
+    dovecot: &ImapServer,
+    dir: &Path,
+    corpus: &Corpus,
+) -> anyhow::Result<HourglassRun> {
     std::fs::create_dir_all(dir)?;
     let config = dir.join("hourglass.toml");
     std::fs::write(
@@ -222,7 +252,7 @@ idle = false
     let seconds = t.elapsed().as_secs_f64();
     ensure!(
         out.status.success(),
-        "hourglass sync failed: {}{}\ndovecot:\n{}",
+        "hourglass sync failed: {}{}\nserver:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         dovecot.logs()
@@ -278,7 +308,7 @@ struct MbsyncRun {
 /// `fsync`: mbsync's default (`FSync yes`) flushes every message to disk;
 /// without it, it copies as the store writes (SQLite WAL, synchronous =
 /// NORMAL: no flush per commit).
-fn run_mbsync(dovecot: &Dovecot, dir: &Path, fsync: bool) -> anyhow::Result<MbsyncRun> {
+fn run_mbsync(dovecot: &ImapServer, dir: &Path, fsync: bool) -> anyhow::Result<MbsyncRun> {
     let target = dir.join("Maildir");
     std::fs::create_dir_all(&target)?;
     let rc = dir.join("mbsyncrc");
@@ -297,7 +327,7 @@ AuthMechs LOGIN
 
 IMAPStore far
 Account bench
-
+{prefix}
 MaildirStore near
 Path {target}/
 Inbox {target}/INBOX
@@ -317,6 +347,11 @@ SyncState *
             pass = dovecot.password(),
             target = target.display(),
             fsync = if fsync { "yes" } else { "no" },
+            // Cyrus keeps personal folders below INBOX: INBOX.Sent is Sent.
+            prefix = match dovecot.kind() {
+                ServerKind::Cyrus => "Path INBOX.\n",
+                ServerKind::Dovecot => "",
+            },
         ),
     )?;
     let t = Instant::now();
@@ -342,10 +377,30 @@ SyncState *
 // ---------------------------------------------------------------------------
 // The mailbox.
 
+/// Puts the corpus into INBOX and Sent: on Dovecot as its Maildir before any
+/// client logged in, on Cyrus (which has no Maildir) by MULTIAPPEND.
+fn fill(server: &ImapServer, corpus: &Corpus) -> anyhow::Result<()> {
+    match server {
+        ImapServer::Dovecot(d) => write_maildir(&d.maildir(), corpus),
+        ImapServer::Cyrus(_) => {
+            for sent in [false, true] {
+                let folder = if sent {
+                    server.sent_folder()
+                } else {
+                    "INBOX".to_owned()
+                };
+                let mails = corpus.mails.iter().filter(|m| m.sent == sent);
+                server.deliver_many(&folder, mails.map(|m| m.raw.clone()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Writes the corpus as Dovecot's user Maildir (INBOX and `.Sent`), before
 /// any client has logged in.
-fn write_maildir(dovecot: &Dovecot, corpus: &Corpus) -> anyhow::Result<()> {
-    let root = dovecot.maildir();
+fn write_maildir(root: &Path, corpus: &Corpus) -> anyhow::Result<()> {
+    let root = root.to_path_buf();
     let sent = root.join(".Sent");
     for dir in [&root, &sent] {
         for sub in ["cur", "new", "tmp"] {

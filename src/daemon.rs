@@ -204,6 +204,20 @@ pub async fn poll_instance(store: &dyn Store, inst: &Instance) -> Result<usize, 
         .map_err(PollError::Connector)?;
         cursors = after;
     }
+    if let Some(problem) = inst.connector.partial_failure() {
+        // Part of the instance failed (an IMAP folder that does not
+        // exist): recorded as its last error, then the caller's Ok marks
+        // it running, so `connectors list` shows both.
+        let outcome = PollOutcome::Failed {
+            kind: "partial".into(),
+            error: problem,
+            failures: 0,
+            next_poll_at: Utc::now(),
+        };
+        if let Err(e) = store.record_poll(name, &outcome).await {
+            warn!(instance = name, error = %e, "Cannot record poll status.");
+        }
+    }
     Ok(total)
 }
 

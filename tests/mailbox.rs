@@ -1,5 +1,5 @@
-//! The daemon on a real mailbox: Dovecot holds Amazon relay mail; the CLI
-//! and the daemon turn it into threads with deadlines.
+//! The daemon on a real mailbox: Dovecot (and Cyrus) hold Amazon relay
+//! mail; the CLI and the daemon turn it into threads with deadlines.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::{wait_until, TestApp};
 use hourglass_testsupport::dovecot::Dovecot;
+use hourglass_testsupport::imap::{ImapServer, ServerKind};
 use hourglass_testsupport::smtp::SmtpSink;
 
 fn relay(
@@ -31,7 +32,31 @@ fn relay(
     .into_bytes()
 }
 
-fn app_for(dovecot: &Dovecot, schedule: &str) -> TestApp {
+/// Runs each named `fn(ImapServer)` as two tests, `NAME::dovecot` and
+/// `NAME::cyrus`.
+macro_rules! on_both_servers {
+    ($($body:ident),* $(,)?) => { $(
+        mod $body {
+            use super::*;
+            #[test]
+            fn dovecot() {
+                super::$body(ImapServer::start(ServerKind::Dovecot).unwrap())
+            }
+            #[test]
+            fn cyrus() {
+                super::$body(ImapServer::start(ServerKind::Cyrus).unwrap())
+            }
+        }
+    )* };
+}
+
+on_both_servers!(
+    mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedule,
+    mail_after_a_server_restart_arrives_by_idle_again,
+    a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read,
+);
+
+fn app_for(dovecot: &ImapServer, schedule: &str) -> TestApp {
     let mut app = TestApp::new(
         None,
         &format!(
@@ -58,7 +83,7 @@ fn total_messages(app: &TestApp) -> i64 {
 
 #[test]
 fn relay_mail_from_three_marketplaces_becomes_one_thread_per_buyer_and_order() {
-    let mut dovecot = Dovecot::start().unwrap();
+    let mut dovecot = ImapServer::Dovecot(Dovecot::start().unwrap());
     let at = |h: i64| (Utc::now() - chrono::Duration::hours(h)).with_timezone(&Utc);
     let (t_de, t_br, t_fr) = (at(3), at(5), at(7));
     for raw in [
@@ -131,7 +156,10 @@ fn relay_mail_from_three_marketplaces_becomes_one_thread_per_buyer_and_order() {
 
     // The server renumbers everything (UIDVALIDITY changes): re-read, no duplicates.
     let before = dovecot.uidvalidity("INBOX").unwrap();
-    dovecot.bump_uidvalidity().unwrap();
+    let ImapServer::Dovecot(d) = &mut dovecot else {
+        unreachable!()
+    };
+    d.bump_uidvalidity().unwrap();
     assert_ne!(dovecot.uidvalidity("INBOX").unwrap(), before);
     let sync = app.json(&["sync", "--once", "--json"]);
     assert_eq!(sync[0]["ok"], true, "{sync}");
@@ -143,9 +171,9 @@ fn relay_mail_from_three_marketplaces_becomes_one_thread_per_buyer_and_order() {
     );
 }
 
-#[test]
-fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedule() {
-    let dovecot = Dovecot::start().unwrap();
+fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedule(
+    dovecot: ImapServer,
+) {
     dovecot
         .append(
             "INBOX",
@@ -164,9 +192,7 @@ fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedu
     let app = app_for(&dovecot, "0 0 0 1 1 *");
     let mut daemon = app.spawn_daemon();
     daemon.wait_for_log("Ingested new messages", Duration::from_secs(30));
-    dovecot
-        .wait_for_idle(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.log()));
+    daemon.wait_for_log("with IMAP IDLE", Duration::from_secs(30));
 
     let appended = Instant::now();
     dovecot
@@ -195,7 +221,10 @@ fn mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedu
 
 #[test]
 fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
-    let dovecot = Dovecot::start().unwrap();
+    let server = ImapServer::Dovecot(Dovecot::start().unwrap());
+    let ImapServer::Dovecot(dovecot) = &server else {
+        unreachable!()
+    };
     let smtp = SmtpSink::start().unwrap();
     dovecot
         .append(
@@ -211,7 +240,7 @@ fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
             ),
         )
         .unwrap();
-    let app = app_for(&dovecot, "* * * * * *");
+    let app = app_for(&server, "* * * * * *");
     std::fs::write(
         &app.config,
         std::fs::read_to_string(&app.config).unwrap()
@@ -301,4 +330,96 @@ fn a_reply_reaches_the_buyer_by_smtp_once_and_is_filed_in_sent_once() {
     );
     assert_eq!(filed(), 1, "exactly one copy in Sent");
     assert_eq!(smtp.messages().unwrap().len(), 1, "exactly one delivery");
+}
+
+fn mail_after_a_server_restart_arrives_by_idle_again(mut server: ImapServer) {
+    let at = Utc::now();
+    server
+        .append(
+            "INBOX",
+            &relay(
+                "first",
+                "Ana Souza",
+                "a1b2c3",
+                "com.br",
+                "Pergunta (Pedido: 701-2345678-3456789)",
+                "Olá!",
+                at,
+            ),
+        )
+        .unwrap();
+    // Polls only at start and then once a year: anything else came by IDLE.
+    let app = app_for(&server, "0 0 0 1 1 *");
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Ingested new messages", Duration::from_secs(30));
+    daemon.wait_for_log("with IMAP IDLE", Duration::from_secs(30));
+
+    // The server restarts under the waiting daemon; mail comes right after.
+    server.restart().unwrap();
+    let restarted = Instant::now();
+    server
+        .append(
+            "INBOX",
+            &relay(
+                "second",
+                "Chloé Martin",
+                "zz9chloe",
+                "fr",
+                "Question (Commande : 171-9876543-2109876)",
+                "Bonjour !",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(5), || total_messages(&app) == 2).unwrap_or_else(|_| {
+        panic!(
+            "no new mail within 5 s of the restart; log:\n{}\nserver:\n{}",
+            daemon.log(),
+            server.logs()
+        )
+    });
+    println!(
+        "after restart: {} ms (including a CLI round trip)",
+        restarted.elapsed().as_millis()
+    );
+    daemon.stop_cleanly();
+}
+
+fn a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read(server: ImapServer) {
+    server
+        .append(
+            "INBOX",
+            &relay(
+                "first",
+                "Ana Souza",
+                "a1b2c3",
+                "com.br",
+                "Pergunta (Pedido: 701-2345678-3456789)",
+                "Olá!",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    let app = app_for(&server, "*/5 * * * *");
+    // "Sent" exists (as INBOX.Sent on Cyrus); "Commandes" does not.
+    let config = std::fs::read_to_string(&app.config).unwrap().replace(
+        "folders = [\"INBOX\", \"Sent\"]",
+        "folders = [\"INBOX\", \"Sent\", \"Commandes\"]",
+    );
+    std::fs::write(&app.config, config).unwrap();
+
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(sync[0]["messages"], 1, "{sync}");
+    let list = app.json(&["connectors", "list", "--json"]);
+    let error = list[0]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("\"Commandes\" does not exist"), "{list}");
+    assert_eq!(list[0]["state"], "ok", "{list}");
+
+    // The daemon reads the others too, and says so once in its log.
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Cannot read this folder", Duration::from_secs(30));
+    daemon.stop_cleanly();
+    assert_eq!(daemon.log().matches("Cannot read this folder").count(), 1);
+    assert_eq!(total_messages(&app), 1);
 }

@@ -50,6 +50,28 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// Taken first in the migration transaction on PostgreSQL, where DDL does
+/// not lock what does not exist yet (two `CREATE TABLE IF NOT EXISTS` at
+/// once collide in `pg_type`). SQLite's `BEGIN IMMEDIATE` is the lock there.
+pub fn migration_lock(backend: Backend) -> Option<&'static str> {
+    match backend {
+        Backend::Sqlite => None,
+        // An arbitrary key: "hourglass" on a phone keypad.
+        Backend::Postgres => Some("SELECT pg_advisory_xact_lock(468752777)"),
+    }
+}
+
+/// The versions recorded as applied; an error when there is no
+/// bookkeeping table yet.
+pub async fn applied_versions(conn: &mut sqlx::AnyConnection) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>("version"))
+        .collect()
+}
+
 impl Migration {
     pub fn sql(&self, backend: Backend) -> &'static str {
         match backend {
@@ -87,6 +109,19 @@ pub trait MigrationStore: Send + Sync {
 impl MigrationStore for SqlStore {
     async fn migrate(&self) -> Result<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
+        // Fast path, no lock: everything applied already.
+        let applied = applied_versions(&mut conn).await.unwrap_or_default();
+        if MIGRATIONS.iter().all(|m| applied.contains(&m.version)) {
+            return Ok(Vec::new());
+        }
+        // Processes opening one new store at once take turns: the write
+        // lock (SQLite) or an advisory lock (PostgreSQL) is held from
+        // before the bookkeeping table exists until all is committed, and
+        // what is applied is read again under it.
+        let mut tx = self.begin_write(&mut conn).await?;
+        if let Some(lock) = migration_lock(self.backend) {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version BIGINT PRIMARY KEY NOT NULL,
@@ -94,21 +129,14 @@ impl MigrationStore for SqlStore {
                 applied_at BIGINT NOT NULL
             )",
         )
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
-        // On the connection we hold: a pool of one would wait for itself.
-        let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<i64, _>("version"))
-            .collect::<Result<_, _>>()?;
+        let applied = applied_versions(&mut tx).await?;
         let mut now_applied = Vec::new();
         for m in MIGRATIONS {
             if applied.contains(&m.version) {
                 continue;
             }
-            let mut tx = self.begin_write(&mut conn).await?;
             for stmt in m.statements(self.backend) {
                 sqlx::query(&stmt).execute(&mut *tx).await?;
             }
@@ -120,9 +148,9 @@ impl MigrationStore for SqlStore {
             .bind(ms(Utc::now()))
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             now_applied.push(m.version);
         }
+        tx.commit().await?;
         Ok(now_applied)
     }
 

@@ -7,7 +7,6 @@
 //! auth process, not root, reads the passwd file, and a 0700 dir gives
 //! "Temporary authentication failure".
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +16,7 @@ use anyhow::{bail, Context};
 
 use crate::net::{free_port, wait_for_port};
 use crate::pids::PidFile;
+use crate::rawimap::RawImap;
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
 const MAIL_USER: &str = "vmail";
@@ -31,6 +31,9 @@ pub struct DovecotOptions {
     /// this tokeninfo URL (the token is appended); the JSON answer's
     /// `email` names the user.
     pub oauth2_tokeninfo_url: Option<String>,
+    /// The name (UTF-8) of the folder set up as `\Sent`, as a localized
+    /// client would create it; default `Sent`.
+    pub sent_name: Option<String>,
 }
 
 /// A running Dovecot. Stopped on drop.
@@ -56,7 +59,7 @@ impl Dovecot {
         if !Path::new(DOVECOT).exists() {
             bail!("{DOVECOT} not found: apt-get install dovecot-imapd");
         }
-        ensure_mail_user()?;
+        ensure_system_user(MAIL_USER)?;
         let dir = tempfile::Builder::new().prefix("hg-dovecot-").tempdir()?;
         let root = dir.path().to_path_buf();
         let root = root.as_path();
@@ -165,7 +168,7 @@ service imap-login {{
 namespace inbox {{
   inbox = yes
   separator = /
-  mailbox Sent {{
+  mailbox "{sent}" {{
     special_use = \Sent
     auto = create
   }}
@@ -173,6 +176,7 @@ namespace inbox {{
 "#,
             port = self.port,
             imaps_port = self.imaps_port.unwrap_or(0),
+            sent = self.options.sent_name.as_deref().unwrap_or("Sent"),
         );
         std::fs::write(self.dir.path().join("dovecot.conf"), conf)?;
         Ok(())
@@ -336,7 +340,7 @@ namespace inbox {{
 
     /// Appends a raw message to `folder` over IMAP, as a delivery would.
     pub fn append(&self, folder: &str, raw: &[u8]) -> anyhow::Result<()> {
-        let mut imap = RawImap::login(self)?;
+        let mut imap = RawImap::login(self.port, &self.user, &self.password)?;
         imap.append(folder, raw)?;
         imap.logout()
     }
@@ -350,7 +354,7 @@ namespace inbox {{
         I: IntoIterator<Item = Vec<u8>>,
     {
         // A login creates the user's Maildir (and the auto-created Sent).
-        RawImap::login(self)?.logout()?;
+        RawImap::login(self.port, &self.user, &self.password)?.logout()?;
         let dir = if folder.eq_ignore_ascii_case("INBOX") {
             self.maildir()
         } else {
@@ -381,32 +385,44 @@ namespace inbox {{
 
     /// Deletes the message with `uid` from `folder` for good.
     pub fn expunge(&self, folder: &str, uid: u32) -> anyhow::Result<()> {
-        let mut imap = RawImap::login(self)?;
+        let mut imap = RawImap::login(self.port, &self.user, &self.password)?;
         imap.command(&format!("SELECT \"{folder}\""))?;
         imap.command(&format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"))?;
         imap.command("EXPUNGE")?;
         imap.logout()
     }
 
-    /// Creates a folder.
-    pub fn create_folder(&self, folder: &str) -> anyhow::Result<()> {
-        let mut imap = RawImap::login(self)?;
-        imap.command(&format!("CREATE \"{folder}\""))?;
+    /// Creates a folder; `folder` is the name on the wire (modified UTF-7),
+    /// `special_use` e.g. `\Sent` (RFC 6154 CREATE-SPECIAL-USE).
+    pub fn create_folder(&self, folder: &str, special_use: Option<&str>) -> anyhow::Result<()> {
+        let mut imap = RawImap::login(self.port, &self.user, &self.password)?;
+        match special_use {
+            Some(u) => imap.command(&format!("CREATE \"{folder}\" (USE ({u}))"))?,
+            None => imap.command(&format!("CREATE \"{folder}\""))?,
+        };
+        imap.logout()
+    }
+
+    /// Sets (`+`) or clears (`-`) `flag` on the message with `uid`.
+    pub fn store_flag(
+        &self,
+        folder: &str,
+        uid: u32,
+        change: char,
+        flag: &str,
+    ) -> anyhow::Result<()> {
+        let mut imap = RawImap::login(self.port, &self.user, &self.password)?;
+        imap.command(&format!("SELECT \"{folder}\""))?;
+        imap.command(&format!("UID STORE {uid} {change}FLAGS.SILENT ({flag})"))?;
         imap.logout()
     }
 
     /// The UIDVALIDITY of `folder` as the server reports it.
     pub fn uidvalidity(&self, folder: &str) -> anyhow::Result<u32> {
-        let mut imap = RawImap::login(self)?;
+        let mut imap = RawImap::login(self.port, &self.user, &self.password)?;
         let lines = imap.command(&format!("SELECT \"{folder}\""))?;
         imap.logout()?;
-        lines
-            .iter()
-            .find_map(|l| {
-                let rest = l.split("[UIDVALIDITY ").nth(1)?;
-                rest.split(']').next()?.trim().parse().ok()
-            })
-            .context("no UIDVALIDITY in the SELECT response")
+        crate::rawimap::uidvalidity_of(&lines)
     }
 }
 
@@ -423,7 +439,7 @@ fn unix_secs() -> u64 {
         .unwrap_or_default()
 }
 
-fn chmod(path: &Path, mode: &str) -> anyhow::Result<()> {
+pub(crate) fn chmod(path: &Path, mode: &str) -> anyhow::Result<()> {
     let status = Command::new("chmod").arg(mode).arg(path).status()?;
     if !status.success() {
         bail!("chmod {mode} {} failed", path.display());
@@ -431,10 +447,12 @@ fn chmod(path: &Path, mode: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ensure_mail_user() -> anyhow::Result<()> {
+/// Creates the system user `name` when missing (tests that start mail
+/// servers run as root; the servers drop to this user).
+pub(crate) fn ensure_system_user(name: &str) -> anyhow::Result<()> {
     let exists = Command::new("id")
         .arg("-u")
-        .arg(MAIL_USER)
+        .arg(name)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()?
@@ -450,19 +468,19 @@ fn ensure_mail_user() -> anyhow::Result<()> {
             "/nonexistent",
             "-s",
             "/usr/sbin/nologin",
-            MAIL_USER,
+            name,
         ])
         .status()
         .context("useradd (tests that start Dovecot run as root)")?;
     // Two test binaries may race to create it; the loser finds it there.
     let exists_now = Command::new("id")
         .arg("-u")
-        .arg(MAIL_USER)
+        .arg(name)
         .stdout(Stdio::null())
         .status()?
         .success();
     if !status.success() && !exists_now {
-        bail!("cannot create the {MAIL_USER} system user");
+        bail!("cannot create the {name} system user");
     }
     Ok(())
 }
@@ -484,89 +502,6 @@ fn remove_uid_state(dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Just enough IMAP to seed a mailbox from a test without the client under
-/// test: LOGIN, APPEND with a synchronizing literal, plain commands.
-struct RawImap {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    tag: u32,
-}
-
-impl RawImap {
-    fn login(d: &Dovecot) -> anyhow::Result<RawImap> {
-        let stream = TcpStream::connect(("127.0.0.1", d.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut imap = RawImap {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-            tag: 0,
-        };
-        let greeting = imap.line()?;
-        if !greeting.starts_with("* OK") {
-            bail!("unexpected greeting {greeting:?}");
-        }
-        imap.command(&format!("LOGIN \"{}\" \"{}\"", d.user, d.password))?;
-        Ok(imap)
-    }
-
-    fn line(&mut self) -> anyhow::Result<String> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            bail!("IMAP connection closed");
-        }
-        Ok(line.trim_end().to_owned())
-    }
-
-    fn next_tag(&mut self) -> String {
-        self.tag += 1;
-        format!("t{}", self.tag)
-    }
-
-    fn finish(&mut self, tag: &str) -> anyhow::Result<Vec<String>> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.line()?;
-            if let Some(rest) = line.strip_prefix(&format!("{tag} ")) {
-                if rest.starts_with("OK") {
-                    return Ok(lines);
-                }
-                bail!("IMAP said {line:?}");
-            }
-            lines.push(line);
-        }
-    }
-
-    fn command(&mut self, cmd: &str) -> anyhow::Result<Vec<String>> {
-        let tag = self.next_tag();
-        write!(self.writer, "{tag} {cmd}\r\n")?;
-        self.finish(&tag)
-    }
-
-    fn append(&mut self, folder: &str, raw: &[u8]) -> anyhow::Result<()> {
-        let tag = self.next_tag();
-        write!(
-            self.writer,
-            "{tag} APPEND \"{folder}\" {{{}}}\r\n",
-            raw.len()
-        )?;
-        let cont = self.line()?;
-        if !cont.starts_with('+') {
-            bail!("APPEND to {folder} refused: {cont:?}");
-        }
-        self.writer.write_all(raw)?;
-        self.writer.write_all(b"\r\n")?;
-        self.finish(&tag).map(|_| ())
-    }
-
-    fn logout(&mut self) -> anyhow::Result<()> {
-        let tag = self.next_tag();
-        write!(self.writer, "{tag} LOGOUT\r\n")?;
-        let mut rest = Vec::new();
-        let _ = self.reader.read_to_end(&mut rest);
-        Ok(())
-    }
 }
 
 /// An OAuth2 tokeninfo endpoint for Dovecot's `oauth2` passdb: one valid

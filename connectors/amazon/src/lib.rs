@@ -98,6 +98,10 @@ impl Connector for AmazonConnector {
         self.source.poll_is_read_only()
     }
 
+    fn partial_failure(&self) -> Option<String> {
+        self.source.partial_failure()
+    }
+
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         let mut batch = self.source.poll(cursors).await?;
         batch.messages = batch

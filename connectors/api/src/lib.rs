@@ -76,6 +76,13 @@ pub trait Connector: Send + Sync {
         false
     }
 
+    /// What failed in the last poll that still succeeded in part (one
+    /// IMAP folder of several does not exist): the daemon shows it as the
+    /// instance's last error while the rest keeps being ingested.
+    fn partial_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Waits until the platform signals a change (IMAP IDLE, a long poll) or
     /// `timeout` passes. Returns `true` when something changed. Connectors
     /// without push return `Ok(false)` after the timeout; the daemon then

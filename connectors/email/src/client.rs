@@ -84,9 +84,49 @@ pub fn map_imap_error(context: &str, e: ImapError) -> ConnectorError {
             ConnectorError::Transient(format!("{context}: unreadable server response: {e}"))
         }
         ImapError::No(m) | ImapError::Bad(m) if is_temporary(&m) => {
-            ConnectorError::Transient(format!("{context}: {m}"))
+            ConnectorError::Transient(format!("{context}: {}", server_text(&m)))
+        }
+        ImapError::No(m) | ImapError::Bad(m) => {
+            ConnectorError::Other(format!("{context}: {}", server_text(&m)))
         }
         other => ConnectorError::Other(format!("{context}: {other}")),
+    }
+}
+
+/// The server's own words from async-imap's `code: .., info: Some("..")`
+/// rendering of a NO or BAD, with the response code in brackets.
+pub fn server_text(m: &str) -> String {
+    let unquote = |s: &str| {
+        s.strip_prefix("Some(\"")
+            .and_then(|s| s.strip_suffix("\")"))
+            .map(|s| s.replace("\\\"", "\"").replace("\\\\", "\\"))
+    };
+    let Some((code, info)) = m
+        .strip_prefix("code: ")
+        .and_then(|rest| rest.split_once(", info: "))
+    else {
+        return m.trim().to_owned();
+    };
+    let info = unquote(info.trim()).unwrap_or_default();
+    let code = code.trim();
+    let code = match code {
+        "None" => String::new(),
+        c => {
+            let name = c
+                .trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .split(['(', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_uppercase();
+            format!("[{name}] ")
+        }
+    };
+    let text = format!("{code}{info}");
+    if text.trim().is_empty() {
+        m.trim().to_owned()
+    } else {
+        text
     }
 }
 
@@ -207,8 +247,8 @@ async fn connect_inner(
             "The password of {user} has a character IMAP LOGIN cannot carry; use auth = \"plain\""
         )),
         ImapError::No(m) | ImapError::Bad(m) if !is_temporary(&m) => ConnectorError::Auth(format!(
-            "{where_} refused the login of {user}: {}",
-            m.trim()
+            "{where_} refused the login of {user}: {} (check the user name and the password it refers to)",
+            server_text(&m)
         )),
         other => map_imap_error(&format!("Logging in to {where_}"), other),
     })
@@ -383,16 +423,18 @@ pub struct FolderSync {
     pub cursor: Option<String>,
 }
 
-/// Reads what is new in `folder` since `stored`.
+/// Reads what is new in `folder` (SELECTed as `wire`, its modified-UTF-7
+/// name on the server) since `stored`.
 pub async fn sync_folder(
     session: &mut Session,
     folder: &str,
+    wire: &str,
     stored: Option<&str>,
     batch_size: usize,
     ctx_template: &ParseContext<'_>,
 ) -> Result<FolderSync, ConnectorError> {
     let mailbox = session
-        .select(folder)
+        .select(wire)
         .await
         .map_err(|e| map_imap_error(&format!("Selecting folder {folder:?}"), e))?;
     let uidvalidity = mailbox.uid_validity.ok_or_else(|| {
@@ -491,6 +533,19 @@ pub async fn sync_folder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_errors_are_shown_in_the_servers_words() {
+        assert_eq!(
+            server_text("code: None, info: Some(\"Mailbox does not exist\")"),
+            "Mailbox does not exist"
+        );
+        assert_eq!(
+            server_text("code: Some(TryCreate), info: Some(\"Mailbox \\\"x\\\" does not exist\")"),
+            "[TRYCREATE] Mailbox \"x\" does not exist"
+        );
+        assert_eq!(server_text("something else"), "something else");
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {

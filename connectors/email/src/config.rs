@@ -53,14 +53,20 @@ pub struct ImapConfig {
     /// `login`, `plain` or `xoauth2`.
     #[serde(default)]
     pub auth: ImapAuth,
-    /// Folders to read. The sent folder is read as well when it is not
-    /// listed.
+    /// Folders to read, as the mail client shows them (UTF-8; hourglass
+    /// sends them in IMAP's modified UTF-7). `/` may stand for the
+    /// server's hierarchy separator, and a name is also looked for below
+    /// INBOX (`Sent` finds `INBOX.Sent` on Cyrus and Courier). A folder
+    /// that does not exist is an error for that folder only. The sent
+    /// folder is read as well when it is not listed.
     #[serde(default = "default_folders")]
     pub folders: Vec<String>,
     /// The folder holding the seller's sent mail: messages there are
     /// outbound (they stop the reply clock), and replies sent by hourglass
-    /// are appended there. Default: the folder in `folders` with a usual
-    /// sent-mail name (`Sent`, `Sent Items`, `[Gmail]/Sent Mail`, ...).
+    /// are appended there. Default: the folder the server marks `\Sent`
+    /// (RFC 6154 special use, whatever its localized name), else one with a
+    /// usual sent-mail name (`Sent`, `Sent Items`, `[Gmail]/Sent Mail`,
+    /// `Gesendet`, ...); it is read even when not in `folders`.
     #[serde(default)]
     pub sent_folder: Option<String>,
     /// Wait for new mail with IMAP IDLE when the server offers it.
@@ -163,10 +169,16 @@ const SENT_NAMES: &[&str] = &[
     "éléments envoyés",
     "enviados",
     "elementos enviados",
+    "itens enviados",
     "inviata",
     "posta inviata",
     "trimise",
 ];
+
+/// Whether `name` is one mail clients and servers give the sent folder.
+pub(crate) fn is_sent_name(name: &str) -> bool {
+    SENT_NAMES.contains(&name.to_lowercase().as_str())
+}
 
 impl ImapConfig {
     /// The sent folder: `sent_folder`, else the folder in `folders` with a
@@ -177,7 +189,7 @@ impl ImapConfig {
             self.folders
                 .iter()
                 .map(String::as_str)
-                .find(|f| SENT_NAMES.contains(&f.to_lowercase().as_str()))
+                .find(|f| is_sent_name(f))
         })
     }
 

@@ -1,6 +1,8 @@
 //! `EmailConnector`: an IMAP mailbox in, SMTP out.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use async_imap::imap_proto::{MailboxDatum, Response};
@@ -14,6 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::client::{self, connect, map_imap_error, FolderCursor, Session};
 use crate::config::{ImapConfig, SmtpConfig};
+use crate::folders::{plan_folders, FolderPlan, ListedFolder, PlannedFolder, SpecialUse};
 use crate::normalize::{address_of, ParseContext};
 use crate::smtp::{build_reply, reply_message_id, SmtpSender};
 
@@ -23,6 +26,11 @@ use crate::smtp::{build_reply, reply_message_id, SmtpSender};
 const IDLE_CHUNK: Duration = Duration::from_secs(5 * 60);
 /// A poll that hangs longer than this is a dead connection.
 const POLL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reconnecting after the IDLE connection dropped: the first try soon (a
+/// restart takes a second or two), then doubling up to a minute.
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(60);
 
 const IDLE_UNKNOWN: u8 = 0;
 const IDLE_YES: u8 = 1;
@@ -42,6 +50,12 @@ pub struct EmailConnector {
     /// IDLE blocks its connection, so it gets its own.
     idle_session: Mutex<Option<Session>>,
     idle_supported: AtomicU8,
+    /// The folders polls read, resolved against the server's `LIST` at
+    /// every connect.
+    plan: std::sync::Mutex<Arc<FolderPlan>>,
+    /// Folders whose last read failed, by key: logged when the error
+    /// first appears, shown as the instance's last error.
+    folder_errors: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl EmailConnector {
@@ -72,13 +86,15 @@ impl EmailConnector {
         Ok(EmailConnector {
             instance: instance.to_owned(),
             kind: "email".to_owned(),
-            imap,
             password,
             smtp,
             own_addresses,
             session: Mutex::new(None),
             idle_session: Mutex::new(None),
             idle_supported: AtomicU8::new(IDLE_UNKNOWN),
+            plan: std::sync::Mutex::new(Arc::new(FolderPlan::unresolved(&imap))),
+            folder_errors: std::sync::Mutex::new(BTreeMap::new()),
+            imap,
         })
     }
 
@@ -109,7 +125,68 @@ impl EmailConnector {
             IDLE_NO
         };
         self.idle_supported.store(idle, Ordering::Relaxed);
+        self.resolve_folders(&mut session).await?;
         Ok(session)
+    }
+
+    /// The folders as last resolved (as configured before the first
+    /// connect).
+    pub fn folder_plan(&self) -> Arc<FolderPlan> {
+        self.plan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Asks the server which folders there are (`LIST`, whose answers
+    /// carry RFC 6154 special-use attributes where the server has them)
+    /// and matches the configured names and the sent folder against them.
+    async fn resolve_folders(&self, session: &mut Session) -> Result<(), ConnectorError> {
+        use futures::TryStreamExt;
+        let listed: Result<Vec<async_imap::types::Name>, _> =
+            match session.list(Some(""), Some("*")).await {
+                Ok(stream) => stream.try_collect().await,
+                Err(e) => Err(e),
+            };
+        let listed = match listed {
+            Ok(names) => names.iter().map(listed_folder).collect::<Vec<_>>(),
+            Err(e) => {
+                let e = map_imap_error("Listing folders", e);
+                if e.is_retryable() {
+                    return Err(e);
+                }
+                tracing::warn!(instance = %self.instance, error = %e, "The server did not list its folders; using the configured names as they are.");
+                return Ok(());
+            }
+        };
+        let plan = plan_folders(&self.imap, &listed);
+        let mut slot = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+        if **slot != plan {
+            tracing::info!(instance = %self.instance, folders = %describe(&plan), "IMAP folders resolved.");
+        }
+        *slot = Arc::new(plan);
+        Ok(())
+    }
+
+    fn folder_failed(&self, key: &str, error: &str) {
+        let mut errors = self
+            .folder_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if errors.get(key).map(String::as_str) != Some(error) {
+            tracing::warn!(instance = %self.instance, folder = %key, error = %error, "Cannot read this folder; the others are read.");
+            errors.insert(key.to_owned(), error.to_owned());
+        }
+    }
+
+    fn folder_ok(&self, key: &str) {
+        let mut errors = self
+            .folder_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if errors.remove(key).is_some() {
+            tracing::info!(instance = %self.instance, folder = %key, "Folder readable again.");
+        }
     }
 
     /// The cached session, or a new one. The caller puts it back only
@@ -145,41 +222,75 @@ impl EmailConnector {
     ) -> Result<Batch, ConnectorError> {
         let now = Utc::now();
         let mut batch = Batch::default();
-        for folder in self.imap.poll_folders() {
+        if self.folder_plan().folders.iter().any(|f| f.wire.is_err()) {
+            // A missing folder may have been created since: look again.
+            self.resolve_folders(session).await?;
+        }
+        let plan = self.folder_plan();
+        let mut failed: Vec<String> = Vec::new();
+        let mut read_any = false;
+        for folder in &plan.folders {
+            let wire = match &folder.wire {
+                Ok(w) => w,
+                Err(e) => {
+                    self.folder_failed(&folder.key, e);
+                    failed.push(e.clone());
+                    continue;
+                }
+            };
             let ctx = ParseContext {
-                folder: &folder,
+                folder: &folder.key,
                 uid: None,
                 internal_date: None,
-                is_sent_folder: self.imap.effective_sent_folder() == Some(folder.as_str()),
+                is_sent_folder: folder.is_sent,
                 own_addresses: &self.own_addresses,
                 now,
             };
-            let sync = client::sync_folder(
+            let sync = match client::sync_folder(
                 session,
-                &folder,
-                cursors.get(&folder).map(String::as_str),
+                &folder.key,
+                wire,
+                cursors.get(&folder.key).map(String::as_str),
                 self.imap.fetch_batch.max(1) as usize,
                 &ctx,
             )
-            .await?;
+            .await
+            {
+                Ok(sync) => sync,
+                // The server's refusal of this one folder (gone since the
+                // LIST, no right to read it): the others are still read.
+                Err(ConnectorError::Other(e)) => {
+                    self.folder_failed(&folder.key, &e);
+                    failed.push(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.folder_ok(&folder.key);
+            read_any = true;
             batch.messages.extend(sync.batch.messages);
             batch.quarantined.extend(sync.batch.quarantined);
             batch.more |= sync.batch.more;
             if let Some(c) = sync.cursor {
-                batch.cursors.insert(folder.clone(), c);
+                batch.cursors.insert(folder.key.clone(), c);
             }
+        }
+        if !read_any && !failed.is_empty() {
+            return Err(ConnectorError::Other(failed.join("; ")));
         }
         Ok(batch)
     }
 
     /// Files a sent reply in the sent folder, as a mail client would.
     async fn append_sent(&self, raw: &[u8]) -> Result<(), ConnectorError> {
-        let Some(folder) = self.imap.effective_sent_folder() else {
-            return Ok(());
-        };
         let mut slot = self.session.lock().await;
         let (mut session, fresh) = self.checkout(&mut slot).await?;
-        let context = format!("Appending the reply to {folder:?}");
+        let Some((key, folder)) = sent_of(&self.folder_plan()) else {
+            *slot = Some(session);
+            return Ok(());
+        };
+        let folder = folder.as_str();
+        let context = format!("Appending the reply to {key:?}");
         match session.append(folder, Some("(\\Seen)"), None, raw).await {
             Ok(()) => {}
             Err(e) => {
@@ -202,11 +313,14 @@ impl EmailConnector {
         &self,
         message_id: &str,
     ) -> Result<Option<chrono::DateTime<Utc>>, ConnectorError> {
-        let Some(folder) = self.imap.effective_sent_folder().map(str::to_owned) else {
-            return Err(ConnectorError::Other("no sent folder configured".into()));
-        };
         let mut slot = self.session.lock().await;
         let (mut session, fresh) = self.checkout(&mut slot).await?;
+        let Some((_, folder)) = sent_of(&self.folder_plan()) else {
+            *slot = Some(session);
+            return Err(ConnectorError::Other(
+                "the server has no sent folder and none is configured".into(),
+            ));
+        };
         let found = match search_header(&mut session, &folder, message_id).await {
             Err(e) if !fresh && e.is_retryable() => {
                 session = self.open().await?;
@@ -218,6 +332,11 @@ impl EmailConnector {
         Ok(found)
     }
 
+    /// Waits in IDLE until new mail, `timeout`, or a dropped connection.
+    /// A drop (a server restart, a NAT timeout) is reconnected with
+    /// backoff within the same wait, and a successful reconnect reports a
+    /// change: mail that came while the connection was down raised no
+    /// EXISTS, so the daemon polls at once and then waits the time left.
     async fn idle_wait(
         &self,
         slot: &mut Option<Session>,
@@ -225,25 +344,76 @@ impl EmailConnector {
         timeout: Duration,
     ) -> Result<bool, ConnectorError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let (mut session, _) = self.checkout(slot).await?;
-        if self.idle_supported.load(Ordering::Relaxed) != IDLE_YES {
-            *slot = Some(session);
-            tokio::time::sleep_until(deadline).await;
-            return Ok(false);
+        let mut dropped: Option<ConnectorError> = None;
+        let mut delay = RECONNECT_FIRST;
+        loop {
+            let session = match slot.take() {
+                Some(s) => s,
+                None => match self.open().await {
+                    Ok(s) if dropped.is_some() => {
+                        tracing::info!(instance = %self.instance, "IMAP connection for IDLE re-established.");
+                        *slot = Some(s);
+                        return Ok(true);
+                    }
+                    Ok(s) => {
+                        tracing::info!(instance = %self.instance, "Waiting for new mail with IMAP IDLE.");
+                        s
+                    }
+                    Err(e) if e.is_retryable() => {
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline {
+                            return Ok(false);
+                        }
+                        tracing::debug!(instance = %self.instance, error = %e, retry_in_ms = delay.as_millis() as u64, "IDLE reconnect failed.");
+                        tokio::time::sleep(delay.min(deadline - now)).await;
+                        delay = (delay * 2).min(RECONNECT_MAX);
+                        dropped.get_or_insert(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            if self.idle_supported.load(Ordering::Relaxed) != IDLE_YES {
+                *slot = Some(session);
+                tokio::time::sleep_until(deadline).await;
+                return Ok(false);
+            }
+            match self.idle_once(session, cursors, deadline).await {
+                Ok((session, changed)) => {
+                    *slot = Some(session);
+                    return Ok(changed);
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::info!(instance = %self.instance, error = %e, "IMAP connection for IDLE dropped; reconnecting.");
+                    dropped = Some(e);
+                    delay = RECONNECT_FIRST;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let folder = self
-            .imap
+    }
+
+    /// One IDLE on a live session, re-issued every [`IDLE_CHUNK`] until
+    /// `deadline`; the session comes back unless the connection failed.
+    async fn idle_once(
+        &self,
+        mut session: Session,
+        cursors: &Cursors,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Session, bool), ConnectorError> {
+        let plan = self.folder_plan();
+        let watched = plan
             .folders
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "INBOX".to_owned());
+            .iter()
+            .find_map(|f| f.wire.as_ref().ok().map(|w| (f.key.clone(), w.clone())));
+        let (key, wire) = watched.unwrap_or_else(|| ("INBOX".to_owned(), "INBOX".to_owned()));
         let mailbox = session
-            .select(&folder)
+            .select(&wire)
             .await
-            .map_err(|e| map_imap_error(&format!("Selecting {folder:?} for IDLE"), e))?;
+            .map_err(|e| map_imap_error(&format!("Selecting {key:?} for IDLE"), e))?;
         // Mail that arrived between the last poll and now would not raise
         // an EXISTS during IDLE: answer at once.
-        let stored = cursors.get(&folder).and_then(|c| FolderCursor::parse(c));
+        let stored = cursors.get(&key).and_then(|c| FolderCursor::parse(c));
         let behind = match (stored, mailbox.uid_validity, mailbox.uid_next) {
             (Some(c), Some(v), _) if c.uidvalidity != v => true,
             (Some(c), _, Some(next)) => next > c.last_uid.saturating_add(1),
@@ -251,16 +421,14 @@ impl EmailConnector {
             _ => false,
         };
         if behind {
-            *slot = Some(session);
-            return Ok(true);
+            return Ok((session, true));
         }
         // What was queued before the SELECT is already accounted for.
         let _ = drain_exists(&mut session);
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                *slot = Some(session);
-                return Ok(false);
+                return Ok((session, false));
             }
             let chunk = (deadline - now).min(IDLE_CHUNK);
             let mut idle = session.idle();
@@ -271,32 +439,101 @@ impl EmailConnector {
                 let (wait, _stop) = idle.wait_with_timeout(chunk);
                 tokio::time::timeout(chunk, wait).await
             };
+            use async_imap::extensions::idle::IdleResponse;
+            match &outcome {
+                // The stream ended or the server said BYE: the connection
+                // is gone, and a DONE would wait on it.
+                Ok(Ok(IdleResponse::ManualInterrupt)) => {
+                    return Err(ConnectorError::Transient(
+                        "the server closed the IDLE connection".into(),
+                    ))
+                }
+                Ok(Ok(IdleResponse::NewData(data)))
+                    if matches!(
+                        data.parsed(),
+                        Response::Data {
+                            status: async_imap::imap_proto::Status::Bye,
+                            ..
+                        }
+                    ) =>
+                {
+                    return Err(ConnectorError::Transient(
+                        "the server ended the IDLE connection (BYE)".into(),
+                    ))
+                }
+                Ok(Err(_)) => {
+                    if let Ok(Err(e)) = outcome {
+                        return Err(map_imap_error("Waiting in IDLE", e));
+                    }
+                }
+                _ => {}
+            }
             session = idle
                 .done()
                 .await
                 .map_err(|e| map_imap_error("Ending IDLE", e))?;
-            match outcome {
-                Ok(Ok(async_imap::extensions::idle::IdleResponse::NewData(data)))
-                    if matches!(
-                        data.parsed(),
-                        Response::MailboxData(MailboxDatum::Exists(_))
-                    ) =>
-                {
-                    *slot = Some(session);
-                    return Ok(true);
+            if let Ok(Ok(IdleResponse::NewData(data))) = &outcome {
+                if matches!(
+                    data.parsed(),
+                    Response::MailboxData(MailboxDatum::Exists(_))
+                ) {
+                    return Ok((session, true));
                 }
-                Ok(Err(e)) => return Err(map_imap_error("Waiting in IDLE", e)),
-                // Flag changes, expunges, keepalives, our own timeout: keep
-                // waiting until the deadline.
-                _ => {}
             }
-            // An EXISTS that came with the DONE's completion lands in the
-            // unsolicited queue, not in the IDLE stream.
+            // Flag changes, expunges, keepalives, our own timeout: keep
+            // waiting until the deadline. An EXISTS that came with the
+            // DONE's completion lands in the unsolicited queue.
             if drain_exists(&mut session) {
-                *slot = Some(session);
-                return Ok(true);
+                return Ok((session, true));
             }
         }
+    }
+}
+
+/// The sent folder of a plan: its key and its name on the wire.
+fn sent_of(plan: &FolderPlan) -> Option<(String, String)> {
+    plan.sent()
+        .and_then(|f| Some((f.key.clone(), f.wire.clone().ok()?)))
+}
+
+/// `INBOX, Sent = INBOX.Sent (sent), Archive: error` for the log.
+fn describe(plan: &FolderPlan) -> String {
+    plan.folders
+        .iter()
+        .map(|f: &PlannedFolder| {
+            let sent = if f.is_sent { " (sent)" } else { "" };
+            match &f.wire {
+                Ok(w) if *w == f.key => format!("{}{sent}", f.key),
+                Ok(w) => format!("{} = {w}{sent}", f.key),
+                Err(e) => format!("{}: {e}", f.key),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn listed_folder(name: &async_imap::types::Name) -> ListedFolder {
+    use async_imap::imap_proto::types::NameAttribute;
+    let mut special_use = None;
+    let mut selectable = true;
+    for a in name.attributes() {
+        match a {
+            NameAttribute::Sent => special_use = Some(SpecialUse::Sent),
+            NameAttribute::Drafts | NameAttribute::Trash | NameAttribute::Junk => {
+                special_use = special_use.or(Some(SpecialUse::NotSent))
+            }
+            NameAttribute::NoSelect => selectable = false,
+            NameAttribute::Extension(x) if x.eq_ignore_ascii_case("\\NonExistent") => {
+                selectable = false
+            }
+            _ => {}
+        }
+    }
+    ListedFolder {
+        wire: name.name().to_owned(),
+        delimiter: name.delimiter().map(str::to_owned),
+        special_use,
+        selectable,
     }
 }
 
@@ -362,7 +599,9 @@ impl Connector for EmailConnector {
             poll: true,
             push: self.imap.idle && self.idle_supported.load(Ordering::Relaxed) != IDLE_NO,
             send: self.smtp.is_some(),
-            check_sent: self.smtp.is_some() && self.imap.effective_sent_folder().is_some(),
+            // The sent folder is known only after LIST; without one,
+            // check_sent answers CannotTell.
+            check_sent: self.smtp.is_some(),
         }
     }
 
@@ -372,13 +611,30 @@ impl Connector for EmailConnector {
             // A fresh login proves the credentials, not a cached session.
             *slot = None;
             let mut session = self.open().await?;
-            for folder in self.imap.poll_folders() {
-                session
-                    .examine(&folder)
-                    .await
-                    .map_err(|e| map_imap_error(&format!("Opening folder {folder:?}"), e))?;
+            let plan = self.folder_plan();
+            tracing::info!(instance = %self.instance, folders = %describe(&plan), "IMAP folders resolved.");
+            let mut problems = Vec::new();
+            for folder in &plan.folders {
+                let opened = match &folder.wire {
+                    Ok(wire) => session.examine(wire).await.map(|_| ()).map_err(|e| {
+                        map_imap_error(&format!("Opening folder {:?}", folder.key), e)
+                    }),
+                    Err(e) => Err(ConnectorError::Other(e.clone())),
+                };
+                match opened {
+                    Ok(()) => {}
+                    Err(ConnectorError::Other(e)) => problems.push(e),
+                    Err(e) => return Err(e),
+                }
             }
             *slot = Some(session);
+            if !problems.is_empty() {
+                return Err(ConnectorError::Other(format!(
+                    "{} (resolved: {})",
+                    problems.join("; "),
+                    describe(&plan)
+                )));
+            }
         }
         if let Some(smtp) = &self.smtp {
             smtp.check().await?;
@@ -388,6 +644,14 @@ impl Connector for EmailConnector {
 
     fn poll_is_read_only(&self) -> bool {
         true // BODY.PEEK: not even \Seen is set
+    }
+
+    fn partial_failure(&self) -> Option<String> {
+        let errors = self
+            .folder_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (!errors.is_empty()).then(|| errors.values().cloned().collect::<Vec<_>>().join("; "))
     }
 
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
@@ -440,9 +704,18 @@ impl Connector for EmailConnector {
     }
 
     async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
-        let (Some(smtp), Some(_)) = (&self.smtp, self.imap.effective_sent_folder()) else {
+        let Some(smtp) = &self.smtp else {
             return Ok(SentCheck::CannotTell);
         };
+        if self.imap.sent_folder.is_none() && self.folder_plan().sent().is_none() {
+            // Before the first connect the plan is a guess: connect first.
+            let mut slot = self.session.lock().await;
+            let (session, _) = self.checkout(&mut slot).await?;
+            *slot = Some(session);
+            if self.folder_plan().sent().is_none() {
+                return Ok(SentCheck::CannotTell);
+            }
+        }
         let id = reply_message_id(&reply.outbox_id, smtp.from());
         Ok(match self.find_in_sent(&id).await? {
             Some(sent_at) => SentCheck::Sent(SentReply {

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod config;
 mod connector;
+pub mod folders;
 pub mod maildir;
 pub mod normalize;
 pub mod platform;

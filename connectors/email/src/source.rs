@@ -62,6 +62,9 @@ impl Connector for MailSource {
     fn poll_is_read_only(&self) -> bool {
         self.inner().poll_is_read_only()
     }
+    fn partial_failure(&self) -> Option<String> {
+        self.inner().partial_failure()
+    }
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
         self.inner().poll(cursors).await
     }

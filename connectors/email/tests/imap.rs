@@ -1,4 +1,5 @@
-//! `EmailConnector` against a real Dovecot (and aiosmtpd for replies).
+//! `EmailConnector` against real IMAP servers, Dovecot and Cyrus (and
+//! aiosmtpd for replies): each test body runs once per server.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use hourglass_connector::testkit::conformance;
 use hourglass_connector::{Connector, Cursors, Direction, OutgoingReply, SentCheck};
 use hourglass_email::{EmailConnector, ImapAuth, ImapConfig, SmtpConfig, TlsMode};
 use hourglass_testsupport::dovecot::Dovecot;
+use hourglass_testsupport::imap::{ImapServer, ServerKind};
 use hourglass_testsupport::smtp::SmtpSink;
 use serde_json::json;
 
@@ -18,7 +20,65 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn imap_config(d: &Dovecot) -> ImapConfig {
+/// Runs each named `async fn(ImapServer)` as two tests, `NAME::dovecot`
+/// and `NAME::cyrus`.
+macro_rules! on_both_servers {
+    ($($body:ident),* $(,)?) => { $(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dovecot() {
+                super::$body(ImapServer::start(ServerKind::Dovecot).unwrap()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cyrus() {
+                super::$body(ImapServer::start(ServerKind::Cyrus).unwrap()).await
+            }
+        }
+    )* };
+}
+
+on_both_servers!(
+    first_sync_reads_every_folder_in_batches_and_then_only_new_mail,
+    idle_wakes_up_when_mail_arrives,
+    mail_expunged_before_it_was_read_does_not_keep_idle_awake,
+    a_restarted_server_is_reconnected_on_the_next_poll,
+    a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind,
+    a_wrong_password_is_an_auth_error_without_the_password,
+    authenticate_plain_works_too,
+    email_connector_passes_the_conformance_suite,
+    a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent,
+    a_reply_after_a_server_restart_is_still_filed_in_sent,
+    a_missing_folder_is_an_error_for_that_folder_only,
+    a_non_ascii_folder_name_from_the_config_is_read,
+    idle_comes_back_after_the_server_restarts,
+);
+
+/// Like `on_both_servers!`, on servers whose `\Sent` folder has the
+/// localized name a French mail client gives it.
+macro_rules! on_both_servers_with_sent {
+    ($($body:ident),* $(,)?) => { $(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dovecot() {
+                let s = ImapServer::start_with_sent(ServerKind::Dovecot, LOCALIZED_SENT).unwrap();
+                super::$body(s).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cyrus() {
+                let s = ImapServer::start_with_sent(ServerKind::Cyrus, LOCALIZED_SENT).unwrap();
+                super::$body(s).await
+            }
+        }
+    )* };
+}
+
+const LOCALIZED_SENT: &str = "Éléments envoyés";
+
+on_both_servers_with_sent!(a_localized_sent_folder_is_found_by_special_use);
+
+fn imap_config(d: &ImapServer) -> ImapConfig {
     // Every test uses the same value, so parallel tests may all set it.
     std::env::set_var(PASSWORD_VAR, d.password());
     ImapConfig {
@@ -29,7 +89,7 @@ fn imap_config(d: &Dovecot) -> ImapConfig {
         password: Some(SecretRef::Env(PASSWORD_VAR.to_owned())),
         auth: ImapAuth::Login,
         folders: vec!["INBOX".to_owned()],
-        sent_folder: Some("Sent".to_owned()),
+        sent_folder: Some(d.sent_folder()),
         idle: true,
         fetch_batch: 200,
         accept_invalid_certs: false,
@@ -47,7 +107,11 @@ fn smtp_config(sink: &SmtpSink) -> SmtpConfig {
     }
 }
 
-fn seed(d: &Dovecot) {
+/// Not an e-mail, yet a message both servers take: Cyrus refuses an APPEND
+/// whose first line is no header ("Message contains invalid header").
+const GARBAGE: &[u8] = b"X-Junk: y\r\n\r\nthis is not a mail at all\r\n";
+
+fn seed(d: &ImapServer) {
     for name in [
         "ro_utf8_qp.eml",
         "fr_latin1_8bit.eml",
@@ -57,7 +121,8 @@ fn seed(d: &Dovecot) {
     ] {
         d.append("INBOX", &fixture(name)).unwrap();
     }
-    d.append("Sent", &fixture("seller_reply.eml")).unwrap();
+    d.append(&d.sent_folder(), &fixture("seller_reply.eml"))
+        .unwrap();
 }
 
 /// Polls until the connector says there is no more; returns every message
@@ -77,11 +142,9 @@ async fn drain(conn: &EmailConnector, mut cursors: Cursors) -> (Vec<String>, Cur
     }
 }
 
-#[tokio::test]
-async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
-    let d = Dovecot::start().unwrap();
+async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail(d: ImapServer) {
     seed(&d);
-    d.append("INBOX", b"this is not a mail at all\r\n").unwrap();
+    d.append("INBOX", GARBAGE).unwrap();
     let mut cfg = imap_config(&d);
     cfg.fetch_batch = 2;
     let conn = EmailConnector::new("mail", cfg, None).unwrap();
@@ -95,7 +158,7 @@ async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
     let sent: Vec<_> = first
         .messages
         .iter()
-        .filter(|m| m.meta["folder"] == "Sent")
+        .filter(|m| m.meta["folder"] == d.sent_folder().as_str())
         .collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].direction, Direction::Outbound);
@@ -126,7 +189,7 @@ async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
         "{:?}",
         quarantined[0].error
     );
-    assert_eq!(quarantined[0].raw, b"this is not a mail at all\r\n");
+    assert_eq!(quarantined[0].raw, GARBAGE);
     assert!(quarantined[0].source.contains("INBOX"));
 
     // Nothing new: nothing returned, even though `UID n:*` matches the
@@ -157,15 +220,20 @@ async fn first_sync_reads_every_folder_in_batches_and_then_only_new_mail() {
     );
 }
 
+/// Dovecot only: it renumbers a folder when its index is removed; Cyrus
+/// keeps UIDVALIDITY in its mailbox list, out of a test's reach.
 #[tokio::test]
 async fn a_new_uidvalidity_resyncs_under_the_same_external_ids() {
-    let mut d = Dovecot::start().unwrap();
+    let mut d = ImapServer::Dovecot(Dovecot::start().unwrap());
     seed(&d);
     let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
     let (before, cursors, _) = drain(&conn, Cursors::new()).await;
     let old_validity = d.uidvalidity("INBOX").unwrap();
 
-    d.bump_uidvalidity().unwrap();
+    let ImapServer::Dovecot(dovecot) = &mut d else {
+        unreachable!()
+    };
+    dovecot.bump_uidvalidity().unwrap();
     assert_ne!(d.uidvalidity("INBOX").unwrap(), old_validity);
 
     // The cached session died with the server: the poll reconnects.
@@ -183,9 +251,7 @@ async fn a_new_uidvalidity_resyncs_under_the_same_external_ids() {
     assert!(!inbox.starts_with(&format!("{old_validity}:")), "{inbox}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_wakes_up_when_mail_arrives() {
-    let d = Dovecot::start().unwrap();
+async fn idle_wakes_up_when_mail_arrives(d: ImapServer) {
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
     let (_, cursors, _) = drain(&conn, Cursors::new()).await;
@@ -231,9 +297,7 @@ async fn idle_wakes_up_when_mail_arrives() {
     assert!(start.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake() {
-    let d = Dovecot::start().unwrap();
+async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake(d: ImapServer) {
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
     let (_, cursors, _) = drain(&conn, Cursors::new()).await;
@@ -257,9 +321,7 @@ async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake() {
     );
 }
 
-#[tokio::test]
-async fn a_restarted_server_is_reconnected_on_the_next_poll() {
-    let mut d = Dovecot::start().unwrap();
+async fn a_restarted_server_is_reconnected_on_the_next_poll(mut d: ImapServer) {
     seed(&d);
     let mut cfg = imap_config(&d);
     cfg.fetch_batch = 2;
@@ -297,9 +359,7 @@ async fn a_restarted_server_is_reconnected_on_the_next_poll() {
     assert_eq!(unique.len(), 6);
 }
 
-#[tokio::test]
-async fn a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind() {
-    let d = Dovecot::start().unwrap();
+async fn a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind(d: ImapServer) {
     let raw = String::from_utf8(fixture("en_html_only.eml")).unwrap();
     let n = d
         .deliver_many(
@@ -326,9 +386,7 @@ async fn a_poll_cancelled_mid_fetch_leaves_no_half_read_session_behind() {
     assert_eq!(ids.len(), n);
 }
 
-#[tokio::test]
-async fn a_wrong_password_is_an_auth_error_without_the_password() {
-    let d = Dovecot::start().unwrap();
+async fn a_wrong_password_is_an_auth_error_without_the_password(d: ImapServer) {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "wrong-hunter2").unwrap();
@@ -342,9 +400,7 @@ async fn a_wrong_password_is_an_auth_error_without_the_password() {
     assert_eq!(err.kind(), "auth", "{err}");
 }
 
-#[tokio::test]
-async fn authenticate_plain_works_too() {
-    let d = Dovecot::start().unwrap();
+async fn authenticate_plain_works_too(d: ImapServer) {
     seed(&d);
     let mut cfg = imap_config(&d);
     cfg.auth = ImapAuth::Plain;
@@ -353,11 +409,9 @@ async fn authenticate_plain_works_too() {
     assert_eq!(ids.len(), 6);
 }
 
-#[tokio::test]
-async fn email_connector_passes_the_conformance_suite() {
-    let d = Dovecot::start().unwrap();
+async fn email_connector_passes_the_conformance_suite(d: ImapServer) {
     seed(&d);
-    d.append("INBOX", b"garbage without headers\r\n").unwrap();
+    d.append("INBOX", GARBAGE).unwrap();
     let mut cfg = imap_config(&d);
     cfg.fetch_batch = 2;
     let conn = EmailConnector::new("mail", cfg, None).unwrap();
@@ -369,9 +423,7 @@ async fn email_connector_passes_the_conformance_suite() {
     assert!(report.polls >= 3);
 }
 
-#[tokio::test]
-async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent() {
-    let d = Dovecot::start().unwrap();
+async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent(d: ImapServer) {
     let sink = SmtpSink::start().unwrap();
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), Some(smtp_config(&sink))).unwrap();
@@ -430,7 +482,7 @@ async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent()
     assert_eq!(copy.external_id, sent.external_id);
     assert_eq!(copy.direction, Direction::Outbound);
     assert_eq!(copy.thread_key, inbound.thread_key);
-    assert_eq!(copy.meta["folder"], "Sent");
+    assert_eq!(copy.meta["folder"], d.sent_folder().as_str());
 
     let other = OutgoingReply {
         outbox_id: "outbox-18".into(),
@@ -440,9 +492,7 @@ async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent()
     let _ = json!({});
 }
 
-#[tokio::test]
-async fn a_reply_after_a_server_restart_is_still_filed_in_sent() {
-    let mut d = Dovecot::start().unwrap();
+async fn a_reply_after_a_server_restart_is_still_filed_in_sent(mut d: ImapServer) {
     let sink = SmtpSink::start().unwrap();
     d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
     let conn = EmailConnector::new("mail", imap_config(&d), Some(smtp_config(&sink))).unwrap();
@@ -467,4 +517,144 @@ async fn a_reply_after_a_server_restart_is_still_filed_in_sent() {
         SentCheck::Sent(s) => assert_eq!(s.external_id, sent.external_id),
         other => panic!("the copy did not reach Sent: {other:?}"),
     }
+}
+
+async fn a_missing_folder_is_an_error_for_that_folder_only(d: ImapServer) {
+    seed(&d);
+    let mut cfg = imap_config(&d);
+    cfg.folders = vec!["INBOX".into(), "Commandes".into()];
+    cfg.sent_folder = None;
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let (ids, cursors, _) = drain(&conn, Cursors::new()).await;
+    // INBOX (5) and the server's \Sent (1) are read all the same.
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let problem = conn
+        .partial_failure()
+        .expect("the missing folder is reported");
+    assert!(
+        problem.contains("\"Commandes\" does not exist"),
+        "{problem}"
+    );
+    assert!(!cursors.contains_key("Commandes"), "{cursors:?}");
+    let err = conn.health_check().await.unwrap_err();
+    assert!(err.to_string().contains("Commandes"), "{err}");
+
+    // Created later: read from the next poll on, and no longer an error.
+    let wire = d.folder("Commandes");
+    d.create_folder(&wire, None).unwrap();
+    d.append(&wire, &fixture("pl_cp1250_b64.eml")).unwrap();
+    let batch = conn.poll(&cursors).await.unwrap();
+    assert_eq!(batch.messages.len(), 1);
+    assert_eq!(batch.messages[0].meta["folder"], "Commandes");
+    assert_eq!(conn.partial_failure(), None);
+
+    // Only missing folders: that is the poll's error, in the server's
+    // terms, not Rust's.
+    let mut cfg = imap_config(&d);
+    cfg.folders = vec!["Nope".into()];
+    cfg.sent_folder = Some("Nope either".into());
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let err = conn.poll(&Cursors::new()).await.unwrap_err();
+    assert!(err.to_string().contains("\"Nope\" does not exist"), "{err}");
+    assert!(!err.to_string().contains("Some("), "{err}");
+}
+
+async fn a_non_ascii_folder_name_from_the_config_is_read(d: ImapServer) {
+    // As the seller's mail client shows it; on the wire it is
+    // `R&APw-ckfragen` (Dovecot) or `INBOX.R&APw-ckfragen` (Cyrus).
+    let name = "Rückfragen/Größen";
+    let wire = d.folder(name);
+    assert!(wire.contains("R&APw-ckfragen"), "{wire}");
+    d.create_folder(&d.folder("Rückfragen"), None).unwrap();
+    d.create_folder(&wire, None).unwrap();
+    d.append(&wire, &fixture("de_latin9_qp.eml")).unwrap();
+    let mut cfg = imap_config(&d);
+    cfg.folders = vec!["INBOX".into(), name.into()];
+    let conn = EmailConnector::new("mail", cfg, None).unwrap();
+    let (ids, cursors, _) = drain(&conn, Cursors::new()).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(cursors.contains_key(name), "{cursors:?}");
+    assert_eq!(conn.partial_failure(), None);
+}
+
+async fn a_localized_sent_folder_is_found_by_special_use(d: ImapServer) {
+    let sent = d.folder(LOCALIZED_SENT);
+    d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
+    d.append(&sent, &fixture("seller_reply.eml")).unwrap();
+    // Only INBOX configured, no sent_folder: the server says which is Sent.
+    let mut cfg = imap_config(&d);
+    cfg.sent_folder = None;
+    // No [smtp], so the seller's address is not known: the folder alone
+    // makes the reply outbound.
+    let conn = EmailConnector::new("mail", cfg.clone(), None).unwrap();
+    let batch = conn.poll(&Cursors::new()).await.unwrap();
+    assert_eq!(batch.messages.len(), 2);
+    let reply = batch
+        .messages
+        .iter()
+        .find(|m| m.meta["folder"] != "INBOX")
+        .unwrap();
+    assert_eq!(reply.direction, Direction::Outbound, "{:?}", reply.meta);
+    assert!(
+        reply.meta["folder"]
+            .as_str()
+            .unwrap()
+            .ends_with(LOCALIZED_SENT),
+        "{:?}",
+        reply.meta
+    );
+
+    // Replies hourglass sends are filed there too, and found there.
+    let sink = SmtpSink::start().unwrap();
+    let conn = EmailConnector::new("mail", cfg, Some(smtp_config(&sink))).unwrap();
+    let inbound = batch
+        .messages
+        .iter()
+        .find(|m| m.direction == Direction::Inbound)
+        .unwrap();
+    let out = OutgoingReply {
+        outbox_id: "outbox-fr".into(),
+        thread_key: inbound.thread_key.clone(),
+        to: inbound.reply_to.clone().unwrap(),
+        subject: inbound.subject.clone(),
+        text: "Merci !".into(),
+        in_reply_to_meta: inbound.meta.clone(),
+        order_id: None,
+    };
+    let sent_reply = conn.send_reply(&out).await.unwrap();
+    match conn.check_sent(&out).await.unwrap() {
+        SentCheck::Sent(s) => assert_eq!(s.external_id, sent_reply.external_id),
+        other => panic!("the copy is not in {LOCALIZED_SENT}: {other:?}"),
+    }
+}
+
+async fn idle_comes_back_after_the_server_restarts(mut d: ImapServer) {
+    d.append("INBOX", &fixture("ro_utf8_qp.eml")).unwrap();
+    let conn = EmailConnector::new("mail", imap_config(&d), None).unwrap();
+    let (_, cursors, _) = drain(&conn, Cursors::new()).await;
+
+    // The server restarts under a waiting IDLE: the wait reconnects and
+    // reports a change (mail may have come while it was down) instead of
+    // sleeping out its timeout.
+    let (changed, ()) = tokio::join!(
+        conn.wait_for_change(&cursors, Duration::from_secs(600)),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::task::block_in_place(|| d.restart()).unwrap();
+        }
+    );
+    assert!(changed.unwrap_or_else(|e| panic!("{e}\n{}", d.logs())));
+
+    // IDLE is back on the new connection: the next mail wakes it.
+    let (changed, ()) = tokio::join!(
+        conn.wait_for_change(&cursors, Duration::from_secs(600)),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::task::block_in_place(|| d.append("INBOX", &fixture("fr_latin1_8bit.eml")))
+                .unwrap();
+        }
+    );
+    assert!(changed.unwrap());
+    let batch = conn.poll(&cursors).await.unwrap();
+    assert_eq!(batch.messages.len(), 1);
 }
