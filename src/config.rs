@@ -326,6 +326,12 @@ pub struct DaemonConfig {
     /// Directory of per-instance files; relative to the main file.
     #[serde(default = "default_connectors_dir")]
     pub connectors_dir: PathBuf,
+    /// Lease period of an instance when several daemons share one
+    /// PostgreSQL store: a daemon that dies or hangs loses its instances to
+    /// the others within about this long. Heartbeats and renewals run every
+    /// third of it.
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
 }
 
 fn default_shutdown_timeout() -> Dur {
@@ -336,6 +342,9 @@ fn default_min_backoff() -> Dur {
 }
 fn default_max_backoff() -> Dur {
     Dur::from_secs(300)
+}
+fn default_lease() -> Dur {
+    Dur::from_secs(30)
 }
 fn default_connectors_dir() -> PathBuf {
     PathBuf::from("connectors.d")
@@ -348,6 +357,7 @@ impl Default for DaemonConfig {
             min_backoff: default_min_backoff(),
             max_backoff: default_max_backoff(),
             connectors_dir: default_connectors_dir(),
+            lease: default_lease(),
         }
     }
 }

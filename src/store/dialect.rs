@@ -106,6 +106,21 @@ impl Backend {
         })
     }
 
+    /// Statements that take and give back the lock under which migrations
+    /// run. PostgreSQL: daemons started together would race to create the
+    /// same tables, so they take turns (an advisory lock, held by the
+    /// session). SQLite: `BEGIN IMMEDIATE` serializes them already.
+    pub(super) fn migration_lock(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            // The key is arbitrary but fixed: "hourglas" in ASCII.
+            Backend::Postgres => Some((
+                "SELECT pg_advisory_lock(7526752694417862003)",
+                "SELECT pg_advisory_unlock(7526752694417862003)",
+            )),
+            Backend::Sqlite => None,
+        }
+    }
+
     /// The clause that ends a claim's `SELECT`. PostgreSQL: several daemons
     /// claim from one table without blocking each other. SQLite has one
     /// writer, taken by [`Backend::begin_write`] or by the single statement.

@@ -30,6 +30,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_error_alerts.sql"),
         postgres: include_str!("../../migrations/postgres/0002_error_alerts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "leases",
+        sqlite: include_str!("../../migrations/sqlite/0005_leases.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_leases.sql"),
+    },
 ];
 
 impl Migration {
@@ -69,6 +75,27 @@ pub trait MigrationStore: Send + Sync {
 impl MigrationStore for SqlStore {
     async fn migrate(&self) -> Result<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
+        let lock = self.backend.migration_lock();
+        if let Some((take, _)) = lock {
+            sqlx::query(take).execute(&mut *conn).await?;
+        }
+        let result = self.migrate_on(&mut conn).await;
+        if let Some((_, give_back)) = lock {
+            // A failure here closes nothing: the lock goes with the session.
+            if let Err(e) = sqlx::query(give_back).execute(&mut *conn).await {
+                conn.detach();
+                return Err(e.into());
+            }
+        }
+        result
+    }
+    async fn applied_migrations(&self) -> Result<Vec<i64>> {
+        self.applied_versions().await
+    }
+}
+
+impl SqlStore {
+    async fn migrate_on(&self, conn: &mut sqlx::AnyConnection) -> Result<Vec<i64>> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version BIGINT PRIMARY KEY NOT NULL,
@@ -90,7 +117,7 @@ impl MigrationStore for SqlStore {
             if applied.contains(&m.version) {
                 continue;
             }
-            let mut tx = self.begin_write(&mut conn).await?;
+            let mut tx = self.begin_write(conn).await?;
             for stmt in m.statements(self.backend) {
                 sqlx::query(&stmt).execute(&mut *tx).await?;
             }
@@ -108,7 +135,7 @@ impl MigrationStore for SqlStore {
         Ok(now_applied)
     }
 
-    async fn applied_migrations(&self) -> Result<Vec<i64>> {
+    async fn applied_versions(&self) -> Result<Vec<i64>> {
         let rows = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
             .fetch_all(&self.pool)
             .await;

@@ -16,6 +16,7 @@
 //! | `alerts.rs`      | alert points, error alerts and the delivery queue          |
 //! | `stats.rs`       | response samples for `stats`                               |
 //! | `quarantine.rs`  | items that could not be read, with their raw bytes         |
+//! | `leases.rs`      | daemons, their heartbeats, instance leases, digest runs    |
 //!
 //! Adding a concern: a new file with its types, its trait and
 //! `impl ThatStore for SqlStore` (module docs first, like the others), its
@@ -30,6 +31,7 @@ mod clock;
 mod dialect;
 mod ingest;
 mod instances;
+mod leases;
 mod migrations;
 mod outbox;
 mod quarantine;
@@ -44,6 +46,7 @@ pub use clock::{ClockStore, Clocking};
 pub use dialect::Backend;
 pub use ingest::{IngestReport, IngestStore};
 pub use instances::{InstanceStatus, InstanceStore, PollOutcome};
+pub use leases::{plan_leases, DaemonInfo, Fence, LeasePlan, LeaseRow, LeaseStore};
 pub use migrations::{MigrationStore, MIGRATIONS};
 pub use outbox::{NewReply, OutboxItem, OutboxOutcome, OutboxStore};
 pub use quarantine::{QuarantineEntry, QuarantineStore};
@@ -64,6 +67,7 @@ pub trait Store:
     + AlertStore
     + StatsStore
     + QuarantineStore
+    + LeaseStore
 {
 }
 
@@ -82,6 +86,10 @@ pub enum StoreError {
     ThreadNotFound(i64),
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "The lease on instance {0} was taken over by another daemon; this batch was not committed"
+    )]
+    LeaseLost(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
