@@ -421,6 +421,8 @@ pub struct Context {
     pub ingested: Arc<Notify>,
     /// This daemon's id among the daemons sharing the store.
     pub daemon_id: String,
+    /// The instances whose lease this daemon holds (see [`HeldLeases`]).
+    pub leases: watch::Receiver<HeldLeases>,
 }
 
 /// Extra workers run beside the poll loops (alert engine, outbox, HTTP).
@@ -464,6 +466,7 @@ async fn start_generation(
         instances: Arc::new(instances.clone()),
         ingested: ingested.clone(),
         daemon_id: me.id.clone(),
+        leases: held_rx.clone(),
     };
     for inst in instances {
         tasks.spawn(poll_loop(
@@ -491,8 +494,16 @@ pub async fn run(
     workers: &[Worker],
 ) -> anyhow::Result<()> {
     // Held until we return: a second daemon on this SQLite file is refused.
-    let _sqlite_lock = lock_sqlite_store(&config.store.url)?;
+    let sqlite_lock = lock_sqlite_store(&config.store.url)?;
     let store: Arc<dyn Store> = open_store(&config).await?;
+    if sqlite_lock.is_some() {
+        // The only daemon on this file: a crashed predecessor's leases need
+        // not run out before its instances are polled again.
+        store
+            .forget_daemons()
+            .await
+            .context("Cannot clear the leases of a previous daemon")?;
+    }
     let instances = build_instances(&config)?;
     let mut config = Arc::new(config);
     let me = this_daemon(config.daemon.lease.0);

@@ -94,6 +94,10 @@ pub trait LeaseStore: Send + Sync {
     /// A daemon stops: its leases are released and its row removed, so that
     /// the others take over at once rather than after the expiry.
     async fn leave(&self, daemon: &str) -> Result<()>;
+    /// Forgets every daemon and frees every lease: for a store that only
+    /// one daemon can use at a time (SQLite, under its lock file), where
+    /// whatever is recorded was left by a daemon that is gone.
+    async fn forget_daemons(&self) -> Result<()>;
     /// Claims digest `name`'s run scheduled at `slot` for `daemon`: `true`
     /// for exactly one caller, whichever daemon asks first.
     async fn claim_digest_run(&self, name: &str, slot: DateTime<Utc>, daemon: &str)
@@ -235,6 +239,17 @@ impl LeaseStore for SqlStore {
             .bind(daemon)
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn forget_daemons(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        sqlx::query("UPDATE leases SET holder = NULL, expires_at = 0")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM daemons").execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
