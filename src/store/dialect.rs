@@ -88,7 +88,13 @@ impl Backend {
                 "PRAGMA synchronous = NORMAL",
                 "PRAGMA foreign_keys = ON",
             ],
-            Backend::Postgres => &[],
+            // A daemon that hangs (SIGSTOP, a frozen VM) inside a transaction
+            // would keep its row locks, among them the lease row its fenced
+            // commit locks, and no other daemon could take its instances
+            // over. The server ends such a session instead: its locks go,
+            // and its commit fails when it wakes up. Our transactions never
+            // wait between statements, so this only ever ends a hung one.
+            Backend::Postgres => &["SET idle_in_transaction_session_timeout = '5s'"],
         }
     }
 
