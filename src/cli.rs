@@ -123,6 +123,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemons sharing this store, their last heartbeats, and which
+    /// instances each one polls (its leases).
+    Status {
+        /// Print JSON instead of text (a stable format for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Alert sinks.
     Alerts {
         #[command(subcommand)]
@@ -438,6 +445,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { json } => {
+            let store = daemon::open_store(&config).await?;
+            let status = daemon_status(store.as_ref(), Utc::now()).await?;
+            if *json {
+                print_json(&status)?;
+            } else {
+                print!("{}", render_status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats { since, json } => {
             let store = daemon::open_store(&config).await?;
             let now = Utc::now();
@@ -516,4 +533,94 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// For tests and embedding: the store behind a config, as a trait object.
 pub async fn store_for(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(daemon::open_store(config).await?)
+}
+
+/// `hourglass status`: the daemons on the store and their leases.
+#[derive(Debug, serde::Serialize)]
+pub struct DaemonStatus {
+    pub daemons: Vec<DaemonView>,
+    pub leases: Vec<LeaseView>,
+}
+
+/// A daemon, as `status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct DaemonView {
+    #[serde(flatten)]
+    pub daemon: crate::store::DaemonInfo,
+    /// Its heartbeat has not expired.
+    pub alive: bool,
+    /// The instances whose lease it holds now.
+    pub leases: Vec<String>,
+}
+
+/// An instance's lease, as `status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct LeaseView {
+    #[serde(flatten)]
+    pub lease: crate::store::LeaseRow,
+    /// Held (not released, not expired).
+    pub held: bool,
+}
+
+async fn daemon_status(
+    store: &dyn crate::store::Store,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<DaemonStatus> {
+    let leases = store.leases().await.context("Cannot read the leases")?;
+    let daemons = store.daemons().await.context("Cannot read the daemons")?;
+    let daemons = daemons
+        .into_iter()
+        .map(|d| DaemonView {
+            alive: d.expires_at > now,
+            leases: leases
+                .iter()
+                .filter(|l| l.is_held(now) && l.holder.as_deref() == Some(d.id.as_str()))
+                .map(|l| l.instance.clone())
+                .collect(),
+            daemon: d,
+        })
+        .collect();
+    let leases = leases
+        .into_iter()
+        .map(|l| LeaseView {
+            held: l.is_held(now),
+            lease: l,
+        })
+        .collect();
+    Ok(DaemonStatus { daemons, leases })
+}
+
+fn render_status(s: &DaemonStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if s.daemons.is_empty() {
+        out.push_str("No daemon is running on this store.\n");
+    }
+    for d in &s.daemons {
+        let _ = writeln!(
+            out,
+            "{}  {}  last heartbeat {}  {} lease(s): {}",
+            d.daemon.id,
+            if d.alive {
+                "alive"
+            } else {
+                "gone (heartbeat expired)"
+            },
+            d.daemon
+                .heartbeat_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            d.leases.len(),
+            d.leases.join(", ")
+        );
+    }
+    let free: Vec<&str> = s
+        .leases
+        .iter()
+        .filter(|l| !l.held)
+        .map(|l| l.lease.instance.as_str())
+        .collect();
+    if !free.is_empty() {
+        let _ = writeln!(out, "Not held by any daemon: {}", free.join(", "));
+    }
+    out
 }

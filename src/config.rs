@@ -323,6 +323,12 @@ pub struct DaemonConfig {
     /// answering the watchdog and systemd restarts it.
     #[serde(default = "default_watchdog_busy_limit")]
     pub watchdog_busy_limit: Dur,
+    /// Lease period of an instance when several daemons share one
+    /// PostgreSQL store: a daemon that dies or hangs loses its instances to
+    /// the others within about this long. Heartbeats and renewals run every
+    /// third of it.
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
 }
 
 fn default_shutdown_timeout() -> Dur {
@@ -337,6 +343,9 @@ fn default_max_backoff() -> Dur {
 fn default_watchdog_busy_limit() -> Dur {
     Dur::from_secs(10 * 60)
 }
+fn default_lease() -> Dur {
+    Dur::from_secs(30)
+}
 fn default_connectors_dir() -> PathBuf {
     PathBuf::from("connectors.d")
 }
@@ -349,6 +358,7 @@ impl Default for DaemonConfig {
             max_backoff: default_max_backoff(),
             connectors_dir: default_connectors_dir(),
             watchdog_busy_limit: default_watchdog_busy_limit(),
+            lease: default_lease(),
         }
     }
 }

@@ -15,14 +15,17 @@ use anyhow::Context as _;
 use chrono::Utc;
 use hourglass_connector::{Connector, ConnectorError};
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::config::{Config, InstanceConfig};
-use crate::store::{Clocking, MigrationStore, PollOutcome, SqlStore, Store};
+use crate::store::{
+    plan_leases, Clocking, DaemonInfo, Fence, MigrationStore, PollOutcome, SqlStore, Store,
+    StoreError,
+};
 
 /// What the outside world asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +160,16 @@ const MAX_ROUNDS: usize = 1000;
 /// moves to: the same polls, overlapped. Its messages still only count once
 /// their batch is committed.
 pub async fn poll_instance(store: &dyn Store, inst: &Instance) -> Result<usize, PollError> {
+    poll_instance_fenced(store, inst, None).await
+}
+
+/// [`poll_instance`], committing each batch only while the instance's lease
+/// is still held with `fence` (when given).
+pub async fn poll_instance_fenced(
+    store: &dyn Store,
+    inst: &Instance,
+    fence: Option<&Fence>,
+) -> Result<usize, PollError> {
     let name = inst.config.name();
     let read_only = inst.connector.poll_is_read_only();
     let mut total = 0;
@@ -178,7 +191,7 @@ pub async fn poll_instance(store: &dyn Store, inst: &Instance) -> Result<usize, 
             tokio::spawn(async move { connector.poll(&from).await })
         });
         let report = store
-            .ingest(name, &batch, &inst.clocking)
+            .ingest_fenced(name, &batch, &inst.clocking, fence)
             .await
             .map_err(PollError::Store)?;
         if report.quarantined > 0 {
@@ -246,12 +259,31 @@ async fn poll_loop(
     config: Arc<Config>,
     stop: CancellationToken,
     ingested: Arc<Notify>,
+    mut leases: watch::Receiver<HeldLeases>,
+    daemon: String,
 ) {
     let name = inst.config.name().to_owned();
     let caps = inst.connector.capabilities();
     let mut failures: u32 = 0;
     let mut next_at = tokio::time::Instant::now(); // first poll right away
+    let mut polled_with: Option<i64> = None;
     loop {
+        // Only the holder of the instance's lease polls it; a lease (re)taken
+        // means a poll right away.
+        let token = loop {
+            if let Some(t) = leases.borrow_and_update().get(&name).copied() {
+                break Some(t);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break None,
+                changed = leases.changed() => if changed.is_err() { break None },
+            }
+        };
+        let Some(token) = token else { break };
+        if polled_with != Some(token) {
+            polled_with = Some(token);
+            next_at = tokio::time::Instant::now();
+        }
         let wait = next_at.saturating_duration_since(tokio::time::Instant::now());
         if !wait.is_zero() {
             let cursors = if caps.push && failures == 0 {
@@ -281,12 +313,19 @@ async fn poll_loop(
         if stop.is_cancelled() {
             break;
         }
+        if leases.borrow().get(&name) != Some(&token) {
+            continue;
+        }
+        let fence = Fence {
+            holder: daemon.clone(),
+            token,
+        };
         // The poll itself is not cancelled: it commits or it does not, and
         // shutdown waits for it (up to the shutdown timeout).
         debug!(instance = %name, "Polling.");
         let busy = crate::watchdog::busy(format!("polling {name}"));
         let started = std::time::Instant::now();
-        let polled = poll_instance(store.as_ref(), &inst).await;
+        let polled = poll_instance_fenced(store.as_ref(), &inst, Some(&fence)).await;
         drop(busy);
         crate::http::metrics::record_poll(
             &name,
@@ -310,6 +349,14 @@ async fn poll_loop(
                     warn!(instance = %name, error = %e, "Cannot record poll status.");
                 }
                 next_at = next_tick(&inst.schedule);
+            }
+            Err(PollError::Store(StoreError::LeaseLost(_))) => {
+                warn!(instance = %name, token, "Another daemon took this instance over (this one was too slow to renew its lease); the batch was not committed and the new holder polls it.");
+                // Until the lease loop notices the loss too.
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = leases.changed() => {}
+                }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -396,6 +443,10 @@ pub struct Context {
     pub clockings: Arc<HashMap<String, Clocking>>,
     /// Notified after new messages are committed.
     pub ingested: Arc<Notify>,
+    /// This daemon's id among the daemons sharing the store.
+    pub daemon_id: String,
+    /// The instances whose lease this daemon holds (see [`HeldLeases`]).
+    pub leases: watch::Receiver<HeldLeases>,
 }
 
 /// Extra workers run beside the poll loops (alert engine, outbox, HTTP).
@@ -406,9 +457,22 @@ async fn start_generation(
     store: Arc<dyn Store>,
     instances: Vec<Instance>,
     workers: &[Worker],
+    me: &DaemonInfo,
 ) -> Generation {
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let (held_tx, held_rx) = watch::channel(HeldLeases::new());
+    tasks.spawn(lease_loop(
+        store.clone(),
+        me.clone(),
+        instances
+            .iter()
+            .map(|i| i.config.name().to_owned())
+            .collect(),
+        config.daemon.lease.0,
+        held_tx,
+        stop.child_token(),
+    ));
     let ingested = Arc::new(Notify::new());
     for inst in &instances {
         let name = inst.config.name();
@@ -425,6 +489,8 @@ async fn start_generation(
         store: store.clone(),
         instances: Arc::new(instances.clone()),
         ingested: ingested.clone(),
+        daemon_id: me.id.clone(),
+        leases: held_rx.clone(),
     };
     for inst in instances {
         tasks.spawn(poll_loop(
@@ -433,6 +499,8 @@ async fn start_generation(
             config.clone(),
             stop.child_token(),
             ingested.clone(),
+            held_rx.clone(),
+            me.id.clone(),
         ));
     }
     for w in workers {
@@ -454,11 +522,23 @@ pub async fn run(
     // a stop asked for meanwhile ends it at once, and a reload is applied
     // as soon as the daemon runs.
     let mut reload_asked = false;
-    let (store, instances) = {
+    let (store, instances, _sqlite_lock) = {
         let startup = async {
+            // Held until we return: a second daemon on this SQLite file is
+            // refused.
+            let sqlite_lock = lock_sqlite_store(&config.store.url)?;
             let store: Arc<dyn Store> = open_store(&config).await?;
+            if sqlite_lock.is_some() {
+                // The only daemon on this file: a crashed predecessor's
+                // leases need not run out before its instances are polled
+                // again.
+                store
+                    .forget_daemons()
+                    .await
+                    .context("Cannot clear the leases of a previous daemon")?;
+            }
             let instances = build_instances(&config)?;
-            anyhow::Ok((store, instances))
+            anyhow::Ok((store, instances, sqlite_lock))
         };
         tokio::pin!(startup);
         loop {
@@ -476,12 +556,15 @@ pub async fn run(
         }
     };
     let mut config = Arc::new(config);
+    let me = this_daemon(config.daemon.lease.0);
     info!(
         instances = instances.len(),
+        daemon = %me.id,
         store = %crate::store::sql_redact(&config.store.url),
         "hourglass is running."
     );
-    let mut generation = start_generation(config.clone(), store.clone(), instances, workers).await;
+    let mut generation =
+        start_generation(config.clone(), store.clone(), instances, workers, &me).await;
     notify_systemd("READY=1");
     if let Some(interval) = crate::watchdog::interval_from_env() {
         info!(interval = ?interval, "systemd watchdog on.");
@@ -511,10 +594,16 @@ pub async fn run(
                     Ok((new_config, instances)) => {
                         info!(instances = instances.len(), "Configuration reloaded.");
                         generation.shutdown(config.daemon.shutdown_timeout.0).await;
+                        leave(store.as_ref(), &me.id).await;
                         config = Arc::new(new_config);
-                        generation =
-                            start_generation(config.clone(), store.clone(), instances, workers)
-                                .await;
+                        generation = start_generation(
+                            config.clone(),
+                            store.clone(),
+                            instances,
+                            workers,
+                            &me,
+                        )
+                        .await;
                     }
                     Err(e) => {
                         error!(error = %format!("{e:#}"), "The new configuration is invalid; keeping the running one.");
@@ -527,8 +616,177 @@ pub async fn run(
     notify_systemd("STOPPING=1");
     info!("Shutting down: finishing in-flight work.");
     generation.shutdown(config.daemon.shutdown_timeout.0).await;
+    leave(store.as_ref(), &me.id).await;
     info!("Stopped.");
     Ok(())
+}
+
+/// The leases this daemon holds: instance name to fencing token.
+pub type HeldLeases = HashMap<String, i64>;
+
+/// This process as the other daemons on the store see it.
+fn this_daemon(lease: Duration) -> DaemonInfo {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let pid = std::process::id();
+    let now = Utc::now();
+    DaemonInfo {
+        id: format!("{host}:{pid}:{:04x}", rand::rng().random::<u16>()),
+        host,
+        pid: i64::from(pid),
+        started_at: now,
+        heartbeat_at: now,
+        expires_at: now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::zero()),
+    }
+}
+
+/// Gives back every lease at once, so that the other daemons take over
+/// without waiting for the expiry.
+async fn leave(store: &dyn Store, daemon: &str) {
+    if let Err(e) = store.leave(daemon).await {
+        warn!(error = %e, "Cannot give back this daemon's leases; the other daemons take them over when they expire.");
+    }
+}
+
+/// Every third of a lease period: a heartbeat, renewal of the leases held,
+/// and taking or giving back leases so that each live daemon polls its
+/// share of the instances (see [`plan_leases`]). What is held is published
+/// on `held` for the poll loops.
+async fn lease_loop(
+    store: Arc<dyn Store>,
+    mut me: DaemonInfo,
+    instances: Vec<String>,
+    lease: Duration,
+    held: watch::Sender<HeldLeases>,
+    stop: CancellationToken,
+) {
+    let lease = lease.max(Duration::from_millis(300));
+    let period = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+    loop {
+        let now = Utc::now();
+        let until = now + period;
+        me.heartbeat_at = now;
+        me.expires_at = until;
+        if let Err(e) = store.heartbeat(&me).await {
+            warn!(error = %e, "Cannot write this daemon's heartbeat.");
+        }
+        let mut mine = held.borrow().clone();
+        let mut lost = Vec::new();
+        for (instance, token) in &mine {
+            let fence = Fence {
+                holder: me.id.clone(),
+                token: *token,
+            };
+            match store.renew_lease(instance, &fence, now, until).await {
+                Ok(true) => {}
+                Ok(false) => lost.push(instance.clone()),
+                // Kept: the fence stops its commits if it is taken meanwhile.
+                Err(e) => warn!(instance = %instance, error = %e, "Cannot renew a lease."),
+            }
+        }
+        for instance in lost {
+            mine.remove(&instance);
+            warn!(instance = %instance, "Another daemon took this instance over: this daemon did not renew its lease in time.");
+        }
+        let plan = match (store.daemons().await, store.leases().await) {
+            (Ok(daemons), Ok(leases)) => {
+                let live: Vec<String> = daemons
+                    .into_iter()
+                    .filter(|d| d.expires_at > now)
+                    .map(|d| d.id)
+                    .collect();
+                let plan = plan_leases(&me.id, &instances, &live, &leases, now);
+                Some((plan, leases))
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "Cannot read the leases; keeping the ones held.");
+                None
+            }
+        };
+        if let Some((plan, leases)) = plan {
+            for instance in &plan.release {
+                mine.remove(instance);
+            }
+            // The poll loops stop before the leases are given back.
+            held.send_if_modified(|h| {
+                let changed = *h != mine;
+                h.clone_from(&mine);
+                changed
+            });
+            for instance in &plan.release {
+                let Some(l) = leases.iter().find(|l| &l.instance == instance) else {
+                    continue;
+                };
+                let fence = Fence {
+                    holder: me.id.clone(),
+                    token: l.token,
+                };
+                match store.release_lease(instance, &fence).await {
+                    Ok(()) => {
+                        info!(instance = %instance, "Gave a lease back to even out the work between daemons.")
+                    }
+                    Err(e) => warn!(instance = %instance, error = %e, "Cannot give a lease back."),
+                }
+            }
+            for instance in &plan.take {
+                match store.acquire_lease(instance, &me.id, now, until).await {
+                    Ok(Some(token)) => {
+                        info!(instance = %instance, token, "Took the lease of an instance.");
+                        mine.insert(instance.clone(), token);
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(instance = %instance, error = %e, "Cannot take a lease."),
+                }
+            }
+        }
+        held.send_if_modified(|h| {
+            let changed = *h != mine;
+            h.clone_from(&mine);
+            changed
+        });
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(lease / 3) => {}
+        }
+    }
+}
+
+/// SQLite serves one daemon: an exclusive lock on `<db>.lock`, held for the
+/// daemon's life, refuses a second one on the same file (commands such as
+/// `sync --once` do not take it). `None` for other stores.
+fn lock_sqlite_store(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    let lock_path = PathBuf::from(format!("{path}.lock"));
+    if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("Cannot create the store directory {}", parent.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("Cannot open the store lock {}", lock_path.display()))?;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor that `file` owns for the whole call.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked == 0 {
+        return Ok(Some(file));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        anyhow::bail!(
+            "Another hourglass daemon is already running on the SQLite store {path} (it holds {}). \
+             SQLite serves one daemon; stop the other one, or use a PostgreSQL store to run several.",
+            lock_path.display()
+        );
+    }
+    Err(err).with_context(|| format!("Cannot lock {}", lock_path.display()))
 }
 
 fn reload(path: &Path, current: &Config) -> anyhow::Result<(Config, Vec<Instance>)> {

@@ -50,6 +50,20 @@ pub fn worker(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
+            // Several daemons on one store: the first to claim this run
+            // sends it.
+            match ctx
+                .store
+                .claim_digest_run(&digest.name, next, &ctx.daemon_id)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    warn!(digest = %digest.name, error = %e, "Cannot claim the digest run; skipping it.");
+                    continue;
+                }
+            }
             let threads = match due_threads(&ctx, digest, Utc::now()).await {
                 Ok(t) => t,
                 Err(e) => {

@@ -87,6 +87,7 @@ async fn run(ctx: Context, stop: CancellationToken) {
             writes: writes.clone(),
             auth_failed: AtomicBool::new(false),
             put_backs: AtomicUsize::new(0),
+            leases: ctx.leases.clone(),
         });
         tasks.spawn(sender.run(stop.clone()));
     }
@@ -121,6 +122,10 @@ struct Sender {
     /// Claimed replies given back unsent, to notice a batch that made no
     /// progress (the store failing) and not spin on it.
     put_backs: AtomicUsize,
+    /// The instances this daemon holds the lease of: only the holder sends
+    /// an instance's replies, so that several daemons together keep to the
+    /// platform's rate limit.
+    leases: tokio::sync::watch::Receiver<crate::daemon::HeldLeases>,
 }
 
 /// What to do with a reply after looking for it on the platform.
@@ -167,6 +172,15 @@ impl Sender {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep_until(until) => {}
+                }
+                continue;
+            }
+            if !self.leases.borrow().contains_key(&self.name) {
+                let mut leases = self.leases.clone();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = leases.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
                 }
                 continue;
             }

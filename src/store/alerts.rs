@@ -144,11 +144,14 @@ impl AlertStore for SqlStore {
     ) -> Result<usize> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = self.begin_write(&mut conn).await?;
-        // Only if the thread is still in the cycle we evaluated: a message
-        // that arrived meanwhile has reset it, and this alert is moot.
+        // Only if the thread is still in the cycle we evaluated (a message
+        // that arrived meanwhile has reset it, and this alert is moot), and
+        // this point has not fired yet: of several daemons evaluating the
+        // same thread, one claims the firing, the others change nothing.
         let moved = sqlx::query(
             "UPDATE threads SET alerted_remaining_ms = $1, next_alert_at = $2
-             WHERE id = $3 AND awaiting_since = $4",
+             WHERE id = $3 AND awaiting_since = $4
+               AND (alerted_remaining_ms IS NULL OR alerted_remaining_ms > $1)",
         )
         .bind(threshold.remaining_ms)
         .bind(opt_ms(next_alert_at))

@@ -88,7 +88,13 @@ impl Backend {
                 "PRAGMA synchronous = NORMAL",
                 "PRAGMA foreign_keys = ON",
             ],
-            Backend::Postgres => &[],
+            // A daemon that hangs (SIGSTOP, a frozen VM) inside a transaction
+            // would keep its row locks, among them the lease row its fenced
+            // commit locks, and no other daemon could take its instances
+            // over. The server ends such a session instead: its locks go,
+            // and its commit fails when it wakes up. Our transactions never
+            // wait between statements, so this only ever ends a hung one.
+            Backend::Postgres => &["SET idle_in_transaction_session_timeout = '5s'"],
         }
     }
 
@@ -104,6 +110,19 @@ impl Backend {
             Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => conn.begin().await?,
         })
+    }
+
+    /// Taken first in the migration transaction on PostgreSQL, where DDL
+    /// does not lock what does not exist yet (daemons started together
+    /// would race to create the same tables; two `CREATE TABLE IF NOT
+    /// EXISTS` at once collide in `pg_type`). It ends with the
+    /// transaction. SQLite: `BEGIN IMMEDIATE` serializes them already.
+    pub(super) fn migration_lock(self) -> Option<&'static str> {
+        match self {
+            // An arbitrary key: "hourglass" on a phone keypad.
+            Backend::Postgres => Some("SELECT pg_advisory_xact_lock(468752777)"),
+            Backend::Sqlite => None,
+        }
     }
 
     /// The clause that ends a claim's `SELECT`. PostgreSQL: several daemons

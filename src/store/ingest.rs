@@ -17,6 +17,7 @@ use sqlx::{AnyConnection, Row};
 use super::alerts::set_thread_error;
 use super::clock::reclock_many;
 use super::instances::save_cursors;
+use super::leases::{check_fence, Fence};
 use super::quarantine::insert_quarantined;
 use super::{ms, Clocking, Result, SqlStore};
 
@@ -39,21 +40,37 @@ pub trait IngestStore: Send + Sync {
         instance: &str,
         batch: &Batch,
         clocking: &Clocking,
+    ) -> Result<IngestReport> {
+        self.ingest_fenced(instance, batch, clocking, None).await
+    }
+    /// Like [`IngestStore::ingest`], committed only while the instance's
+    /// lease is still held with `fence` (when given): a daemon that lost
+    /// its lease gets [`super::StoreError::LeaseLost`] and moves nothing.
+    async fn ingest_fenced(
+        &self,
+        instance: &str,
+        batch: &Batch,
+        clocking: &Clocking,
+        fence: Option<&Fence>,
     ) -> Result<IngestReport>;
 }
 
 #[async_trait]
 impl IngestStore for SqlStore {
-    async fn ingest(
+    async fn ingest_fenced(
         &self,
         instance: &str,
         batch: &Batch,
         clocking: &Clocking,
+        fence: Option<&Fence>,
     ) -> Result<IngestReport> {
         let now = ms(Utc::now());
         let mut report = IngestReport::default();
         let mut conn = self.pool.acquire().await?;
         let mut tx = self.begin_write(&mut conn).await?;
+        if let Some(fence) = fence {
+            check_fence(&mut tx, instance, fence).await?;
+        }
         let mut touched = BTreeSet::new();
         let mut customers = HashMap::new();
         for m in &batch.messages {

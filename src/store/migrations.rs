@@ -48,18 +48,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_customer_threads.sql"),
         postgres: include_str!("../../migrations/postgres/0005_customer_threads.sql"),
     },
+    Migration {
+        version: 6,
+        name: "leases",
+        sqlite: include_str!("../../migrations/sqlite/0006_leases.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_leases.sql"),
+    },
 ];
-
-/// Taken first in the migration transaction on PostgreSQL, where DDL does
-/// not lock what does not exist yet (two `CREATE TABLE IF NOT EXISTS` at
-/// once collide in `pg_type`). SQLite's `BEGIN IMMEDIATE` is the lock there.
-pub fn migration_lock(backend: Backend) -> Option<&'static str> {
-    match backend {
-        Backend::Sqlite => None,
-        // An arbitrary key: "hourglass" on a phone keypad.
-        Backend::Postgres => Some("SELECT pg_advisory_xact_lock(468752777)"),
-    }
-}
 
 /// The versions recorded as applied; an error when there is no
 /// bookkeeping table yet.
@@ -119,7 +114,7 @@ impl MigrationStore for SqlStore {
         // before the bookkeeping table exists until all is committed, and
         // what is applied is read again under it.
         let mut tx = self.begin_write(&mut conn).await?;
-        if let Some(lock) = migration_lock(self.backend) {
+        if let Some(lock) = self.backend.migration_lock() {
             sqlx::query(lock).execute(&mut *tx).await?;
         }
         sqlx::query(

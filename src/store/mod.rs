@@ -17,6 +17,7 @@
 //! | `stats.rs`       | response samples for `stats`                               |
 //! | `quarantine.rs`  | items that could not be read, with their raw bytes         |
 //! | `push.rs`        | webhook deliveries, idempotency keys, metrics snapshots    |
+//! | `leases.rs`      | daemons, their heartbeats, instance leases, digest runs    |
 //!
 //! Adding a concern: a new file with its types, its trait and
 //! `impl ThatStore for SqlStore` (module docs first, like the others), its
@@ -31,6 +32,7 @@ mod clock;
 mod dialect;
 mod ingest;
 mod instances;
+mod leases;
 mod migrations;
 mod outbox;
 mod push;
@@ -46,6 +48,7 @@ pub use clock::{ClockStore, Clocking};
 pub use dialect::Backend;
 pub use ingest::{IngestReport, IngestStore};
 pub use instances::{InstanceStatus, InstanceStore, PollOutcome};
+pub use leases::{plan_leases, DaemonInfo, Fence, LeasePlan, LeaseRow, LeaseStore};
 pub use migrations::{MigrationStore, MIGRATIONS};
 pub use outbox::{NewReply, OutboxItem, OutboxOutcome, OutboxStore};
 pub use push::{sha256_hex, IdempotentReply, MetricsSnapshot, WebhookEvent};
@@ -60,8 +63,8 @@ pub use threads::{
 /// `use crate::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        AlertStore, ClockStore, IngestStore, InstanceStore, MigrationStore, OutboxStore,
-        QuarantineStore, StatsStore, Store, ThreadStore,
+        AlertStore, ClockStore, IngestStore, InstanceStore, LeaseStore, MigrationStore,
+        OutboxStore, QuarantineStore, StatsStore, Store, ThreadStore,
     };
 }
 
@@ -76,6 +79,7 @@ pub trait Store:
     + AlertStore
     + StatsStore
     + QuarantineStore
+    + LeaseStore
 {
     /// The SQL store behind this one, for the HTTP surface's own tables
     /// (webhook events, idempotency keys; see `push.rs`).
@@ -103,6 +107,10 @@ pub enum StoreError {
     ThreadNotFound(i64),
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "The lease on instance {0} was taken over by another daemon; this batch was not committed"
+    )]
+    LeaseLost(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
