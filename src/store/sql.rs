@@ -470,6 +470,26 @@ impl SqlStore {
         Ok(true)
     }
 
+    /// An edited message (Telegram's `edited_message`): the new text
+    /// replaces the stored one; its time, and so the thread's clock, stay.
+    async fn update_message_text(
+        conn: &mut AnyConnection,
+        instance: &str,
+        m: &Message,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE messages SET body = $1, html = $2
+             WHERE instance = $3 AND external_id = $4",
+        )
+        .bind(&m.text)
+        .bind(&m.html)
+        .bind(instance)
+        .bind(&m.external_id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     async fn thread_for(
         conn: &mut AnyConnection,
         instance: &str,
@@ -842,6 +862,9 @@ impl Store for SqlStore {
                     .await?;
                 }
             } else {
+                if m.edit {
+                    Self::update_message_text(&mut tx, instance, m).await?;
+                }
                 report.duplicates += 1;
             }
         }
