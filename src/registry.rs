@@ -14,6 +14,7 @@ pub static PLATFORMS: &[&dyn Platform] = &[
     &hourglass_email::MAILDIR,
     &hourglass_amazon::AMAZON,
     &hourglass_simulated::PLATFORM,
+    &hourglass_telegram::PLATFORM,
 ];
 
 /// The platform registered as `kind`.

@@ -7,3 +7,4 @@ pub mod mockplatform;
 pub mod net;
 pub mod postgres;
 pub mod smtp;
+pub mod telegram;
