@@ -21,6 +21,7 @@ fn example_config_passes_check_config() {
         "SLACK_WEBHOOK_URL",
         "WEBHOOK_SECRET",
         "TELEGRAM_BOT_TOKEN",
+        "TELEGRAM_SHOP_BOT_TOKEN",
         "SP_API_CLIENT_SECRET",
         "SP_API_REFRESH_TOKEN",
     ] {
@@ -33,7 +34,7 @@ fn example_config_passes_check_config() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (4 instances)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (5 instances)"));
 
     // Without the secrets, every missing one is reported with its place.
     let out = Command::new(common::BIN)

@@ -66,6 +66,8 @@ struct Inner {
     send_answers: VecDeque<(u16, Value)>,
     blocked: HashSet<i64>,
     sent: Vec<SentMessage>,
+    /// When each pushed message was sent, for its edits.
+    dates: std::collections::HashMap<i64, i64>,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +148,14 @@ impl MockBotApi {
     pub fn push_update(&self, mut update: Value) -> i64 {
         let id = {
             let mut i = self.shared.lock();
+            for kind in ["message", "business_message"] {
+                if let (Some(m), Some(d)) = (
+                    update[kind]["message_id"].as_i64(),
+                    update[kind]["date"].as_i64(),
+                ) {
+                    i.dates.insert(m, d);
+                }
+            }
             let id = i.next_update_id;
             i.next_update_id += 1;
             update["update_id"] = json!(id);
@@ -171,10 +181,13 @@ impl MockBotApi {
         (self.push_update(update), message_id)
     }
 
-    /// The customer edits message `message_id` to `text`.
+    /// The customer edits message `message_id` to `text`: the update
+    /// carries the message's original date and an `edit_date`.
     pub fn push_edit(&self, chat_id: i64, first_name: &str, message_id: i64, text: &str) -> i64 {
         let mut m = private_message(chat_id, chat_id, first_name, message_id, text);
-        m["date"] = json!(now() - 60);
+        if let Some(date) = self.shared.lock().dates.get(&message_id) {
+            m["date"] = json!(date);
+        }
         m["edit_date"] = json!(now());
         self.push_update(json!({ "edited_message": m }))
     }
