@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hourglass_connector::platform::PlatformOf;
+use hourglass_connector::secret::ExposeSecret;
 use hourglass_connector::{
     Batch, Capabilities, Connector, ConnectorError, Cursors, OutgoingReply, SentReply,
 };
@@ -47,6 +48,9 @@ pub struct TelegramConnector {
     instance: String,
     config: TelegramConfig,
     api: BotApi,
+    /// Webhook mode: the secret Telegram sends in
+    /// `X-Telegram-Bot-Api-Secret-Token`.
+    webhook_secret: Option<secrecy::SecretString>,
     /// An answer a long poll received, for the poll that follows from the
     /// same offset (saves a second call, and so a second of latency).
     prefetched: Mutex<Option<Prefetched>>,
@@ -86,6 +90,27 @@ fn parse_thread_key(key: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// Whether `sendMessage` takes `text` (1 to 4096 characters): the
+/// reason when not. Run before sending, and meant for the check before
+/// queueing.
+pub fn check_text(text: &str) -> Result<(), String> {
+    let length = telegram_length(text);
+    if text.trim().is_empty() {
+        return Err("Telegram cannot send an empty message".into());
+    }
+    if length > MAX_TEXT {
+        return Err(format!(
+            "the reply is {length} characters long and Telegram takes at most {MAX_TEXT} in one message; shorten it or send it in parts"
+        ));
+    }
+    Ok(())
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Length as Telegram counts it for its limits (UTF-16 code units): never
 /// less than the number of characters, so a text we accept is never
 /// refused for its length.
@@ -101,11 +126,58 @@ impl TelegramConnector {
             .resolve()
             .map_err(|e| format!("telegram.bot_token: {e}"))?;
         let api = BotApi::new(&config.api_url, &token)?;
+        let webhook_secret = match &config.webhook_secret {
+            Some(r) => Some(
+                r.resolve()
+                    .map_err(|e| format!("telegram.webhook_secret: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(TelegramConnector {
             instance: instance.to_owned(),
             config,
             api,
+            webhook_secret,
             prefetched: Mutex::new(None),
+        })
+    }
+
+    /// Webhook mode: whether a pushed request carries the configured
+    /// secret in `X-Telegram-Bot-Api-Secret-Token` (pass the header's
+    /// value). Compared in constant time. A forged or unsigned request is
+    /// `Auth`; so is every request when no `webhook_secret` is configured,
+    /// since then anyone could post updates.
+    pub fn verify_secret_token(&self, header: Option<&str>) -> Result<(), ConnectorError> {
+        let Some(secret) = &self.webhook_secret else {
+            return Err(ConnectorError::Auth(
+                "webhook deliveries need telegram.webhook_secret".into(),
+            ));
+        };
+        match header {
+            Some(h) if constant_time_eq(h.as_bytes(), secret.expose_secret().as_bytes()) => Ok(()),
+            Some(_) => Err(ConnectorError::Auth(
+                "wrong X-Telegram-Bot-Api-Secret-Token".into(),
+            )),
+            None => Err(ConnectorError::Auth(
+                "no X-Telegram-Bot-Api-Secret-Token header".into(),
+            )),
+        }
+    }
+
+    /// Webhook mode: one delivered Update (the body Telegram POSTs) as a
+    /// batch, with the same `external_id`s polling would give. No cursor:
+    /// pushes never move the poll offset.
+    pub fn parse_update_body(&self, body: &[u8]) -> Result<Batch, ConnectorError> {
+        let bad = |reason: String| ConnectorError::BadData {
+            reason,
+            raw: body.to_vec(),
+        };
+        let update: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| bad(format!("a webhook delivery is not JSON: {e}")))?;
+        let message = normalize(&update).map_err(bad)?;
+        Ok(Batch {
+            messages: message.into_iter().collect(),
+            ..Batch::default()
         })
     }
 
@@ -228,17 +300,7 @@ impl Connector for TelegramConnector {
     }
 
     async fn send_reply(&self, reply: &OutgoingReply) -> Result<SentReply, ConnectorError> {
-        let length = telegram_length(&reply.text);
-        if reply.text.trim().is_empty() {
-            return Err(ConnectorError::Refused(
-                "Telegram cannot send an empty message".into(),
-            ));
-        }
-        if length > MAX_TEXT {
-            return Err(ConnectorError::Refused(format!(
-                "the reply is {length} characters long and Telegram takes at most {MAX_TEXT} in one message; shorten it or send it in parts"
-            )));
-        }
+        check_text(&reply.text).map_err(ConnectorError::Refused)?;
         let (business, chat) = parse_thread_key(&reply.thread_key);
         let chat_id = chat
             .parse::<i64>()
@@ -302,6 +364,17 @@ mod tests {
         assert_eq!(offset(&c).unwrap(), Some(42));
         c.insert(String::new(), "x".into());
         assert!(matches!(offset(&c), Err(ConnectorError::BadData { .. })));
+    }
+
+    #[test]
+    fn texts_are_checked_before_sending() {
+        assert!(check_text("hi").is_ok());
+        assert!(check_text(&"é".repeat(4096)).is_ok());
+        assert!(check_text(&"x".repeat(4097)).unwrap_err().contains("4097"));
+        assert!(check_text("  ").is_err());
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

@@ -250,3 +250,49 @@ async fn edits_and_media_are_read() {
     assert!(batch.messages[1].edit);
     assert_eq!(batch.messages[1].text, "The box is damaged");
 }
+
+#[tokio::test]
+async fn webhook_deliveries_need_the_secret_token_and_read_like_polls() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    std::env::set_var("HG_TEST_TG_TOKEN", TOKEN);
+    std::env::set_var("HG_TEST_TG_HOOK", "s3cret-Token_1");
+    let config: TelegramConfig = toml::from_str(&format!(
+        "api_url = \"{}\"\nbot_token = \"env:HG_TEST_TG_TOKEN\"\nwebhook_secret = \"env:HG_TEST_TG_HOOK\"\n",
+        mock.url()
+    ))
+    .unwrap();
+    let c = TelegramConnector::new("shop-bot", config).unwrap();
+    assert!(c.verify_secret_token(Some("s3cret-Token_1")).is_ok());
+    for wrong in [Some("s3cret-Token_2"), Some(""), None] {
+        let e = c.verify_secret_token(wrong).unwrap_err();
+        assert!(matches!(e, ConnectorError::Auth(_)), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+    // Without a configured secret nothing is accepted.
+    assert!(connector(&mock)
+        .verify_secret_token(Some("anything"))
+        .is_err());
+
+    // The same update polled and pushed gives the same message.
+    mock.push_message(42, "Ana", "pushed");
+    let polled = c.poll(&Cursors::new()).await.unwrap();
+    let body = serde_json::json!({
+        "update_id": 1,
+        "message": {
+            "message_id": polled.messages[0].meta["message_id"], "date": 1_767_000_000,
+            "chat": { "id": 42, "type": "private", "first_name": "Ana" },
+            "from": { "id": 42, "is_bot": false, "first_name": "Ana" },
+            "text": "pushed"
+        }
+    });
+    let pushed = c.parse_update_body(body.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        pushed.messages[0].external_id,
+        polled.messages[0].external_id
+    );
+    assert!(pushed.cursors.is_empty());
+    match c.parse_update_body(b"{not json").unwrap_err() {
+        ConnectorError::BadData { raw, .. } => assert_eq!(raw, b"{not json".to_vec()),
+        e => panic!("{e}"),
+    }
+}
