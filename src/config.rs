@@ -906,6 +906,14 @@ mod tests {
             "maildir" | "amazon" => {
                 format!("[instances.maildir]\npath = \"{}\"\n", maildir.display())
             }
+            "telegram" => {
+                let token = dir.path().join("tg-token");
+                std::fs::write(&token, "123:abc").unwrap();
+                format!(
+                    "[instances.telegram]\nbot_token = \"file:{}\"\n",
+                    token.display()
+                )
+            }
             _ => String::new(),
         };
         for kind in crate::registry::kinds() {
