@@ -927,6 +927,14 @@ mod tests {
                 "[instances.ebay]\nclient_id = \"app\"\nclient_secret = \"file:{0}\"\nrefresh_token = \"file:{0}\"\n",
                 secret.display()
             ),
+            "telegram" => {
+                let token = dir.path().join("tg-token");
+                std::fs::write(&token, "123:abc").unwrap();
+                format!(
+                    "[instances.telegram]\nbot_token = \"file:{}\"\n",
+                    token.display()
+                )
+            }
             _ => String::new(),
         }
         };

@@ -15,6 +15,7 @@ pub static PLATFORMS: &[&dyn Platform] = &[
     &hourglass_amazon::AMAZON,
     &hourglass_ebay::EBAY,
     &hourglass_simulated::PLATFORM,
+    &hourglass_telegram::PLATFORM,
 ];
 
 /// The platform registered as `kind`.

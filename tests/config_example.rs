@@ -21,6 +21,7 @@ fn example_config_passes_check_config() {
         "SLACK_WEBHOOK_URL",
         "WEBHOOK_SECRET",
         "TELEGRAM_BOT_TOKEN",
+        "TELEGRAM_SHOP_BOT_TOKEN",
         "SP_API_CLIENT_SECRET",
         "SP_API_REFRESH_TOKEN",
         "EBAY_CLIENT_SECRET",

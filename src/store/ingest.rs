@@ -92,6 +92,9 @@ impl IngestStore for SqlStore {
                     .await?;
                 }
             } else {
+                if m.edit {
+                    update_message_text(&mut tx, instance, m).await?;
+                }
                 report.duplicates += 1;
             }
         }
@@ -278,4 +281,20 @@ pub(super) async fn insert_message(
         .await?;
     }
     Ok(true)
+}
+
+/// An edited message (Telegram's `edited_message`): the new text replaces
+/// the stored one; its time, and so the thread's clock, stay.
+async fn update_message_text(conn: &mut AnyConnection, instance: &str, m: &Message) -> Result<()> {
+    sqlx::query(
+        "UPDATE messages SET body = $1, html = $2
+         WHERE instance = $3 AND external_id = $4",
+    )
+    .bind(&m.text)
+    .bind(&m.html)
+    .bind(instance)
+    .bind(&m.external_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -12,3 +12,4 @@ pub mod pids;
 pub mod postgres;
 mod rawimap;
 pub mod smtp;
+pub mod telegram;

@@ -101,6 +101,12 @@ pub struct Message {
     /// Platform-specific data the connector needs back when replying
     /// (Message-ID, References, conversation id). Stored as JSON.
     pub meta: serde_json::Value,
+    /// A new version of a message seen before (Telegram's
+    /// `edited_message`): when a message with this `external_id` is
+    /// stored, ingest replaces its text and leaves the reply clock alone;
+    /// when none is, it is stored as a new message.
+    #[serde(default)]
+    pub edit: bool,
 }
 
 impl Message {
@@ -129,6 +135,7 @@ impl Message {
             language: None,
             reply_to: None,
             meta: serde_json::Value::Null,
+            edit: false,
         }
     }
 }

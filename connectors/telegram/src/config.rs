@@ -1,0 +1,138 @@
+//! `[instances.telegram]`: the keys of DESIGN §6 "Connectors", a public
+//! contract.
+
+use std::sync::Arc;
+
+use hourglass_connector::platform::{InstanceSettings, RateLimit, SettingsProblem};
+use hourglass_connector::secret::SecretRef;
+use hourglass_connector::Connector;
+use serde::Deserialize;
+
+use crate::TelegramConnector;
+
+/// Bot API FAQ: "no more than 30 messages per second" overall. Three at
+/// once, 27/s sustained: no second ever holds more than 30.
+pub const SEND_QUOTA: RateLimit = RateLimit::per_window(30, 1.0, 3);
+
+/// Bot API FAQ: "avoid sending more than one message per second" to one
+/// chat; more is answered 429.
+pub const PER_CHAT_QUOTA: RateLimit = RateLimit {
+    per_second: 1.0,
+    burst: 1,
+};
+
+/// The keys of a `telegram` instance besides the shared ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramSettings {
+    /// `[instances.telegram]`: the bot (required).
+    #[serde(default)]
+    pub telegram: Option<TelegramConfig>,
+}
+
+/// How updates reach hourglass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `getUpdates` long polling (the default).
+    #[default]
+    Poll,
+    /// Telegram POSTs updates to `/webhooks/{instance}`.
+    Webhook,
+}
+
+/// `[instances.telegram]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// Bot API base URL; methods are at `{api_url}/bot{token}/{method}`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// The token @BotFather gave, by reference (`env:`, `file:`,
+    /// `credential:`).
+    pub bot_token: SecretRef,
+    /// `poll` (getUpdates long polling) or `webhook`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Webhook mode: the secret Telegram sends in
+    /// `X-Telegram-Bot-Api-Secret-Token`, by reference.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretRef>,
+    /// Seconds one `getUpdates` long poll waits for an update (1 to 50).
+    #[serde(default = "default_long_poll_secs")]
+    pub long_poll_secs: u64,
+}
+
+fn default_api_url() -> String {
+    "https://api.telegram.org".into()
+}
+
+fn default_long_poll_secs() -> u64 {
+    25
+}
+
+impl InstanceSettings for TelegramSettings {
+    fn check(&self, kind: &str) -> Vec<SettingsProblem> {
+        let Some(t) = &self.telegram else {
+            return vec![SettingsProblem::missing_table(kind, "telegram")];
+        };
+        let mut out = Vec::new();
+        if t.mode == Mode::Webhook {
+            out.push(SettingsProblem::new(
+                "telegram.mode",
+                "mode = \"webhook\" is not available in this build yet; use mode = \"poll\"",
+            ));
+        }
+        if !(1..=50).contains(&t.long_poll_secs) {
+            out.push(SettingsProblem::new(
+                "telegram.long_poll_secs",
+                format!(
+                    "long_poll_secs must be between 1 and 50, not {}",
+                    t.long_poll_secs
+                ),
+            ));
+        }
+        if !(t.api_url.starts_with("https://") || t.api_url.starts_with("http://")) {
+            out.push(SettingsProblem::new(
+                "telegram.api_url",
+                format!(
+                    "api_url must start with https:// or http://, not {:?}",
+                    t.api_url
+                ),
+            ));
+        }
+        out
+    }
+
+    fn secrets(&self) -> Vec<(&'static str, &SecretRef)> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.telegram {
+            out.push(("telegram.bot_token", &t.bot_token));
+            if let Some(s) = &t.webhook_secret {
+                out.push(("telegram.webhook_secret", s));
+            }
+        }
+        out
+    }
+
+    /// Over 4,096 characters is refused before it is queued.
+    fn check_reply(&self, text: &str) -> Result<(), String> {
+        crate::check_text(text)
+    }
+
+    fn send_quota(&self) -> Option<RateLimit> {
+        Some(SEND_QUOTA)
+    }
+
+    fn per_thread_quota(&self) -> Option<RateLimit> {
+        Some(PER_CHAT_QUOTA)
+    }
+
+    fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {
+        let config = self
+            .telegram
+            .clone()
+            .ok_or_else(|| SettingsProblem::missing_table(kind, "telegram").message)?;
+        TelegramConnector::new(instance, config).map(|c| Arc::new(c) as Arc<dyn Connector>)
+    }
+}

@@ -1,0 +1,348 @@
+//! Telegram through the real daemon, against the mock Bot API
+//! (testsupport::telegram): the Bot API cannot be reached from here.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{wait_until, Daemon, TestApp};
+use hourglass_testsupport::telegram::MockBotApi;
+use serde_json::Value;
+
+const TOKEN: &str = "700001:AAH-daemon-test-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn app(mock: &MockBotApi) -> TestApp {
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            r#"[daemon]
+min_backoff = "200ms"
+max_backoff = "1s"
+shutdown_timeout = "5s"
+
+[outbox]
+lease = "2s"
+poll_interval = "100ms"
+
+[[instances]]
+name = "shop-bot"
+type = "telegram"
+# Updates arrive by long polling; the schedule is only a fallback.
+schedule = "0 0 1 1 *"
+[instances.telegram]
+api_url = "{}"
+bot_token = "env:HG_TG_BOT_TOKEN"
+mode = "poll"
+long_poll_secs = 2
+"#,
+            mock.url()
+        ),
+    );
+    app.env.push(("HG_TG_BOT_TOKEN".into(), TOKEN.into()));
+    app
+}
+
+/// Starts the daemon and waits until it long-polls the bot.
+fn start(app: &TestApp, mock: &MockBotApi) -> Daemon {
+    let calls = mock.calls().len();
+    let daemon = app.spawn_daemon();
+    wait_until(WAIT, || mock.waiting() > 0 || mock.calls().len() > calls)
+        .unwrap_or_else(|_| panic!("the daemon never polled the bot; log:\n{}", daemon.log()));
+    daemon
+}
+
+fn threads(app: &TestApp) -> Vec<Value> {
+    app.json(&["threads", "--json"]).as_array().unwrap().clone()
+}
+
+fn thread_of(app: &TestApp, customer: &str) -> Option<Value> {
+    threads(app).into_iter().find(|t| t["customer"] == customer)
+}
+
+fn wait_thread(app: &TestApp, daemon: &Daemon, customer: &str) -> Value {
+    let mut found = None;
+    wait_until(WAIT, || {
+        found = thread_of(app, customer);
+        found.is_some()
+    })
+    .unwrap_or_else(|_| panic!("no thread of {customer}; log:\n{}", daemon.log()));
+    found.unwrap()
+}
+
+fn show(app: &TestApp, id: i64) -> Value {
+    app.json(&["show", &id.to_string(), "--json"])
+}
+
+fn reply(app: &TestApp, id: i64, body: &str) -> String {
+    let v = app.json(&["reply", &id.to_string(), "--body", body, "--json"]);
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn outbox(app: &TestApp, thread: i64, reply: &str) -> Value {
+    show(app, thread)["outbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == reply)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_message_is_stored_while_the_daemon_long_polls() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let app = app(&mock);
+    let mut daemon = start(&app, &mock);
+    wait_until(WAIT, || mock.waiting() > 0).unwrap();
+
+    mock.push_message(4242, "Ana", "Hi, where is my order?");
+    let t = wait_thread(&app, &daemon, "Ana");
+    assert_eq!(t["channel"], "telegram");
+    assert_eq!(t["status"], "awaiting");
+    assert_eq!(t["message_count"], 1);
+    let detail = show(&app, t["id"].as_i64().unwrap());
+    assert_eq!(detail["messages"][0]["text"], "Hi, where is my order?");
+    assert_eq!(detail["messages"][0]["direction"], "inbound");
+
+    daemon.stop_cleanly();
+    assert!(
+        !daemon.log().contains(TOKEN),
+        "the token leaked into the log"
+    );
+    // Only the update types hourglass reads were asked for.
+    let allowed = mock.allowed_updates().unwrap();
+    assert!(
+        allowed.contains(&"business_message".to_owned()),
+        "{allowed:?}"
+    );
+    assert!(
+        !allowed.contains(&"callback_query".to_owned()),
+        "{allowed:?}"
+    );
+}
+
+#[test]
+fn a_kill_between_get_updates_and_the_commit_loses_nothing() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let app = app(&mock);
+    // message_id -> update_id of everything pushed.
+    let mut pushed: HashMap<i64, i64> = HashMap::new();
+    let stored_updates = |app: &TestApp, pushed: &HashMap<i64, i64>| -> HashSet<i64> {
+        let Some(t) = thread_of(app, "Ioana") else {
+            return HashSet::new();
+        };
+        show(app, t["id"].as_i64().unwrap())["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let ext = m["external_id"].as_str().unwrap();
+                let message_id: i64 = ext.rsplit(':').next().unwrap().parse().unwrap();
+                pushed[&message_id]
+            })
+            .collect()
+    };
+    for round in 0..5 {
+        let mut daemon = start(&app, &mock);
+        let (update, message) = mock.push_message(777, "Ioana", &format!("Message {round}"));
+        pushed.insert(message, update);
+        // The daemon has the update in hand: kill it at once, most likely
+        // before it has committed the update.
+        wait_until(WAIT, || {
+            mock.calls().iter().any(|c| c.returned.contains(&update))
+        })
+        .unwrap_or_else(|_| panic!("update never served; log:\n{}", daemon.log()));
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+
+        // Whatever Telegram has forgotten must be in the store.
+        let stored = stored_updates(&app, &pushed);
+        eprintln!(
+            "round {round}: update {update} {} when the daemon was killed",
+            if stored.contains(&update) {
+                "was already stored"
+            } else {
+                "was not stored yet"
+            }
+        );
+        for id in mock.confirmed() {
+            assert!(
+                stored.contains(&id),
+                "update {id} was confirmed but not stored"
+            );
+        }
+        // The next poller confirms only what is stored.
+        let calls = mock.calls().len();
+        let daemon = start(&app, &mock);
+        wait_until(WAIT, || mock.calls().len() > calls).unwrap();
+        let next = mock.calls()[calls].offset;
+        if let Some(offset) = next {
+            for (_, &id) in pushed.iter().filter(|(_, &id)| id < offset) {
+                assert!(
+                    stored.contains(&id),
+                    "offset {offset} confirms update {id}, which is not stored"
+                );
+            }
+        }
+        drop(daemon);
+    }
+    let mut daemon = start(&app, &mock);
+    wait_until(WAIT, || stored_updates(&app, &pushed).len() == 5)
+        .unwrap_or_else(|_| panic!("messages lost; log:\n{}", daemon.log()));
+    let t = thread_of(&app, "Ioana").unwrap();
+    assert_eq!(t["message_count"], 5, "each message once");
+    daemon.stop_cleanly();
+}
+
+#[test]
+fn an_edit_changes_the_text_and_not_the_clock() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let app = app(&mock);
+    let mut daemon = start(&app, &mock);
+    let (_, message_id) = mock.push_message(5150, "Jürgen", "Die Packung war beschädight");
+    let t = wait_thread(&app, &daemon, "Jürgen");
+    let id = t["id"].as_i64().unwrap();
+    let r = reply(&app, id, "Das tut uns leid, wir senden Ersatz.");
+    wait_until(WAIT, || outbox(&app, id, &r)["state"] == "sent")
+        .unwrap_or_else(|_| panic!("reply not sent; log:\n{}", daemon.log()));
+    let answered = thread_of(&app, "Jürgen").unwrap();
+    assert_eq!(answered["status"], "answered");
+
+    // The customer fixes a typo in the message that was already answered.
+    mock.push_edit(5150, "Jürgen", message_id, "Die Packung war beschädigt");
+    wait_until(WAIT, || {
+        show(&app, id)["messages"][0]["text"] == "Die Packung war beschädigt"
+    })
+    .unwrap_or_else(|_| panic!("edit not applied; log:\n{}", daemon.log()));
+    let after = thread_of(&app, "Jürgen").unwrap();
+    assert_eq!(after["status"], "answered", "an edit is not a new question");
+    assert_eq!(after["due_at"], Value::Null);
+    assert_eq!(after["message_count"], 2);
+    daemon.stop_cleanly();
+}
+
+#[test]
+fn a_business_message_is_answered_through_its_connection() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let app = app(&mock);
+    let mut daemon = start(&app, &mock);
+    let (_, message_id) = mock.push_business_message(
+        "BC-seller-1",
+        8800,
+        8800,
+        "Chloé",
+        "Le bleu est disponible ?",
+    );
+    let t = wait_thread(&app, &daemon, "Chloé");
+    let id = t["id"].as_i64().unwrap();
+    let r = reply(&app, id, "Oui, depuis lundi.");
+    wait_until(WAIT, || outbox(&app, id, &r)["state"] == "sent")
+        .unwrap_or_else(|_| panic!("reply not sent; log:\n{}", daemon.log()));
+    let sent = mock.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].business_connection_id.as_deref(),
+        Some("BC-seller-1")
+    );
+    assert_eq!(sent[0].chat_id, 8800);
+    assert_eq!(sent[0].reply_to_message_id, Some(message_id));
+    assert_eq!(sent[0].text, "Oui, depuis lundi.");
+
+    // The seller answers the next question from their own Telegram app:
+    // that stops the clock too.
+    // Telegram dates are whole seconds: these come a second apart, as
+    // they would in a real chat, so their order is not a tie.
+    let now = chrono::Utc::now().timestamp();
+    mock.push_update(business(8800, 8800, "Chloé", "Et en taille M ?", now + 1));
+    wait_until(WAIT, || {
+        thread_of(&app, "Chloé").unwrap()["status"] == "awaiting"
+    })
+    .unwrap();
+    mock.push_update(business(8800, 31337, "Shop", "Oui, en M aussi.", now + 2));
+    wait_until(WAIT, || {
+        thread_of(&app, "Chloé").unwrap()["status"] == "answered"
+    })
+    .unwrap_or_else(|_| panic!("seller's own reply not seen; log:\n{}", daemon.log()));
+    assert_eq!(mock.sent().len(), 1);
+    daemon.stop_cleanly();
+}
+
+/// A `business_message` update of the seller's connection "BC-seller-1".
+fn business(chat: i64, from: i64, name: &str, text: &str, date: i64) -> Value {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(5000);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serde_json::json!({ "business_message": {
+        "message_id": id, "date": date, "business_connection_id": "BC-seller-1",
+        "chat": { "id": chat, "type": "private", "first_name": "Chloé" },
+        "from": { "id": from, "is_bot": false, "first_name": name },
+        "text": text
+    } })
+}
+
+#[test]
+fn a_blocked_bot_shows_on_the_thread() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let app = app(&mock);
+    let mut daemon = start(&app, &mock);
+    mock.push_message(6060, "Marta", "Czy mogę zwrócić?");
+    let t = wait_thread(&app, &daemon, "Marta");
+    let id = t["id"].as_i64().unwrap();
+    mock.block(6060);
+    let r = reply(&app, id, "Tak, oczywiście.");
+    wait_until(WAIT, || outbox(&app, id, &r)["state"] == "failed")
+        .unwrap_or_else(|_| panic!("reply not failed; log:\n{}", daemon.log()));
+    let o = outbox(&app, id, &r);
+    assert!(
+        o["error"].as_str().unwrap().contains("blocked the bot"),
+        "{o}"
+    );
+    assert_eq!(o["attempts"], 1, "a block is not retried");
+    let thread = thread_of(&app, "Marta").unwrap();
+    assert!(
+        thread["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("blocked the bot"),
+        "{thread}"
+    );
+    assert!(mock.sent().is_empty());
+    daemon.stop_cleanly();
+}
+
+#[test]
+fn a_webhook_set_on_the_bot_stops_polling_and_says_why() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    mock.set_webhook("https://elsewhere.example.com/hook");
+    let app = app(&mock);
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Credentials refused", WAIT);
+    let list = app.json(&["connectors", "list", "--json"]);
+    let error = list[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("a webhook is set"), "{list}");
+    assert_eq!(list[0]["last_error_kind"], "auth", "{list}");
+    daemon.stop_cleanly();
+}
+
+#[test]
+fn check_config_names_what_is_wrong_with_a_bot() {
+    let app = TestApp::new(
+        None,
+        "[[instances]]\nname = \"b1\"\ntype = \"telegram\"\n\n\
+         [[instances]]\nname = \"b2\"\ntype = \"telegram\"\n[instances.telegram]\n\
+         bot_token = \"env:HG_TG_UNSET_TOKEN\"\nmode = \"webhook\"\n",
+    );
+    let out = app.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs an [instances.telegram] table"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mode = \"webhook\" is not available"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("HG_TG_UNSET_TOKEN is not set"), "{stderr}");
+}
