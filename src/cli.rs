@@ -90,6 +90,14 @@ pub enum Command {
         #[arg(long, env = "USER", default_value = "cli")]
         actor: String,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to
+    /// stdout: `hourglass completions bash > /etc/bash_completion.d/hourglass`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `hourglass man | man -l -`.
+    Man,
     /// Run the daemon on a simulated seller week: temp SQLite store, temp
     /// Maildir, alerts delivered to a local capture and printed. No config
     /// needed. Ctrl-C stops it.
@@ -240,6 +248,20 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Neither needs a config.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "hourglass", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     if let Command::Demo { run_for, keep } = &cli.command {
         crate::demo::run(run_for.map(|d| d.0), *keep).await?;
         return Ok(ExitCode::SUCCESS);
@@ -405,7 +427,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { .. } => Ok(ExitCode::SUCCESS),
+        Command::Demo { .. } | Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
         Command::Quarantine {
             instance,
             raw,
