@@ -644,8 +644,15 @@ fn this_daemon(lease: Duration) -> DaemonInfo {
 /// Gives back every lease at once, so that the other daemons take over
 /// without waiting for the expiry.
 async fn leave(store: &dyn Store, daemon: &str) {
-    if let Err(e) = store.leave(daemon).await {
-        warn!(error = %e, "Cannot give back this daemon's leases; the other daemons take them over when they expire.");
+    // Bounded: a store that does not answer must not hold up the exit.
+    match tokio::time::timeout(Duration::from_secs(3), store.leave(daemon)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "Cannot give back this daemon's leases; the other daemons take them over when they expire.")
+        }
+        Err(_) => warn!(
+            "The store did not answer; the other daemons take this daemon's leases over when they expire."
+        ),
     }
 }
 
@@ -664,87 +671,99 @@ async fn lease_loop(
     let lease = lease.max(Duration::from_millis(300));
     let period = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
     loop {
-        let now = Utc::now();
-        let until = now + period;
-        me.heartbeat_at = now;
-        me.expires_at = until;
-        if let Err(e) = store.heartbeat(&me).await {
-            warn!(error = %e, "Cannot write this daemon's heartbeat.");
-        }
-        let mut mine = held.borrow().clone();
-        let mut lost = Vec::new();
-        for (instance, token) in &mine {
-            let fence = Fence {
-                holder: me.id.clone(),
-                token: *token,
+        // Store calls wait on a store that does not answer (a PostgreSQL
+        // that is down) for the pool's timeout: a stop does not wait for
+        // them. Leases taken and not yet published are given back by
+        // `leave` on the way out.
+        let round = async {
+            let now = Utc::now();
+            let until = now + period;
+            me.heartbeat_at = now;
+            me.expires_at = until;
+            if let Err(e) = store.heartbeat(&me).await {
+                warn!(error = %e, "Cannot write this daemon's heartbeat.");
+            }
+            let mut mine = held.borrow().clone();
+            let mut lost = Vec::new();
+            for (instance, token) in &mine {
+                let fence = Fence {
+                    holder: me.id.clone(),
+                    token: *token,
+                };
+                match store.renew_lease(instance, &fence, now, until).await {
+                    Ok(true) => {}
+                    Ok(false) => lost.push(instance.clone()),
+                    // Kept: the fence stops its commits if it is taken meanwhile.
+                    Err(e) => warn!(instance = %instance, error = %e, "Cannot renew a lease."),
+                }
+            }
+            for instance in lost {
+                mine.remove(&instance);
+                warn!(instance = %instance, "Another daemon took this instance over: this daemon did not renew its lease in time.");
+            }
+            let plan = match (store.daemons().await, store.leases().await) {
+                (Ok(daemons), Ok(leases)) => {
+                    let live: Vec<String> = daemons
+                        .into_iter()
+                        .filter(|d| d.expires_at > now)
+                        .map(|d| d.id)
+                        .collect();
+                    let plan = plan_leases(&me.id, &instances, &live, &leases, now);
+                    Some((plan, leases))
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "Cannot read the leases; keeping the ones held.");
+                    None
+                }
             };
-            match store.renew_lease(instance, &fence, now, until).await {
-                Ok(true) => {}
-                Ok(false) => lost.push(instance.clone()),
-                // Kept: the fence stops its commits if it is taken meanwhile.
-                Err(e) => warn!(instance = %instance, error = %e, "Cannot renew a lease."),
+            if let Some((plan, leases)) = plan {
+                for instance in &plan.release {
+                    mine.remove(instance);
+                }
+                // The poll loops stop before the leases are given back.
+                held.send_if_modified(|h| {
+                    let changed = *h != mine;
+                    h.clone_from(&mine);
+                    changed
+                });
+                for instance in &plan.release {
+                    let Some(l) = leases.iter().find(|l| &l.instance == instance) else {
+                        continue;
+                    };
+                    let fence = Fence {
+                        holder: me.id.clone(),
+                        token: l.token,
+                    };
+                    match store.release_lease(instance, &fence).await {
+                        Ok(()) => {
+                            info!(instance = %instance, "Gave a lease back to even out the work between daemons.")
+                        }
+                        Err(e) => {
+                            warn!(instance = %instance, error = %e, "Cannot give a lease back.")
+                        }
+                    }
+                }
+                for instance in &plan.take {
+                    match store.acquire_lease(instance, &me.id, now, until).await {
+                        Ok(Some(token)) => {
+                            info!(instance = %instance, token, "Took the lease of an instance.");
+                            mine.insert(instance.clone(), token);
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(instance = %instance, error = %e, "Cannot take a lease."),
+                    }
+                }
             }
-        }
-        for instance in lost {
-            mine.remove(&instance);
-            warn!(instance = %instance, "Another daemon took this instance over: this daemon did not renew its lease in time.");
-        }
-        let plan = match (store.daemons().await, store.leases().await) {
-            (Ok(daemons), Ok(leases)) => {
-                let live: Vec<String> = daemons
-                    .into_iter()
-                    .filter(|d| d.expires_at > now)
-                    .map(|d| d.id)
-                    .collect();
-                let plan = plan_leases(&me.id, &instances, &live, &leases, now);
-                Some((plan, leases))
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %e, "Cannot read the leases; keeping the ones held.");
-                None
-            }
-        };
-        if let Some((plan, leases)) = plan {
-            for instance in &plan.release {
-                mine.remove(instance);
-            }
-            // The poll loops stop before the leases are given back.
             held.send_if_modified(|h| {
                 let changed = *h != mine;
                 h.clone_from(&mine);
                 changed
             });
-            for instance in &plan.release {
-                let Some(l) = leases.iter().find(|l| &l.instance == instance) else {
-                    continue;
-                };
-                let fence = Fence {
-                    holder: me.id.clone(),
-                    token: l.token,
-                };
-                match store.release_lease(instance, &fence).await {
-                    Ok(()) => {
-                        info!(instance = %instance, "Gave a lease back to even out the work between daemons.")
-                    }
-                    Err(e) => warn!(instance = %instance, error = %e, "Cannot give a lease back."),
-                }
-            }
-            for instance in &plan.take {
-                match store.acquire_lease(instance, &me.id, now, until).await {
-                    Ok(Some(token)) => {
-                        info!(instance = %instance, token, "Took the lease of an instance.");
-                        mine.insert(instance.clone(), token);
-                    }
-                    Ok(None) => {}
-                    Err(e) => warn!(instance = %instance, error = %e, "Cannot take a lease."),
-                }
-            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            () = round => {}
         }
-        held.send_if_modified(|h| {
-            let changed = *h != mine;
-            h.clone_from(&mine);
-            changed
-        });
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(lease / 3) => {}

@@ -36,7 +36,7 @@ fn example_config_passes_check_config() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (5 instances)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (6 instances)"));
 
     // Without the secrets, every missing one is reported with its place.
     let out = Command::new(common::BIN)
