@@ -346,3 +346,99 @@ fn check_config_names_what_is_wrong_with_a_bot() {
     );
     assert!(stderr.contains("HG_TG_UNSET_TOKEN is not set"), "{stderr}");
 }
+
+#[test]
+fn webhook_mode_stores_signed_updates_and_refuses_a_wrong_secret() {
+    const SECRET: &str = "tg-webhook-secret-0c4d";
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            "{}\n[[instances]]\nname = \"shop-bot\"\ntype = \"telegram\"\nschedule = \"0 0 1 1 *\"\n\
+             [instances.telegram]\napi_url = \"{}\"\nbot_token = \"env:HG_TG_BOT_TOKEN\"\n\
+             mode = \"webhook\"\nwebhook_secret = \"env:HG_TG_WEBHOOK_SECRET\"\n",
+            common::http::HTTP_CONFIG,
+            mock.url()
+        ),
+    );
+    app.env.push(("HG_TG_BOT_TOKEN".into(), TOKEN.into()));
+    app.env.push(("HG_TG_WEBHOOK_SECRET".into(), SECRET.into()));
+    app.env.extend(common::http::token_env());
+    let mut daemon = app.spawn_daemon_with(&["--log-format", "json"]);
+    let base = common::http::base_url(&daemon);
+    let update = serde_json::json!({
+        "update_id": 900001,
+        "message": {
+            "message_id": 11,
+            "date": chrono::Utc::now().timestamp(),
+            "chat": {"id": 4242, "type": "private", "first_name": "Ana"},
+            "from": {"id": 4242, "is_bot": false, "first_name": "Ana"},
+            "text": "Olá, o meu pedido chegou partido."
+        }
+    })
+    .to_string();
+    let post = |secret: Option<&str>| {
+        let mut req = common::http::client()
+            .post(format!("{base}/webhooks/shop-bot"))
+            .header("content-type", "application/json")
+            .body(update.clone());
+        if let Some(s) = secret {
+            req = req.header("X-Telegram-Bot-Api-Secret-Token", s);
+        }
+        req.send().unwrap().status().as_u16()
+    };
+    assert_eq!(post(None), 401, "an unsigned delivery is refused");
+    assert_eq!(post(Some("wrong")), 401, "a wrong secret is refused");
+    assert!(
+        threads(&app).is_empty(),
+        "a refused delivery stores nothing"
+    );
+
+    assert_eq!(post(Some(SECRET)), 200);
+    let thread = wait_thread(&app, &daemon, "Ana");
+    assert_eq!(thread["channel"], "telegram");
+    assert_eq!(thread["status"], "awaiting");
+    // Telegram redelivers when unsure: the same update adds nothing. A
+    // second update after it shows that the redelivery was dealt with.
+    assert_eq!(post(Some(SECRET)), 200);
+    let next = update
+        .replace("900001", "900002")
+        .replace("\"message_id\":11", "\"message_id\":12")
+        .replace("chegou partido", "veio sem a fatura");
+    let status = common::http::client()
+        .post(format!("{base}/webhooks/shop-bot"))
+        .header("content-type", "application/json")
+        .header("X-Telegram-Bot-Api-Secret-Token", SECRET)
+        .body(next)
+        .send()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 200);
+    let id = thread["id"].as_i64().unwrap();
+    let texts = || -> Vec<String> {
+        show(&app, id)["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    wait_until(WAIT, || texts().iter().any(|t| t.contains("fatura")))
+        .unwrap_or_else(|_| panic!("the second update never arrived: {:?}", texts()));
+    assert_eq!(
+        texts().len(),
+        2,
+        "the redelivered update was stored twice: {:?}",
+        texts()
+    );
+    assert!(
+        mock.calls().is_empty(),
+        "webhook mode never calls getUpdates (it would be refused with 409)"
+    );
+    assert!(
+        !daemon.log().contains(SECRET),
+        "the webhook secret leaked into the log"
+    );
+    daemon.stop_cleanly();
+}

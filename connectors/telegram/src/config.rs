@@ -77,10 +77,10 @@ impl InstanceSettings for TelegramSettings {
             return vec![SettingsProblem::missing_table(kind, "telegram")];
         };
         let mut out = Vec::new();
-        if t.mode == Mode::Webhook {
+        if t.mode == Mode::Webhook && t.webhook_secret.is_none() {
             out.push(SettingsProblem::new(
                 "telegram.mode",
-                "mode = \"webhook\" is not available in this build yet; use mode = \"poll\"",
+                "mode = \"webhook\" needs webhook_secret (by reference): Telegram sends it in X-Telegram-Bot-Api-Secret-Token and unsigned deliveries are refused",
             ));
         }
         if !(1..=50).contains(&t.long_poll_secs) {

@@ -216,9 +216,12 @@ impl Connector for TelegramConnector {
     }
 
     fn capabilities(&self) -> Capabilities {
+        // In webhook mode updates come to /webhooks/{instance}; getUpdates
+        // would be refused (409) while the webhook is set.
+        let polling = self.config.mode == Mode::Poll;
         Capabilities {
-            poll: true,
-            push: true,
+            poll: polling,
+            push: polling,
             send: true,
             check_sent: false,
         }
@@ -242,6 +245,9 @@ impl Connector for TelegramConnector {
     }
 
     async fn poll(&self, cursors: &Cursors) -> Result<Batch, ConnectorError> {
+        if self.config.mode == Mode::Webhook {
+            return Ok(Batch::default());
+        }
         let offset = offset(cursors)?;
         let cached = {
             let mut p = lock(&self.prefetched);
@@ -276,11 +282,36 @@ impl Connector for TelegramConnector {
         false
     }
 
+    fn accepts_webhooks(&self) -> bool {
+        self.config.mode == Mode::Webhook
+    }
+
+    fn verify_webhook(
+        &self,
+        request: &hourglass_connector::WebhookRequest<'_>,
+    ) -> Result<hourglass_connector::WebhookVerdict, ConnectorError> {
+        if request.method != "POST" {
+            return Err(ConnectorError::Auth(
+                "Telegram delivers updates by POST only".into(),
+            ));
+        }
+        self.verify_secret_token(request.header("x-telegram-bot-api-secret-token"))?;
+        Ok(hourglass_connector::WebhookVerdict::Accept)
+    }
+
+    fn parse_webhook(&self, body: &[u8]) -> Result<Batch, ConnectorError> {
+        self.parse_update_body(body)
+    }
+
     async fn wait_for_change(
         &self,
         cursors: &Cursors,
         timeout: Duration,
     ) -> Result<bool, ConnectorError> {
+        if self.config.mode == Mode::Webhook {
+            tokio::time::sleep(timeout).await;
+            return Ok(false);
+        }
         let offset = offset(cursors)?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
