@@ -341,7 +341,7 @@ fn check_config_names_what_is_wrong_with_a_bot() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("mode = \"webhook\" is not available"),
+        stderr.contains("mode = \"webhook\" needs webhook_secret"),
         "{stderr}"
     );
     assert!(stderr.contains("HG_TG_UNSET_TOKEN is not set"), "{stderr}");
