@@ -560,8 +560,6 @@ impl Sender {
     }
 }
 
-/// The reply as the connector needs it: addressed to the last inbound
-/// message's `reply_to` (else the thread's), answering its `meta`.
 /// How a call missed its deadline.
 #[derive(Debug, PartialEq, Eq)]
 enum Late {
@@ -605,6 +603,8 @@ async fn before<F: Future>(deadline: Instant, call: F) -> Result<F::Output, Late
     .await
 }
 
+/// The reply as the connector needs it: addressed to the last inbound
+/// message's `reply_to` (else the thread's), answering its `meta`.
 fn build_reply(item: &OutboxItem, detail: &ThreadDetail) -> Result<OutgoingReply, String> {
     let last_inbound = detail
         .messages
