@@ -86,6 +86,7 @@ async fn run(ctx: Context, stop: CancellationToken) {
             min_backoff: ctx.config.daemon.min_backoff.0,
             max_backoff: ctx.config.daemon.max_backoff.0,
             writes: writes.clone(),
+            pending: std::sync::Mutex::new(Vec::new()),
             auth_failed: AtomicBool::new(false),
             put_backs: AtomicUsize::new(0),
             leases: ctx.leases.clone(),
@@ -117,6 +118,8 @@ struct Sender {
     min_backoff: Duration,
     max_backoff: Duration,
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// Outcomes waiting for the next write turn (see `complete`).
+    pending: std::sync::Mutex<Vec<Pending>>,
     /// The platform refused our credentials: nothing more is sent until the
     /// configuration is reloaded.
     auth_failed: AtomicBool,
@@ -127,6 +130,17 @@ struct Sender {
     /// an instance's replies, so that several daemons together keep to the
     /// platform's rate limit.
     leases: tokio::sync::watch::Receiver<crate::daemon::HeldLeases>,
+}
+
+/// An outcome waiting to be recorded, and the sender waiting for it.
+struct Pending {
+    id: String,
+    outcome: OutboxOutcome,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What to do with a reply after looking for it on the platform.
@@ -261,7 +275,7 @@ impl Sender {
         }
         futures::stream::iter(groups)
             .for_each_concurrent(self.config.concurrency.max(1), |(thread_id, items)| async move {
-                let detail = match self.store.thread(thread_id, Utc::now()).await {
+                let detail = match self.store.thread_for_reply(thread_id, Utc::now()).await {
                     Ok(d) => d,
                     Err(e) => {
                         warn!(instance = %self.name, thread = thread_id, error = %e, "Cannot read the thread of a reply; trying again.");
@@ -516,28 +530,67 @@ impl Sender {
     /// Records an outcome, retrying briefly on store errors. If it still
     /// cannot be written, the reply stays in `sending` and its outcome is
     /// looked up on the platform after the lease.
+    ///
+    /// Outcomes are committed in groups: while one sender holds the write
+    /// turn, the outcomes of the others gather in `pending`, and the next
+    /// to take the turn records all of them in one transaction. Nobody
+    /// waits for a timer, and under load one commit serves many replies.
     async fn complete(&self, item: &OutboxItem, outcome: OutboxOutcome) {
         const TRIES: u64 = 6;
         for attempt in 1..=TRIES {
-            let result = {
+            let (done, result) = tokio::sync::oneshot::channel();
+            lock(&self.pending).push(Pending {
+                id: item.id.clone(),
+                outcome: outcome.clone(),
+                done,
+            });
+            {
                 let _w = self.writes.lock().await;
-                self.store
-                    .complete_outbox(&item.id, &outcome, &self.inst.clocking)
-                    .await
-            };
-            match result {
-                Ok(()) => return,
-                Err(e) if attempt < TRIES => {
+                let batch = std::mem::take(&mut *lock(&self.pending));
+                if !batch.is_empty() {
+                    self.record(batch).await;
+                }
+            }
+            match result.await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if attempt < TRIES => {
                     debug!(reply = %item.id, error = %e, "Cannot record a reply's outcome yet; retrying.");
                     tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                 }
-                Err(e) => warn!(
+                Ok(Err(e)) => warn!(
                     instance = %self.name,
                     reply = %item.id,
                     error = %e,
                     "Cannot record a reply's outcome; it stays in sending and is looked up on the platform after its lease."
                 ),
+                // The sender that took our outcome is gone (shutdown).
+                Err(_) => return,
             }
+        }
+    }
+
+    /// Writes a group of outcomes: in one transaction, or, if that fails,
+    /// one by one, so that one bad entry does not hold back the others.
+    /// The caller holds the write turn.
+    async fn record(&self, batch: Vec<Pending>) {
+        let clocking = &self.inst.clocking;
+        let all: Vec<(&str, &OutboxOutcome)> =
+            batch.iter().map(|p| (p.id.as_str(), &p.outcome)).collect();
+        let together = self.store.complete_outbox_many(&all, clocking).await;
+        if together.is_ok() || batch.len() == 1 {
+            let result = together.map_err(|e| e.to_string());
+            for p in batch {
+                let _ = p.done.send(result.clone());
+            }
+            return;
+        }
+        for p in batch {
+            let result = self
+                .store
+                .complete_outbox(&p.id, &p.outcome, clocking)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = p.done.send(result);
         }
     }
 

@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_leases.sql"),
         postgres: include_str!("../../migrations/postgres/0006_leases.sql"),
     },
+    Migration {
+        version: 7,
+        name: "outbox_by_thread",
+        sqlite: include_str!("../../migrations/sqlite/0007_outbox_by_thread.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_outbox_by_thread.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

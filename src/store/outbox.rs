@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hourglass_connector::{Direction, Message};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::alerts::set_thread_error;
 use super::clock::reclock;
@@ -98,6 +98,13 @@ pub trait OutboxStore: Send + Sync {
         outcome: &OutboxOutcome,
         clocking: &Clocking,
     ) -> Result<()>;
+    /// Ends several sends of one instance in one transaction: all are
+    /// recorded or none is.
+    async fn complete_outbox_many(
+        &self,
+        outcomes: &[(&str, &OutboxOutcome)],
+        clocking: &Clocking,
+    ) -> Result<()>;
     /// Puts a claimed reply that was never handed to the platform back in
     /// the queue (shutdown, a rate-limit pause), without counting an
     /// attempt. Only rows still claimed by `worker` are touched.
@@ -176,90 +183,19 @@ impl OutboxStore for SqlStore {
         outcome: &OutboxOutcome,
         clocking: &Clocking,
     ) -> Result<()> {
+        self.complete_outbox_many(&[(id, outcome)], clocking).await
+    }
+
+    async fn complete_outbox_many(
+        &self,
+        outcomes: &[(&str, &OutboxOutcome)],
+        clocking: &Clocking,
+    ) -> Result<()> {
         let now = ms(Utc::now());
         let mut conn = self.pool.acquire().await?;
         let mut tx = self.begin_write(&mut conn).await?;
-        let row = sqlx::query("SELECT thread_id, instance, body FROM outbox WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?;
-        let thread_id: i64 = row.try_get("thread_id")?;
-        let instance: String = row.try_get("instance")?;
-        match outcome {
-            OutboxOutcome::Sent {
-                external_id,
-                sent_at,
-            } => {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'sent', external_id = $1, sent_at = $2,
-                        error = NULL, claimed_until = NULL, updated_at = $3
-                     WHERE id = $4",
-                )
-                .bind(external_id)
-                .bind(ms(*sent_at))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                let body: String = row.try_get("body")?;
-                let thread_key: String =
-                    sqlx::query("SELECT thread_key FROM threads WHERE id = $1")
-                        .bind(thread_id)
-                        .fetch_one(&mut *tx)
-                        .await?
-                        .try_get("thread_key")?;
-                let mut m = Message::new(
-                    external_id.clone(),
-                    thread_key,
-                    Direction::Outbound,
-                    *sent_at,
-                    body,
-                );
-                m.author = Some("hourglass".into());
-                m.meta = serde_json::json!({ "outbox_id": id });
-                insert_message(&mut tx, &instance, thread_id, &m, now).await?;
-                sqlx::query("UPDATE threads SET last_error = NULL WHERE id = $1")
-                    .bind(thread_id)
-                    .execute(&mut *tx)
-                    .await?;
-                reclock(&mut tx, thread_id, clocking, now).await?;
-                insert_audit(&mut tx, now, "outbox", "reply_sent", Some(thread_id), id).await?;
-            }
-            OutboxOutcome::Retry { error, at } => {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'queued', error = $1, next_attempt_at = $2,
-                        claimed_until = NULL, updated_at = $3
-                     WHERE id = $4",
-                )
-                .bind(error)
-                .bind(ms(*at))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            OutboxOutcome::Failed { error } | OutboxOutcome::Uncertain { error } => {
-                let state = if matches!(outcome, OutboxOutcome::Failed { .. }) {
-                    "failed"
-                } else {
-                    "uncertain"
-                };
-                sqlx::query(
-                    "UPDATE outbox SET state = $1, error = $2, claimed_until = NULL, updated_at = $3
-                     WHERE id = $4",
-                )
-                .bind(state)
-                .bind(error)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                let thread_error = format!("Reply {id} {state}: {error}");
-                set_thread_error(&mut tx, thread_id, &thread_error, now).await?;
-                let (action, detail) = (format!("reply_{state}"), format!("{id}: {error}"));
-                insert_audit(&mut tx, now, "outbox", &action, Some(thread_id), &detail).await?;
-            }
+        for (id, outcome) in outcomes {
+            complete_one(&mut tx, id, outcome, clocking, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -347,4 +283,96 @@ impl SqlStore {
         tx.commit().await?;
         Ok(items)
     }
+}
+
+/// Records one send's outcome on `conn`, inside the caller's transaction.
+async fn complete_one(
+    conn: &mut AnyConnection,
+    id: &str,
+    outcome: &OutboxOutcome,
+    clocking: &Clocking,
+    now: i64,
+) -> Result<()> {
+    let row = sqlx::query("SELECT thread_id, instance, body FROM outbox WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?;
+    let thread_id: i64 = row.try_get("thread_id")?;
+    let instance: String = row.try_get("instance")?;
+    match outcome {
+        OutboxOutcome::Sent {
+            external_id,
+            sent_at,
+        } => {
+            sqlx::query(
+                "UPDATE outbox SET state = 'sent', external_id = $1, sent_at = $2,
+                    error = NULL, claimed_until = NULL, updated_at = $3
+                 WHERE id = $4",
+            )
+            .bind(external_id)
+            .bind(ms(*sent_at))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            let body: String = row.try_get("body")?;
+            let thread_key: String = sqlx::query("SELECT thread_key FROM threads WHERE id = $1")
+                .bind(thread_id)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("thread_key")?;
+            let mut m = Message::new(
+                external_id.clone(),
+                thread_key,
+                Direction::Outbound,
+                *sent_at,
+                body,
+            );
+            m.author = Some("hourglass".into());
+            m.meta = serde_json::json!({ "outbox_id": id });
+            insert_message(&mut *conn, &instance, thread_id, &m, now).await?;
+            sqlx::query("UPDATE threads SET last_error = NULL WHERE id = $1")
+                .bind(thread_id)
+                .execute(&mut *conn)
+                .await?;
+            reclock(&mut *conn, thread_id, clocking, now).await?;
+            insert_audit(&mut *conn, now, "outbox", "reply_sent", Some(thread_id), id).await?;
+        }
+        OutboxOutcome::Retry { error, at } => {
+            sqlx::query(
+                "UPDATE outbox SET state = 'queued', error = $1, next_attempt_at = $2,
+                    claimed_until = NULL, updated_at = $3
+                 WHERE id = $4",
+            )
+            .bind(error)
+            .bind(ms(*at))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        OutboxOutcome::Failed { error } | OutboxOutcome::Uncertain { error } => {
+            let state = if matches!(outcome, OutboxOutcome::Failed { .. }) {
+                "failed"
+            } else {
+                "uncertain"
+            };
+            sqlx::query(
+                "UPDATE outbox SET state = $1, error = $2, claimed_until = NULL, updated_at = $3
+                 WHERE id = $4",
+            )
+            .bind(state)
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            let thread_error = format!("Reply {id} {state}: {error}");
+            set_thread_error(&mut *conn, thread_id, &thread_error, now).await?;
+            let (action, detail) = (format!("reply_{state}"), format!("{id}: {error}"));
+            insert_audit(&mut *conn, now, "outbox", &action, Some(thread_id), &detail).await?;
+        }
+    }
+    Ok(())
 }

@@ -110,6 +110,11 @@ pub trait ThreadStore: Send + Sync {
     ) -> Result<Vec<ThreadSummary>>;
     /// One thread with its messages, replies and audit log.
     async fn thread(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>>;
+
+    /// What sending a reply needs of a thread, in two reads: the thread and
+    /// its last inbound message only (`messages` holds at most that one;
+    /// `outbox` and `audit` are empty). The outbox reads this per reply.
+    async fn thread_for_reply(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>>;
     /// The other threads of the customer behind thread `id` (other
     /// channels, other orders), most recently active first, at most 20:
     /// the web inbox shows a customer's whole conversation.
@@ -271,36 +276,45 @@ impl ThreadStore for SqlStore {
         rows.iter().map(|r| thread_from_row(r, now)).collect()
     }
 
+    async fn thread_for_reply(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(thread) = thread_summary(&mut conn, id, now).await? else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE thread_id = $1 AND direction = 'inbound'
+             ORDER BY sent_at DESC, id DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(Some(ThreadDetail {
+            thread,
+            messages: row
+                .as_ref()
+                .map(message_from_row)
+                .transpose()?
+                .into_iter()
+                .collect(),
+            outbox: Vec::new(),
+            audit: Vec::new(),
+        }))
+    }
+
     async fn thread(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>> {
         let mut conn = self.pool.acquire().await?;
         let Some(thread) = thread_summary(&mut conn, id, now).await? else {
             return Ok(None);
         };
-        let rows = sqlx::query(
-            "SELECT id, external_id, direction, automatic, sent_at, author, subject, body, meta,
-                reply_to
-             FROM messages WHERE thread_id = $1 ORDER BY sent_at, id",
-        )
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = $1 ORDER BY sent_at, id"
+        );
+        let rows = sqlx::query(&sql).bind(id).fetch_all(&mut *conn).await?;
         let messages = rows
             .iter()
-            .map(|r| {
-                let meta: String = r.try_get("meta")?;
-                Ok(MessageView {
-                    id: r.try_get("id")?,
-                    external_id: r.try_get("external_id")?,
-                    direction: r.try_get("direction")?,
-                    automatic: r.try_get::<i64, _>("automatic")? != 0,
-                    sent_at: from_ms(r.try_get("sent_at")?),
-                    author: r.try_get("author")?,
-                    subject: r.try_get("subject")?,
-                    text: r.try_get("body")?,
-                    meta: serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null),
-                    reply_to: r.try_get("reply_to")?,
-                })
-            })
+            .map(message_from_row)
             .collect::<Result<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT id, state, attempts, error, created_at, sent_at, body FROM outbox
@@ -347,6 +361,25 @@ impl ThreadStore for SqlStore {
             audit,
         }))
     }
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, external_id, direction, automatic, sent_at, author, subject, body, meta, reply_to";
+
+fn message_from_row(r: &AnyRow) -> Result<MessageView> {
+    let meta: String = r.try_get("meta")?;
+    Ok(MessageView {
+        id: r.try_get("id")?,
+        external_id: r.try_get("external_id")?,
+        direction: r.try_get("direction")?,
+        automatic: r.try_get::<i64, _>("automatic")? != 0,
+        sent_at: from_ms(r.try_get("sent_at")?),
+        author: r.try_get("author")?,
+        subject: r.try_get("subject")?,
+        text: r.try_get("body")?,
+        meta: serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null),
+        reply_to: r.try_get("reply_to")?,
+    })
 }
 
 async fn thread_summary(
