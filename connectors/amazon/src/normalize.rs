@@ -3,6 +3,7 @@
 //! order, the buyer's own text, and Amazon's notices on the right thread.
 //! Pure functions, each with a table test.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use hourglass_connector::{extract_order_id, CustomerIdentity, Direction, Message};
@@ -86,12 +87,14 @@ pub fn buyer_name(display: &str) -> Option<String> {
 /// The buyer's text between Amazon's `Begin message` / `End message`
 /// markers.
 pub fn between_markers(text: &str) -> Option<String> {
-    static RE: OnceLock<Option<Regex>> = OnceLock::new();
-    let re = regex(
-        &RE,
-        r"(?is)-{3,}\s*begin message\s*-{3,}\s*(.*?)\s*-{3,}\s*end message\s*-{3,}",
-    )?;
-    let body = re.captures(text)?.get(1)?.as_str().trim();
+    // Two searches without captures: the regex crate finds those with its
+    // fast engines, where one lazy capture across the whole mail does not.
+    static BEGIN: OnceLock<Option<Regex>> = OnceLock::new();
+    static END: OnceLock<Option<Regex>> = OnceLock::new();
+    let begin = regex(&BEGIN, r"(?i)-{3,}\s*begin message\s*-{3,}")?.find(text)?;
+    let rest = &text[begin.end()..];
+    let end = regex(&END, r"(?i)-{3,}\s*end message\s*-{3,}")?.find(rest)?;
+    let body = rest[..end.start()].trim();
     (!body.is_empty()).then(|| body.to_owned())
 }
 
@@ -274,22 +277,54 @@ const STOPWORDS: &[(&str, &[&str])] = &[
 /// The language of a buyer's text: the language whose common words it
 /// uses most, when that is clear; else the marketplace's.
 pub fn detect_language(text: &str, marketplace: Option<&str>) -> Option<String> {
-    let words: Vec<String> = text
+    // Each common word, with the languages it belongs to: one lookup per
+    // word of the text instead of a scan of every list.
+    static INDEX: OnceLock<HashMap<&'static str, Vec<usize>>> = OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut index: HashMap<&'static str, Vec<usize>> = HashMap::new();
+        for (lang, (_, list)) in STOPWORDS.iter().enumerate() {
+            for word in *list {
+                index.entry(*word).or_default().push(lang);
+            }
+        }
+        index
+    });
+    let mut hits = [0usize; STOPWORDS.len()];
+    let mut lower = String::new();
+    for word in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
+    {
+        // Most words are lower case already: no copy for those.
+        let key = if word.chars().any(char::is_uppercase) {
+            lower.clear();
+            lower.extend(word.chars().flat_map(char::to_lowercase));
+            lower.as_str()
+        } else {
+            word
+        };
+        for &lang in index.get(key).map(Vec::as_slice).unwrap_or_default() {
+            hits[lang] += 1;
+        }
+    }
+    // Letters only one of these languages uses settle close calls.
+    let mut letters = [("ro", 0usize), ("pt", 0), ("de", 0), ("es", 0)];
+    for c in text.chars() {
+        let slot = match c {
+            'ș' | 'ț' | 'ş' | 'ţ' | 'ă' => 0,
+            'ã' | 'õ' => 1,
+            'ß' | 'ä' | 'ö' | 'ü' => 2,
+            'ñ' | '¿' | '¡' => 3,
+            _ => continue,
+        };
+        letters[slot].1 += 1;
+    }
     let mut scores: Vec<(&str, usize)> = STOPWORDS
         .iter()
-        .map(|(lang, list)| {
-            let hits = words.iter().filter(|w| list.contains(&w.as_str())).count();
-            (*lang, hits)
-        })
+        .zip(hits)
+        .map(|((lang, _), hits)| (*lang, hits))
         .collect();
-    // Letters only one of these languages uses settle close calls.
-    for (lang, letters) in [("ro", "șțşţă"), ("pt", "ãõ"), ("de", "ßäöü"), ("es", "ñ¿¡")]
-    {
-        let n = text.chars().filter(|c| letters.contains(*c)).count();
+    for (lang, n) in letters {
         if let Some(s) = scores.iter_mut().find(|(l, _)| *l == lang) {
             s.1 += n.min(3);
         }
