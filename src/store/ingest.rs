@@ -73,11 +73,21 @@ impl IngestStore for SqlStore {
         }
         let mut touched = BTreeSet::new();
         let mut customers = HashMap::new();
+        let mut rows = Vec::with_capacity(batch.messages.len());
         for m in &batch.messages {
             let customer_id = customer_for(&mut tx, m, now, &mut customers).await?;
             let thread_id =
                 thread_for(&mut tx, instance, &clocking.channel, m, customer_id, now).await?;
-            if insert_message(&mut tx, instance, thread_id, m, now).await? {
+            rows.push((thread_id, m));
+        }
+        let mut inserted = HashMap::new();
+        for chunk in rows.chunks(MESSAGES_PER_STATEMENT) {
+            inserted.extend(insert_messages(&mut tx, instance, chunk, now).await?);
+        }
+        for (thread_id, m) in rows {
+            // The first of a batch's copies of a message is the new one.
+            if let Some(message_id) = inserted.remove(&m.external_id) {
+                insert_attachments(&mut tx, message_id, m).await?;
                 report.inserted += 1;
                 touched.insert(thread_id);
                 // A platform notice that our reply did not arrive (Amazon's
@@ -229,9 +239,71 @@ async fn thread_for(
     Ok(row.try_get("id")?)
 }
 
+/// Messages per INSERT: each is one round trip to the database, and one
+/// hand-off to sqlx's SQLite thread. 15 values a row keeps a statement far
+/// below SQLite's and PostgreSQL's limits on bound values.
+const MESSAGES_PER_STATEMENT: usize = 64;
+
+const MESSAGE_COLUMNS: &str = "thread_id, instance, external_id, direction, automatic, sent_at,
+    author, subject, body, html, order_id, language, reply_to, meta, created_at";
+
+/// Inserts messages the store does not have yet (by instance and external
+/// id) in one statement; returns the new rows' ids by external id.
+/// Attachments are left to [`insert_attachments`].
+async fn insert_messages(
+    conn: &mut AnyConnection,
+    instance: &str,
+    rows: &[(i64, &Message)],
+    now: i64,
+) -> Result<HashMap<String, i64>> {
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let values = (0..rows.len())
+        .map(|r| {
+            let first = r * 15;
+            let list = (1..=15)
+                .map(|c| format!("${}", first + c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({list})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES {values}
+         ON CONFLICT (instance, external_id) DO NOTHING
+         RETURNING id, external_id"
+    );
+    let mut query = sqlx::query(&sql);
+    for (thread_id, m) in rows {
+        query = query
+            .bind(*thread_id)
+            .bind(instance)
+            .bind(&m.external_id)
+            .bind(m.direction.as_str())
+            .bind(i64::from(m.automatic))
+            .bind(ms(m.sent_at))
+            .bind(&m.author)
+            .bind(&m.subject)
+            .bind(&m.text)
+            .bind(&m.html)
+            .bind(&m.order_id)
+            .bind(&m.language)
+            .bind(&m.reply_to)
+            .bind(m.meta.to_string())
+            .bind(now);
+    }
+    let returned = query.fetch_all(&mut *conn).await?;
+    returned
+        .iter()
+        .map(|r| Ok((r.try_get("external_id")?, r.try_get("id")?)))
+        .collect()
+}
+
 /// Inserts a message and its attachments; `false` when the thread already
-/// has it (same instance and external id). Also used by the outbox for a
-/// sent reply.
+/// has it (same instance and external id). Used by the outbox for a sent
+/// reply.
 pub(super) async fn insert_message(
     conn: &mut AnyConnection,
     instance: &str,
@@ -239,34 +311,15 @@ pub(super) async fn insert_message(
     m: &Message,
     now: i64,
 ) -> Result<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO messages (thread_id, instance, external_id, direction, automatic, sent_at,
-            author, subject, body, html, order_id, language, reply_to, meta, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT (instance, external_id) DO NOTHING
-         RETURNING id",
-    )
-    .bind(thread_id)
-    .bind(instance)
-    .bind(&m.external_id)
-    .bind(m.direction.as_str())
-    .bind(i64::from(m.automatic))
-    .bind(ms(m.sent_at))
-    .bind(&m.author)
-    .bind(&m.subject)
-    .bind(&m.text)
-    .bind(&m.html)
-    .bind(&m.order_id)
-    .bind(&m.language)
-    .bind(&m.reply_to)
-    .bind(m.meta.to_string())
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = inserted else {
+    let inserted = insert_messages(conn, instance, &[(thread_id, m)], now).await?;
+    let Some(&message_id) = inserted.get(&m.external_id) else {
         return Ok(false);
     };
-    let message_id: i64 = row.try_get("id")?;
+    insert_attachments(conn, message_id, m).await?;
+    Ok(true)
+}
+
+async fn insert_attachments(conn: &mut AnyConnection, message_id: i64, m: &Message) -> Result<()> {
     for a in &m.attachments {
         sqlx::query(
             "INSERT INTO attachments (message_id, filename, content_type, size, data)
@@ -280,7 +333,7 @@ pub(super) async fn insert_message(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// An edited message (Telegram's `edited_message`): the new text replaces
