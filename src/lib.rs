@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod deadline;
 pub mod demo;
 pub mod duration;
 pub mod http;

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::sinks::{self, Rendered};
 use crate::clock::{self, Threshold};
 use crate::daemon::Context;
+use crate::deadline::{before, Late};
 use crate::duration::format_left;
 use crate::store::{AlertCandidate, Store, ThreadSummary};
 
@@ -277,6 +278,10 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
     };
     let mut running = tokio::task::JoinSet::new();
     loop {
+        // A delivery starts only while its claim holds: one still queued
+        // behind a slow sink when the lease runs out (or held up by a
+        // stopped process) is left to the next claim, not sent beside it.
+        let send_by = tokio::time::Instant::now() + DELIVERY_LEASE - DELIVERY_LEASE / 10;
         match ctx
             .store
             .claim_alert_deliveries(100, DELIVERY_LEASE, Utc::now())
@@ -304,7 +309,16 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
                                 async move {
                                     let result = match sinks.get(&name) {
                                         Some(sink) => {
-                                            sink.send(&render(&d.payload, Utc::now())).await
+                                            let message = render(&d.payload, Utc::now());
+                                            match before(send_by, sink.send(&message)).await {
+                                                Ok(sent) => sent,
+                                                Err(Late::BeforeStart) => return,
+                                                Err(Late::Midway) => Err(sinks::SendError {
+                                                    message: "the sink did not answer within the delivery's lease".into(),
+                                                    retry_after: None,
+                                                    permanent: false,
+                                                }),
+                                            }
                                         }
                                         None => Err(sinks::SendError {
                                             message: format!(
