@@ -242,7 +242,7 @@ async fn thread_for(
 /// Messages per INSERT: each is one round trip to the database, and one
 /// hand-off to sqlx's SQLite thread. 15 values a row keeps a statement far
 /// below SQLite's and PostgreSQL's limits on bound values.
-const MESSAGES_PER_STATEMENT: usize = 64;
+pub(super) const MESSAGES_PER_STATEMENT: usize = 64;
 
 const MESSAGE_COLUMNS: &str = "thread_id, instance, external_id, direction, automatic, sent_at,
     author, subject, body, html, order_id, language, reply_to, meta, created_at";
@@ -250,7 +250,7 @@ const MESSAGE_COLUMNS: &str = "thread_id, instance, external_id, direction, auto
 /// Inserts messages the store does not have yet (by instance and external
 /// id) in one statement; returns the new rows' ids by external id.
 /// Attachments are left to [`insert_attachments`].
-async fn insert_messages(
+pub(super) async fn insert_messages(
     conn: &mut AnyConnection,
     instance: &str,
     rows: &[(i64, &Message)],
@@ -299,24 +299,6 @@ async fn insert_messages(
         .iter()
         .map(|r| Ok((r.try_get("external_id")?, r.try_get("id")?)))
         .collect()
-}
-
-/// Inserts a message and its attachments; `false` when the thread already
-/// has it (same instance and external id). Used by the outbox for a sent
-/// reply.
-pub(super) async fn insert_message(
-    conn: &mut AnyConnection,
-    instance: &str,
-    thread_id: i64,
-    m: &Message,
-    now: i64,
-) -> Result<bool> {
-    let inserted = insert_messages(conn, instance, &[(thread_id, m)], now).await?;
-    let Some(&message_id) = inserted.get(&m.external_id) else {
-        return Ok(false);
-    };
-    insert_attachments(conn, message_id, m).await?;
-    Ok(true)
 }
 
 async fn insert_attachments(conn: &mut AnyConnection, message_id: i64, m: &Message) -> Result<()> {

@@ -8,6 +8,7 @@
 //! outbound message of its thread and stops the clock in the same
 //! transaction that marks it sent.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,9 +17,10 @@ use hourglass_connector::{Direction, Message};
 use sqlx::{AnyConnection, Row};
 
 use super::alerts::set_thread_error;
-use super::clock::reclock;
-use super::ingest::insert_message;
-use super::sql::insert_audit;
+use super::clock::reclock_many;
+use super::dialect::placeholders;
+use super::ingest::{insert_messages, MESSAGES_PER_STATEMENT};
+use super::sql::{insert_audit, insert_audits};
 use super::{ms, Clocking, Result, SqlStore, StoreError};
 
 /// A reply to queue.
@@ -194,8 +196,21 @@ impl OutboxStore for SqlStore {
         let now = ms(Utc::now());
         let mut conn = self.pool.acquire().await?;
         let mut tx = self.begin_write(&mut conn).await?;
+        // Sent replies, the common case, are written together: one update
+        // each, then their messages, threads, clocks and audit lines in a
+        // few statements for the whole group.
+        let mut sent: Vec<SentRow> = Vec::new();
         for (id, outcome) in outcomes {
-            complete_one(&mut tx, id, outcome, clocking, now).await?;
+            match outcome {
+                OutboxOutcome::Sent {
+                    external_id,
+                    sent_at,
+                } => sent.push(mark_sent(&mut tx, id, external_id, *sent_at, now).await?),
+                _ => complete_one(&mut tx, id, outcome, clocking, now).await?,
+            }
+        }
+        if !sent.is_empty() {
+            record_sent(&mut tx, &sent, clocking, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -285,6 +300,92 @@ impl SqlStore {
     }
 }
 
+/// A reply just marked sent, and the outbound message it becomes.
+struct SentRow {
+    id: String,
+    instance: String,
+    thread_id: i64,
+    message: Message,
+}
+
+/// Marks a reply sent; the rest is [`record_sent`]'s.
+async fn mark_sent(
+    conn: &mut AnyConnection,
+    id: &str,
+    external_id: &str,
+    sent_at: DateTime<Utc>,
+    now: i64,
+) -> Result<SentRow> {
+    let row = sqlx::query(
+        "UPDATE outbox SET state = 'sent', external_id = $1, sent_at = $2,
+            error = NULL, claimed_until = NULL, updated_at = $3
+         WHERE id = $4
+         RETURNING thread_id, instance, body",
+    )
+    .bind(external_id)
+    .bind(ms(sent_at))
+    .bind(now)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?;
+    // The message row is tied to its thread by id: no thread key needed.
+    let mut m = Message::new(
+        external_id.to_owned(),
+        String::new(),
+        Direction::Outbound,
+        sent_at,
+        row.try_get::<String, _>("body")?,
+    );
+    m.author = Some("hourglass".into());
+    m.meta = serde_json::json!({ "outbox_id": id });
+    Ok(SentRow {
+        id: id.to_owned(),
+        instance: row.try_get("instance")?,
+        thread_id: row.try_get("thread_id")?,
+        message: m,
+    })
+}
+
+/// The rest of recording sent replies: each becomes an outbound message of
+/// its thread, the thread's error clears, its clock stops, and the audit
+/// says so; a few statements for the whole group.
+async fn record_sent(
+    conn: &mut AnyConnection,
+    sent: &[SentRow],
+    clocking: &Clocking,
+    now: i64,
+) -> Result<()> {
+    let mut by_instance: BTreeMap<&str, Vec<(i64, &Message)>> = BTreeMap::new();
+    for r in sent {
+        by_instance
+            .entry(&r.instance)
+            .or_default()
+            .push((r.thread_id, &r.message));
+    }
+    for (instance, rows) in by_instance {
+        for chunk in rows.chunks(MESSAGES_PER_STATEMENT) {
+            insert_messages(conn, instance, chunk, now).await?;
+        }
+    }
+    let threads: BTreeSet<i64> = sent.iter().map(|r| r.thread_id).collect();
+    let ids: Vec<i64> = threads.iter().copied().collect();
+    for chunk in ids.chunks(MESSAGES_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE threads SET last_error = NULL WHERE id IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    reclock_many(conn, &threads, clocking, now).await?;
+    let lines: Vec<(i64, &str)> = sent.iter().map(|r| (r.thread_id, r.id.as_str())).collect();
+    insert_audits(conn, now, "outbox", "reply_sent", &lines).await
+}
+
 /// Records one send's outcome on `conn`, inside the caller's transaction.
 async fn complete_one(
     conn: &mut AnyConnection,
@@ -293,52 +394,22 @@ async fn complete_one(
     clocking: &Clocking,
     now: i64,
 ) -> Result<()> {
-    let row = sqlx::query("SELECT thread_id, instance, body FROM outbox WHERE id = $1")
+    if let OutboxOutcome::Sent {
+        external_id,
+        sent_at,
+    } = outcome
+    {
+        let row = mark_sent(conn, id, external_id, *sent_at, now).await?;
+        return record_sent(conn, &[row], clocking, now).await;
+    }
+    let thread_id: i64 = sqlx::query("SELECT thread_id FROM outbox WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?;
-    let thread_id: i64 = row.try_get("thread_id")?;
-    let instance: String = row.try_get("instance")?;
+        .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?
+        .try_get("thread_id")?;
     match outcome {
-        OutboxOutcome::Sent {
-            external_id,
-            sent_at,
-        } => {
-            sqlx::query(
-                "UPDATE outbox SET state = 'sent', external_id = $1, sent_at = $2,
-                    error = NULL, claimed_until = NULL, updated_at = $3
-                 WHERE id = $4",
-            )
-            .bind(external_id)
-            .bind(ms(*sent_at))
-            .bind(now)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-            let body: String = row.try_get("body")?;
-            let thread_key: String = sqlx::query("SELECT thread_key FROM threads WHERE id = $1")
-                .bind(thread_id)
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get("thread_key")?;
-            let mut m = Message::new(
-                external_id.clone(),
-                thread_key,
-                Direction::Outbound,
-                *sent_at,
-                body,
-            );
-            m.author = Some("hourglass".into());
-            m.meta = serde_json::json!({ "outbox_id": id });
-            insert_message(&mut *conn, &instance, thread_id, &m, now).await?;
-            sqlx::query("UPDATE threads SET last_error = NULL WHERE id = $1")
-                .bind(thread_id)
-                .execute(&mut *conn)
-                .await?;
-            reclock(&mut *conn, thread_id, clocking, now).await?;
-            insert_audit(&mut *conn, now, "outbox", "reply_sent", Some(thread_id), id).await?;
-        }
+        OutboxOutcome::Sent { .. } => {}
         OutboxOutcome::Retry { error, at } => {
             sqlx::query(
                 "UPDATE outbox SET state = 'queued', error = $1, next_attempt_at = $2,

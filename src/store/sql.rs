@@ -91,6 +91,31 @@ pub(super) fn opt_time(row: &AnyRow, col: &str) -> Result<Option<DateTime<Utc>>>
 }
 
 /// Appends to the audit log that `show` lists, in the caller's transaction.
+/// Audit lines of one action by one actor, one per `(thread, detail)`, in
+/// one statement per hundred.
+pub(super) async fn insert_audits(
+    conn: &mut AnyConnection,
+    at: i64,
+    actor: &str,
+    action: &str,
+    lines: &[(i64, &str)],
+) -> Result<()> {
+    for chunk in lines.chunks(100) {
+        let values = (0..chunk.len())
+            .map(|i| format!("($1, $2, $3, ${}, ${})", 4 + 2 * i, 5 + 2 * i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql =
+            format!("INSERT INTO audit (at, actor, action, thread_id, detail) VALUES {values}");
+        let mut q = sqlx::query(&sql).bind(at).bind(actor).bind(action);
+        for (thread_id, detail) in chunk {
+            q = q.bind(*thread_id).bind(*detail);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 pub(super) async fn insert_audit(
     conn: &mut AnyConnection,
     at: i64,
