@@ -14,7 +14,10 @@
 //! binary) and mbsync (a fresh Maildir each time; as configured by default,
 //! flushing every message to disk, and for reference with `FSync no`, as
 //! hourglass's SQLite in WAL mode does not flush per commit) take turns.
-//! The ratio is mbsync's median over hourglass's. Each run is
+//! The ratio is mbsync's median over hourglass's. A third contender is
+//! the ceiling of any IMAP ingest: the same folders fetched over one
+//! connection and parsed with mail-parser, nothing stored; hourglass's
+//! share of it is printed too. Each run is
 //! checked: every message in the store, the expected threads, the expected
 //! threads with a running clock; every message in mbsync's Maildir.
 //!
@@ -114,7 +117,12 @@ fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> 
     let mut hg = Vec::new();
     let mut mb = Vec::new();
     let mut mb_nofsync = Vec::new();
+    let mut ceiling = Vec::new();
     for run in 1..=runs {
+        let (seconds, parsed) = run_fetch_parse(&server)?;
+        ensure!(parsed == n, "fetch + parse read {parsed} of {n} messages");
+        println!("run {run}: fetch + mail-parser {seconds:>7.2}s  ({parsed} messages, no store)");
+        ceiling.push(seconds);
         let h = run_hourglass(&server, &work.path().join(format!("hg{run}")), corpus)?;
         println!(
             "run {run}: hourglass         {:>7.2}s  ({} messages, {} threads, {} awaiting, verified)",
@@ -138,6 +146,7 @@ fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> 
         }
     }
     let (h, m, m_nofsync) = (median(&mut hg), median(&mut mb), median(&mut mb_nofsync));
+    let c = median(&mut ceiling);
     let ratio = m / h;
     println!();
     println!("Ingest of {n} messages from local {label}, median of {runs}:");
@@ -146,6 +155,7 @@ fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> 
         ("hourglass sync --once", h),
         ("mbsync (copy to Maildir)", m),
         ("mbsync, FSync no (no flush/msg)", m_nofsync),
+        ("fetch + mail-parser, no store", c),
     ] {
         println!("  {name:<34} {t:>9.2} {:>12.0}", n as f64 / t);
     }
@@ -158,7 +168,47 @@ fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> 
         },
         m_nofsync / h
     );
+    println!(
+        "  hourglass at {:.0} % of the fetch + parse ceiling (target >= 50 %)",
+        c / h * 100.0
+    );
     Ok(())
+}
+
+/// The ceiling for any IMAP ingest: fetch every message of the folders
+/// hourglass reads, over one plain connection, and parse each with
+/// mail-parser; nothing normalized, nothing stored.
+fn run_fetch_parse(server: &ImapServer) -> anyhow::Result<(f64, usize)> {
+    use futures::StreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let t = Instant::now();
+        let tcp = tokio::net::TcpStream::connect((server.host(), server.port())).await?;
+        let mut client = async_imap::Client::new(tcp);
+        client.read_response().await.context("no IMAP greeting")??;
+        let mut session = client
+            .login(server.user(), server.password())
+            .await
+            .map_err(|(e, _)| e)?;
+        let parser = mail_parser::MessageParser::default();
+        let mut parsed = 0;
+        for folder in [server.folder("INBOX"), server.sent_folder()] {
+            let mailbox = session.select(&folder).await?;
+            if mailbox.exists == 0 {
+                continue;
+            }
+            let mut fetches = session.uid_fetch("1:*", "BODY.PEEK[]").await?;
+            while let Some(fetch) = fetches.next().await {
+                if fetch?.body().and_then(|b| parser.parse(b)).is_some() {
+                    parsed += 1;
+                }
+            }
+        }
+        session.logout().await?;
+        Ok((t.elapsed().as_secs_f64(), parsed))
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
