@@ -342,6 +342,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let instances = daemon::build_instances(&config)?;
+            let shared: Arc<dyn Store> = store.clone();
+            let connectors: Vec<_> = instances.iter().map(|i| i.connector.clone()).collect();
+            crate::vault::attach(&config, &shared, &connectors)?;
             let results = daemon::sync_once(store.as_ref(), &instances, connector.as_deref()).await;
             let failed = results.iter().filter(|(_, r)| r.is_err()).count();
             if *json {
@@ -537,6 +540,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 };
                 let conn = inst.build_connector().map_err(anyhow::Error::msg)?;
+                if config.store.secret_key.is_some() {
+                    let store: Arc<dyn Store> = daemon::open_store(&config).await?;
+                    crate::vault::attach(&config, &store, std::slice::from_ref(&conn))?;
+                }
                 match conn.health_check().await {
                     Ok(()) => {
                         println!("{name}: ok");

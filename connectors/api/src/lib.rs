@@ -19,6 +19,7 @@ mod model;
 mod order;
 pub mod platform;
 pub mod secret;
+mod vault;
 mod webhook;
 
 #[cfg(feature = "testkit")]
@@ -36,6 +37,7 @@ pub use model::{
 };
 pub use order::extract_order_id;
 pub use platform::{InstanceSettings, Platform, PlatformOf, RateLimit, SettingsProblem};
+pub use vault::Vault;
 pub use webhook::{constant_time_eq, WebhookRequest, WebhookVerdict};
 
 /// One configured platform account, seen from the daemon.
@@ -137,4 +139,10 @@ pub trait Connector: Send + Sync {
             "this connector takes no webhooks".to_owned(),
         ))
     }
+
+    /// Gives the connector the encrypted store of secrets it learns at run
+    /// time (a rotated refresh token). The daemon calls it once, before the
+    /// first poll, when `[store] secret_key` is set. Most connectors keep
+    /// nothing and ignore it.
+    fn attach_vault(&self, _vault: std::sync::Arc<dyn Vault>) {}
 }
