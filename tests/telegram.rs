@@ -442,3 +442,87 @@ fn webhook_mode_stores_signed_updates_and_refuses_a_wrong_secret() {
     );
     daemon.stop_cleanly();
 }
+
+#[test]
+fn connectors_webhook_sets_the_webhook_and_shows_what_telegram_reports() {
+    const SECRET: &str = "tg-webhook-secret-77aa";
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let body = |mode: &str, public_url: &str| {
+        format!(
+            "[http]\npublic_url = \"{public_url}\"\n\n\
+             [[instances]]\nname = \"shop-bot\"\ntype = \"telegram\"\n\
+             [instances.telegram]\napi_url = \"{}\"\nbot_token = \"env:HG_TG_BOT_TOKEN\"\n\
+             mode = \"{mode}\"\nwebhook_secret = \"env:HG_TG_WEBHOOK_SECRET\"\n",
+            mock.url()
+        )
+    };
+    let mut app = TestApp::new(None, &body("webhook", "https://hourglass.example.com/"));
+    app.env.push(("HG_TG_BOT_TOKEN".into(), TOKEN.into()));
+    app.env.push(("HG_TG_WEBHOOK_SECRET".into(), SECRET.into()));
+
+    let out = app.run(&["connectors", "webhook", "shop-bot"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("shop-bot: no webhook set"));
+
+    let out = app.run(&["connectors", "webhook", "shop-bot", "--set"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("webhook set to https://hourglass.example.com/webhooks/shop-bot"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(SECRET) && !stdout.contains(TOKEN),
+        "{stdout}"
+    );
+    let (url, secret) = mock.webhook();
+    assert_eq!(url, "https://hourglass.example.com/webhooks/shop-bot");
+    assert_eq!(
+        secret.as_deref(),
+        Some(SECRET),
+        "Telegram must send the secret back"
+    );
+
+    // Telegram could not deliver, and holds the updates back.
+    mock.push_message(4242, "Ana", "Hello?");
+    mock.set_webhook_error(
+        1_796_000_000,
+        "Wrong response from the webhook: 502 Bad Gateway",
+    );
+    let v = app.json(&["connectors", "webhook", "shop-bot", "--json"]);
+    assert_eq!(v["url"], "https://hourglass.example.com/webhooks/shop-bot");
+    assert_eq!(v["pending_updates"], 1);
+    assert_eq!(
+        v["last_error"],
+        "Wrong response from the webhook: 502 Bad Gateway"
+    );
+    assert_eq!(v["last_error_at"], "2026-11-30T00:53:20Z");
+    let text = app.run(&["connectors", "webhook", "shop-bot"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("pending updates: 1"), "{text}");
+    assert!(text.contains("502 Bad Gateway"), "{text}");
+
+    // A polling bot is not switched to a webhook behind its back.
+    mock.set_webhook("");
+    std::fs::write(
+        &app.config,
+        format!(
+            "[store]\nurl = \"sqlite://{}/hourglass.db\"\n\n{}",
+            app.path().display(),
+            body("poll", "https://hourglass.example.com")
+        ),
+    )
+    .unwrap();
+    let out = app.run(&["connectors", "webhook", "shop-bot", "--set"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mode = \"webhook\""));
+    assert_eq!(mock.webhook().0, "");
+}

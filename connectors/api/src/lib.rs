@@ -33,7 +33,7 @@ pub use error::ConnectorError;
 pub use model::reply_subject;
 pub use model::{
     Attachment, Batch, Capabilities, Cursors, CustomerIdentity, Direction, Message, OutgoingReply,
-    Quarantined, SentCheck, SentReply,
+    Quarantined, SentCheck, SentReply, WebhookStatus,
 };
 pub use order::extract_order_id;
 pub use platform::{InstanceSettings, Platform, PlatformOf, RateLimit, SettingsProblem};
@@ -137,6 +137,23 @@ pub trait Connector: Send + Sync {
     fn parse_webhook(&self, _body: &[u8]) -> Result<Batch, ConnectorError> {
         Err(ConnectorError::Other(
             "this connector takes no webhooks".to_owned(),
+        ))
+    }
+
+    /// The platform's view of the webhook (`connectors webhook NAME`):
+    /// where it pushes, what it holds back, its last delivery error.
+    /// `None` when the platform has no webhook to show.
+    async fn webhook_status(&self) -> Result<Option<WebhookStatus>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// Registers `url` (`{public_url}/webhooks/{instance}`) with the
+    /// platform, with the instance's secret (`connectors webhook NAME
+    /// --set`). Refused where the platform has no such call or the
+    /// instance is not set up for webhooks.
+    async fn register_webhook(&self, _url: &str) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Other(
+            "this platform has no webhook to register from hourglass".to_owned(),
         ))
     }
 

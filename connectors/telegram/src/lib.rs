@@ -330,6 +330,58 @@ impl Connector for TelegramConnector {
         }
     }
 
+    async fn webhook_status(
+        &self,
+    ) -> Result<Option<hourglass_connector::WebhookStatus>, ConnectorError> {
+        let (info, raw) = self
+            .api
+            .call(Call::Read, "getWebhookInfo", &json!({}), CALL_TIMEOUT)
+            .await?;
+        let Some(url) = info.get("url").and_then(|u| u.as_str()) else {
+            return Err(ConnectorError::BadData {
+                reason: "getWebhookInfo: no url in the WebhookInfo".into(),
+                raw,
+            });
+        };
+        Ok(Some(hourglass_connector::WebhookStatus {
+            url: url.to_owned(),
+            pending_updates: info.get("pending_update_count").and_then(|v| v.as_u64()),
+            last_error: info
+                .get("last_error_message")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            last_error_at: info
+                .get("last_error_date")
+                .and_then(|v| v.as_i64())
+                .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0)),
+        }))
+    }
+
+    /// `setWebhook` with the secret Telegram is to send back, and only the
+    /// update types hourglass reads.
+    async fn register_webhook(&self, url: &str) -> Result<(), ConnectorError> {
+        if self.config.mode != Mode::Webhook {
+            return Err(ConnectorError::Other(
+                "the instance polls (mode = \"poll\"); a webhook would make Telegram refuse getUpdates. Set mode = \"webhook\" and webhook_secret first".into(),
+            ));
+        }
+        let Some(secret) = &self.webhook_secret else {
+            return Err(ConnectorError::Other(
+                "webhook mode needs telegram.webhook_secret: deliveries without it are refused"
+                    .into(),
+            ));
+        };
+        let params = json!({
+            "url": url,
+            "secret_token": secret.expose_secret(),
+            "allowed_updates": ALLOWED_UPDATES,
+        });
+        self.api
+            .call(Call::Read, "setWebhook", &params, CALL_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
     async fn send_reply(&self, reply: &OutgoingReply) -> Result<SentReply, ConnectorError> {
         check_text(&reply.text).map_err(ConnectorError::Refused)?;
         let (business, chat) = parse_thread_key(&reply.thread_key);
