@@ -388,3 +388,27 @@ fn a_reply_is_sent_to_the_conversation_and_long_ones_are_refused() {
     assert_eq!(sent[0].text, "Yes, in 3 days.");
     assert_eq!(thread_of(&app, "Leo Park").unwrap()["status"], "answered");
 }
+
+#[test]
+fn a_second_process_on_the_store_does_not_lock_the_daemon_out() {
+    let mock = MockX::start(REFRESH).unwrap();
+    mock.push_dm(LEO, "Leo Park", "First");
+    let app = app(&mock);
+    let mut daemon = app.spawn_daemon();
+    wait_texts(&app, &daemon, "Leo Park", 1);
+    // `sync --once` renews with the kept token, and X rotates it again:
+    // the token the daemon holds in memory is now spent.
+    let out = app.run(&["sync", "--once", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mock.refreshes(), 2);
+    mock.expire_access_tokens();
+    mock.push_dm(LEO, "Leo Park", "Second");
+    wait_texts(&app, &daemon, "Leo Park", 2);
+    daemon.stop_cleanly();
+    assert_eq!(mock.refreshes(), 3);
+    assert_eq!(connector(&app)["state"], "ok");
+}

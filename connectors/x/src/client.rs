@@ -219,14 +219,7 @@ impl Client {
             }
         }
         if t.refresh.is_none() {
-            let stored = vault
-                .load(&self.instance, VAULT_REFRESH_TOKEN)
-                .await
-                .map_err(ConnectorError::Other)?;
-            let from_store = stored.and_then(|s| {
-                let (fp, token) = s.expose_secret().split_once(':')?;
-                (fp == configured).then(|| SecretString::from(token.to_owned()))
-            });
+            let from_store = self.stored_refresh(vault.as_ref(), &configured).await?;
             if from_store.is_some() {
                 tracing::debug!(instance = %self.instance, "Using the refresh token kept in the store.");
             }
@@ -236,6 +229,49 @@ impl Client {
             .refresh
             .clone()
             .unwrap_or_else(|| self.configured_refresh.clone());
+        match self.grant(t, vault.as_ref(), &configured, &refresh).await {
+            Err(ConnectorError::Auth(why)) => {
+                // Another daemon on the same store (or a process before a
+                // reload) may have spent the token we hold and kept its
+                // successor: use that one, once.
+                let stored = self.stored_refresh(vault.as_ref(), &configured).await?;
+                match stored {
+                    Some(s) if s.expose_secret() != refresh.expose_secret() => {
+                        t.refresh = Some(s.clone());
+                        self.grant(t, vault.as_ref(), &configured, &s).await
+                    }
+                    _ => Err(ConnectorError::Auth(why)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The rotated refresh token in the vault, if it descends from the
+    /// configured one.
+    async fn stored_refresh(
+        &self,
+        vault: &dyn Vault,
+        configured: &str,
+    ) -> Result<Option<SecretString>, ConnectorError> {
+        let stored = vault
+            .load(&self.instance, VAULT_REFRESH_TOKEN)
+            .await
+            .map_err(ConnectorError::Other)?;
+        Ok(stored.and_then(|s| {
+            let (fp, token) = s.expose_secret().split_once(':')?;
+            (fp == configured).then(|| SecretString::from(token.to_owned()))
+        }))
+    }
+
+    /// One refresh grant with `refresh`.
+    async fn grant(
+        &self,
+        t: &mut Tokens,
+        vault: &dyn Vault,
+        configured: &str,
+        refresh: &SecretString,
+    ) -> Result<(), ConnectorError> {
         let mut form = vec![
             ("grant_type", "refresh_token".to_owned()),
             ("refresh_token", refresh.expose_secret().to_owned()),
@@ -287,7 +323,7 @@ impl Client {
             // Until this returns, the only copy of the new token is in
             // memory: it is kept there (and saved on the next try) if the
             // store fails now.
-            self.save(vault.as_ref(), &configured, &new).await?;
+            self.save(vault, configured, &new).await?;
             t.unsaved = false;
             tracing::info!(instance = %self.instance, "X rotated the refresh token; the new one is kept in the store.");
         }

@@ -294,6 +294,20 @@ impl Connector for XConnector {
             )
             .await?;
         usage.calls += 1;
+        if answer.status == 400 && state.scan.is_some() {
+            // The pagination token is no longer accepted: the scan starts
+            // again from the newest event and reads down to the stored one
+            // (some events twice, none lost).
+            tracing::warn!(instance = %self.instance, detail = %answer.problem(), "X refused the saved pagination token; scanning again from the newest event.");
+            next.scan = None;
+            batch.more = true;
+            batch.cursors.insert(
+                String::new(),
+                serde_json::to_string(&next).unwrap_or_default(),
+            );
+            batch.cursors.insert(USAGE_SCOPE.into(), usage_json(&usage));
+            return Ok(batch);
+        }
         if !answer.is_success() {
             return Err(self.refused_read(&answer, "GET /2/dm_events"));
         }
