@@ -198,6 +198,18 @@ pub enum ConnectorsCommand {
     },
     /// Run one instance's health check.
     Test { name: String },
+    /// Show the platform's webhook for an instance (Telegram: the URL it
+    /// pushes to, pending updates, its last delivery error).
+    Webhook {
+        name: String,
+        /// Register {[http] public_url}/webhooks/NAME with the platform,
+        /// with the instance's webhook secret, then show it.
+        #[arg(long)]
+        set: bool,
+        /// Print JSON instead of text (a stable format for scripts).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point of the binary.
@@ -342,6 +354,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let instances = daemon::build_instances(&config)?;
+            let shared: Arc<dyn Store> = store.clone();
+            let connectors: Vec<_> = instances.iter().map(|i| i.connector.clone()).collect();
+            crate::vault::attach(&config, &shared, &connectors)?;
             let results = daemon::sync_once(store.as_ref(), &instances, connector.as_deref()).await;
             let failed = results.iter().filter(|(_, r)| r.is_err()).count();
             if *json {
@@ -537,6 +552,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 };
                 let conn = inst.build_connector().map_err(anyhow::Error::msg)?;
+                if config.store.secret_key.is_some() {
+                    let store: Arc<dyn Store> = daemon::open_store(&config).await?;
+                    crate::vault::attach(&config, &store, std::slice::from_ref(&conn))?;
+                }
                 match conn.health_check().await {
                     Ok(()) => {
                         println!("{name}: ok");
@@ -548,8 +567,77 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            ConnectorsCommand::Webhook { name, set, json } => {
+                connectors_webhook(&config, name, *set, *json).await
+            }
         },
     }
+}
+
+/// `hourglass connectors webhook NAME [--set]`.
+async fn connectors_webhook(
+    config: &Config,
+    name: &str,
+    set: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(inst) = config.instance(name) else {
+        eprintln!("error: no instance named {name:?} in the configuration");
+        return Ok(ExitCode::from(2));
+    };
+    let conn = inst.build_connector().map_err(anyhow::Error::msg)?;
+    if set {
+        let Some(public) = &config.http.public_url else {
+            eprintln!("error: [http] public_url is not set: it is the address the platform pushes to ({{public_url}}/webhooks/{name})");
+            return Ok(ExitCode::from(2));
+        };
+        let url = format!("{}/webhooks/{name}", public.trim_end_matches('/'));
+        if let Err(e) = conn.register_webhook(&url).await {
+            eprintln!("error: {name}: cannot set the webhook: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        if !json {
+            println!("{name}: webhook set to {url}");
+        }
+    }
+    let status = match conn.webhook_status().await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!(
+                "error: {name}: a {} instance has no webhook to show",
+                inst.kind()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => {
+            eprintln!("error: {name}: cannot read the webhook: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if json {
+        print_json(&serde_json::json!({
+            "instance": name,
+            "url": status.url,
+            "pending_updates": status.pending_updates,
+            "last_error": status.last_error,
+            "last_error_at": status.last_error_at,
+        }))?;
+    } else {
+        if status.url.is_empty() {
+            println!("{name}: no webhook set");
+        } else {
+            println!("{name}: webhook {}", status.url);
+        }
+        if let Some(n) = status.pending_updates {
+            println!("  pending updates: {n}");
+        }
+        match (&status.last_error, status.last_error_at) {
+            (Some(e), Some(at)) => println!("  last error: {e} (at {})", at.to_rfc3339()),
+            (Some(e), None) => println!("  last error: {e}"),
+            _ => println!("  last error: none"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// For tests and embedding: the store behind a config, as a trait object.

@@ -69,6 +69,10 @@ pub struct StoreConfig {
     /// Maximum connections in the pool.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Key that seals secrets hourglass learns at run time (X's rotated
+    /// refresh token) before they are stored, by reference.
+    #[serde(default)]
+    pub secret_key: Option<SecretRef>,
 }
 
 fn default_store_url() -> String {
@@ -84,6 +88,7 @@ impl Default for StoreConfig {
             url: default_store_url(),
             password: None,
             max_connections: default_max_connections(),
+            secret_key: None,
         }
     }
 }
@@ -241,12 +246,17 @@ impl InstanceConfig {
 
     /// The cron schedule in the 6/7-field form the `cron` crate reads.
     pub fn cron_schedule(&self) -> Result<cron::Schedule, String> {
-        let text = self
-            .schedule
+        parse_schedule(self.schedule_text())
+    }
+
+    /// The schedule as written: the instance's, else its platform's
+    /// default, else the daemon's.
+    pub fn schedule_text(&self) -> &str {
+        self.schedule
             .as_ref()
             .map(|s| s.get_ref().as_str())
-            .unwrap_or(DEFAULT_SCHEDULE);
-        parse_schedule(text)
+            .or_else(|| self.settings.as_ref().and_then(|s| s.default_schedule()))
+            .unwrap_or(DEFAULT_SCHEDULE)
     }
 }
 
@@ -762,6 +772,28 @@ fn validate(
             ));
         }
     }
+    if let Some(key) = &config.store.secret_key {
+        if let Err(e) = key.resolve() {
+            diags.push(main.diag_at(
+                main.find_value(&key.to_string()),
+                format!("store.secret_key: {e}"),
+            ));
+        }
+    } else {
+        for (i, inst) in config.instances.iter().enumerate() {
+            if inst.settings.as_ref().is_some_and(|s| s.keeps_secrets()) {
+                let src = &sources[origin.get(i).copied().unwrap_or(0)];
+                diags.push(src.diag_at(
+                    inst.name.span().start,
+                    format!(
+                        "instance {:?} ({}) rotates its refresh token on every use and needs [store] secret_key (by reference, e.g. \"credential:hourglass-store-key\") to keep the new one; without it the account would be locked out after a restart",
+                        inst.name(),
+                        inst.kind()
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -935,6 +967,11 @@ mod tests {
                     token.display()
                 )
             }
+            // X rotates refresh tokens: the store must be able to keep them.
+            "x" => format!(
+                "[instances.x]\nclient_id = \"app\"\nrefresh_token = \"file:{0}\"\n\n[store]\nsecret_key = \"file:{0}\"\n",
+                secret.display()
+            ),
             _ => String::new(),
         }
         };

@@ -483,6 +483,10 @@ async fn start_generation(
             warn!(instance = name, error = %e, "Cannot register instance.");
         }
     }
+    let connectors: Vec<_> = instances.iter().map(|i| i.connector.clone()).collect();
+    if let Err(e) = crate::vault::attach(&config, &store, &connectors) {
+        error!(error = %format!("{e:#}"), "Connectors that rotate their credentials cannot keep them and will refuse to renew them.");
+    }
     let ctx = Context {
         clockings: Arc::new(clockings(&config, &instances)),
         config: config.clone(),

@@ -20,6 +20,7 @@ pub mod registry;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod vault;
 pub mod view;
 pub mod watchdog;
 

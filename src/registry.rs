@@ -16,6 +16,7 @@ pub static PLATFORMS: &[&dyn Platform] = &[
     &hourglass_ebay::EBAY,
     &hourglass_simulated::PLATFORM,
     &hourglass_telegram::PLATFORM,
+    &hourglass_x::PLATFORM,
 ];
 
 /// The platform registered as `kind`.

@@ -8,7 +8,11 @@ use std::process::Command;
 fn example_config_passes_check_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/hourglass.example.toml");
     let creds = tempfile::tempdir().unwrap();
-    for name in ["shop-imap-password", "shop-smtp-password"] {
+    for name in [
+        "shop-imap-password",
+        "shop-smtp-password",
+        "hourglass-store-key",
+    ] {
         std::fs::write(creds.path().join(name), "x").unwrap();
     }
     let mut cmd = Command::new(common::BIN);
@@ -26,6 +30,8 @@ fn example_config_passes_check_config() {
         "SP_API_REFRESH_TOKEN",
         "EBAY_CLIENT_SECRET",
         "EBAY_REFRESH_TOKEN",
+        "X_ACCESS_TOKEN",
+        "X_REFRESH_TOKEN",
     ] {
         cmd.env(var, "https://hooks.example.com/x");
     }
@@ -36,7 +42,7 @@ fn example_config_passes_check_config() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (6 instances)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (7 instances)"));
 
     // Without the secrets, every missing one is reported with its place.
     let out = Command::new(common::BIN)

@@ -442,3 +442,155 @@ fn webhook_mode_stores_signed_updates_and_refuses_a_wrong_secret() {
     );
     daemon.stop_cleanly();
 }
+
+#[test]
+fn connectors_webhook_sets_the_webhook_and_shows_what_telegram_reports() {
+    const SECRET: &str = "tg-webhook-secret-77aa";
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let body = |mode: &str, public_url: &str| {
+        format!(
+            "[http]\npublic_url = \"{public_url}\"\n\n\
+             [[instances]]\nname = \"shop-bot\"\ntype = \"telegram\"\n\
+             [instances.telegram]\napi_url = \"{}\"\nbot_token = \"env:HG_TG_BOT_TOKEN\"\n\
+             mode = \"{mode}\"\nwebhook_secret = \"env:HG_TG_WEBHOOK_SECRET\"\n",
+            mock.url()
+        )
+    };
+    let mut app = TestApp::new(None, &body("webhook", "https://hourglass.example.com/"));
+    app.env.push(("HG_TG_BOT_TOKEN".into(), TOKEN.into()));
+    app.env.push(("HG_TG_WEBHOOK_SECRET".into(), SECRET.into()));
+
+    let out = app.run(&["connectors", "webhook", "shop-bot"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("shop-bot: no webhook set"));
+
+    let out = app.run(&["connectors", "webhook", "shop-bot", "--set"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("webhook set to https://hourglass.example.com/webhooks/shop-bot"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(SECRET) && !stdout.contains(TOKEN),
+        "{stdout}"
+    );
+    let (url, secret) = mock.webhook();
+    assert_eq!(url, "https://hourglass.example.com/webhooks/shop-bot");
+    assert_eq!(
+        secret.as_deref(),
+        Some(SECRET),
+        "Telegram must send the secret back"
+    );
+
+    // Telegram could not deliver, and holds the updates back.
+    mock.push_message(4242, "Ana", "Hello?");
+    mock.set_webhook_error(
+        1_796_000_000,
+        "Wrong response from the webhook: 502 Bad Gateway",
+    );
+    let v = app.json(&["connectors", "webhook", "shop-bot", "--json"]);
+    assert_eq!(v["url"], "https://hourglass.example.com/webhooks/shop-bot");
+    assert_eq!(v["pending_updates"], 1);
+    assert_eq!(
+        v["last_error"],
+        "Wrong response from the webhook: 502 Bad Gateway"
+    );
+    assert_eq!(v["last_error_at"], "2026-11-30T00:53:20Z");
+    let text = app.run(&["connectors", "webhook", "shop-bot"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("pending updates: 1"), "{text}");
+    assert!(text.contains("502 Bad Gateway"), "{text}");
+
+    // A polling bot is not switched to a webhook behind its back.
+    mock.set_webhook("");
+    std::fs::write(
+        &app.config,
+        format!(
+            "[store]\nurl = \"sqlite://{}/hourglass.db\"\n\n{}",
+            app.path().display(),
+            body("poll", "https://hourglass.example.com")
+        ),
+    )
+    .unwrap();
+    let out = app.run(&["connectors", "webhook", "shop-bot", "--set"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mode = \"webhook\""));
+    assert_eq!(mock.webhook().0, "");
+}
+
+#[test]
+fn split_long_sends_a_long_reply_as_several_messages_in_order() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let app = app(&mock);
+    let long: String = (1..=3)
+        .map(|p| format!("Paragraph {p}: {}", "word ".repeat(600).trim_end()))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    assert!(long.chars().count() > 4096);
+    // Without split_long: refused before anything is queued.
+    let mut daemon = start(&app, &mock);
+    mock.push_message(9090, "Olu", "Can you explain the warranty?");
+    let t = wait_thread(&app, &daemon, "Olu");
+    let id = t["id"].as_i64().unwrap();
+    let out = app.run(&["reply", &id.to_string(), "--body", &long]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was queued") && err.contains("4096"),
+        "{err}"
+    );
+    assert!(show(&app, id)["outbox"].as_array().unwrap().is_empty());
+    daemon.stop_cleanly();
+
+    let text = std::fs::read_to_string(&app.config).unwrap();
+    std::fs::write(
+        &app.config,
+        text.replace(
+            "long_poll_secs = 2\n",
+            "long_poll_secs = 2\nsplit_long = true\n",
+        ),
+    )
+    .unwrap();
+    let mut daemon = start(&app, &mock);
+    let r = reply(&app, id, &long);
+    wait_until(WAIT, || mock.sent().len() == 3)
+        .unwrap_or_else(|_| panic!("parts not sent; log:\n{}", daemon.log()));
+    let outbox = show(&app, id)["outbox"].as_array().unwrap().clone();
+    assert_eq!(outbox.len(), 3, "{outbox:#?}");
+    wait_until(WAIT, || {
+        show(&app, id)["outbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["state"] == "sent")
+    })
+    .unwrap();
+    daemon.stop_cleanly();
+    let sent = mock.sent();
+    assert_eq!(sent.len(), 3, "each part once");
+    for (k, m) in sent.iter().enumerate() {
+        assert!(
+            m.text.starts_with(&format!("Paragraph {}:", k + 1)),
+            "part {k} out of order"
+        );
+        assert!(m.text.encode_utf16().count() <= 4096);
+        assert_eq!(m.chat_id, 9090);
+    }
+    let joined: Vec<String> = sent.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(
+        joined.join("\n\n"),
+        long,
+        "nothing lost or changed at the cuts"
+    );
+    assert!(outbox.iter().any(|o| o["id"] == r.as_str()));
+    assert_eq!(thread_of(&app, "Olu").unwrap()["status"], "answered");
+}

@@ -173,7 +173,8 @@ impl AppState {
             template,
             created_by: who.name.clone(),
         };
-        crate::outbox::enqueue(self.store.as_ref(), &reply).await?;
+        crate::outbox::enqueue_parts(&self.config, self.store.as_ref(), &thread.instance, &reply)
+            .await?;
         metrics::counter!("hourglass_http_replies_queued_total").increment(1);
         Ok(ReplyQueued {
             outbox_id: reply.id,

@@ -65,6 +65,41 @@ pub async fn enqueue(store: &dyn Store, reply: &NewReply) -> crate::store::Resul
     Ok(())
 }
 
+/// Queues `reply` as the messages its platform sends it as (Telegram's
+/// `split_long`: several, in order). The first part keeps the reply's id;
+/// later parts are `{id}-p02`, `{id}-p03`, ... and follow it in the
+/// thread's order. Each part is its own outbox entry: one that was sent
+/// before a crash is never sent again.
+pub async fn enqueue_parts(
+    config: &Config,
+    store: &dyn Store,
+    instance: &str,
+    reply: &NewReply,
+) -> crate::store::Result<usize> {
+    let parts = match config.instance(instance).and_then(|i| i.settings().ok()) {
+        Some(settings) => settings.split_reply(&reply.body),
+        None => vec![reply.body.clone()],
+    };
+    if parts.len() <= 1 {
+        enqueue(store, reply).await?;
+        return Ok(1);
+    }
+    for (k, body) in parts.iter().enumerate() {
+        let part = NewReply {
+            id: if k == 0 {
+                reply.id.clone()
+            } else {
+                format!("{}-p{:02}", reply.id, k + 1)
+            },
+            body: body.clone(),
+            ..reply.clone()
+        };
+        store.enqueue_reply(&part).await?;
+    }
+    notify_enqueued();
+    Ok(parts.len())
+}
+
 /// What the instance's platform would refuse whatever happens (eBay's
 /// 2,000 characters, Amazon's no-links rule), said before anything is
 /// queued. An instance no longer configured has no rules to apply.
@@ -128,7 +163,7 @@ pub async fn reply_command(config: &Config, args: &ReplyArgs) -> anyhow::Result<
         template,
         created_by: args.actor.clone(),
     };
-    enqueue(store.as_ref(), &reply).await?;
+    enqueue_parts(config, store.as_ref(), &thread.instance, &reply).await?;
     if args.json {
         println!(
             "{}",

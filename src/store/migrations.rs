@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0007_outbox_by_thread.sql"),
         postgres: include_str!("../../migrations/postgres/0007_outbox_by_thread.sql"),
     },
+    Migration {
+        version: 8,
+        name: "secrets",
+        sqlite: include_str!("../../migrations/sqlite/0008_secrets.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_secrets.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

@@ -37,6 +37,7 @@ mod migrations;
 mod outbox;
 mod push;
 mod quarantine;
+mod secrets;
 mod sql;
 mod stats;
 mod threads;

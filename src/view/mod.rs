@@ -192,6 +192,10 @@ pub struct ConnectorStatus {
     pub state: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// Today's billed reads, for platforms that charge per read (X):
+    /// `{"day", "calls", "events", "budget", ...}`; null elsewhere.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<serde_json::Value>,
 }
 
 /// The threads `filter` selects, by deadline.
@@ -239,6 +243,14 @@ pub async fn stats(
 /// Every configured instance, with its state where it has run.
 pub async fn connectors(store: &dyn Store, config: &Config) -> store::Result<Vec<ConnectorStatus>> {
     let known = store.instances().await?;
+    let mut usage = std::collections::HashMap::new();
+    for inst in &config.instances {
+        if let Some(u) = store.cursors(inst.name()).await?.get("usage") {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(u) {
+                usage.insert(inst.name().to_owned(), v);
+            }
+        }
+    }
     Ok(config
         .instances
         .iter()
@@ -255,15 +267,12 @@ pub async fn connectors(store: &dyn Store, config: &Config) -> store::Result<Vec
                 messages_total: status.map(|s| s.messages_total).unwrap_or(0),
                 name: inst.name().to_owned(),
                 next_poll_at: status.and_then(|s| s.next_poll_at),
-                schedule: inst
-                    .schedule
-                    .as_ref()
-                    .map(|s| s.get_ref().clone())
-                    .unwrap_or_else(|| crate::config::DEFAULT_SCHEDULE.to_owned()),
+                schedule: inst.schedule_text().to_owned(),
                 state: status
                     .map(|s| s.state.clone())
                     .unwrap_or_else(|| "idle".into()),
                 kind: inst.kind().to_owned(),
+                usage: usage.remove(inst.name()),
             }
         })
         .collect())

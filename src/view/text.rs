@@ -125,6 +125,16 @@ pub fn connectors(rows: &[ConnectorStatus]) -> String {
             r.messages_total,
             r.last_error.as_deref().unwrap_or("")
         ));
+        if let Some(u) = &r.usage {
+            let n = |k: &str| u.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            out.push_str(&format!(
+                "{:<20} today: {} calls, {} events read of a budget of {}\n",
+                "",
+                n("calls"),
+                n("events"),
+                n("budget")
+            ));
+        }
     }
     out
 }

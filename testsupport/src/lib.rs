@@ -13,3 +13,4 @@ pub mod postgres;
 mod rawimap;
 pub mod smtp;
 pub mod telegram;
+pub mod x;

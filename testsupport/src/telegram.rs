@@ -61,6 +61,9 @@ struct Inner {
     waiting: usize,
     allowed_updates: Option<Vec<String>>,
     webhook_url: String,
+    webhook_secret: Option<String>,
+    webhook_allowed: Option<Vec<String>>,
+    webhook_error: Option<(i64, String)>,
     other_poller: bool,
     garbage: usize,
     send_answers: VecDeque<(u16, Value)>,
@@ -236,6 +239,18 @@ impl MockBotApi {
         self.shared.lock().allowed_updates.clone()
     }
 
+    /// The webhook set with `setWebhook`: its URL and `secret_token`.
+    pub fn webhook(&self) -> (String, Option<String>) {
+        let i = self.shared.lock();
+        (i.webhook_url.clone(), i.webhook_secret.clone())
+    }
+
+    /// Telegram's last failed delivery to the webhook, as getWebhookInfo
+    /// reports it (`last_error_date`, `last_error_message`).
+    pub fn set_webhook_error(&self, date: i64, message: &str) {
+        self.shared.lock().webhook_error = Some((date, message.to_owned()));
+    }
+
     /// Sets (or, with "", deletes) the webhook: getUpdates then answers 409.
     pub fn set_webhook(&self, url: &str) {
         self.shared.lock().webhook_url = url.to_owned();
@@ -354,14 +369,40 @@ async fn method(
         ),
         "getWebhookInfo" => {
             let i = state.lock();
-            ok(json!({
+            let mut info = json!({
                 "url": i.webhook_url,
                 "has_custom_certificate": false,
                 "pending_update_count": i.pending.len(),
-            }))
+            });
+            if let Some((date, message)) = &i.webhook_error {
+                info["last_error_date"] = json!(date);
+                info["last_error_message"] = json!(message);
+            }
+            if let Some(allowed) = &i.webhook_allowed {
+                info["allowed_updates"] = json!(allowed);
+            }
+            ok(info)
         }
         "setWebhook" => {
-            state.lock().webhook_url = params["url"].as_str().unwrap_or("").to_owned();
+            let Some(url) = params["url"].as_str() else {
+                return fail(400, "Bad Request: bad webhook: URL must be provided");
+            };
+            if !url.is_empty() && !url.starts_with("https://") {
+                return fail(
+                    400,
+                    "Bad Request: bad webhook: An HTTPS URL must be provided for webhook",
+                );
+            }
+            {
+                let mut i = state.lock();
+                i.webhook_url = url.to_owned();
+                i.webhook_secret = params["secret_token"].as_str().map(str::to_owned);
+                i.webhook_allowed = params["allowed_updates"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                });
+            }
             state.changed.notify_waiters();
             ok(json!(true))
         }

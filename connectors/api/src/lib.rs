@@ -19,6 +19,7 @@ mod model;
 mod order;
 pub mod platform;
 pub mod secret;
+mod vault;
 mod webhook;
 
 #[cfg(feature = "testkit")]
@@ -32,10 +33,11 @@ pub use error::ConnectorError;
 pub use model::reply_subject;
 pub use model::{
     Attachment, Batch, Capabilities, Cursors, CustomerIdentity, Direction, Message, OutgoingReply,
-    Quarantined, SentCheck, SentReply,
+    Quarantined, SentCheck, SentReply, WebhookStatus,
 };
 pub use order::extract_order_id;
 pub use platform::{InstanceSettings, Platform, PlatformOf, RateLimit, SettingsProblem};
+pub use vault::Vault;
 pub use webhook::{constant_time_eq, WebhookRequest, WebhookVerdict};
 
 /// One configured platform account, seen from the daemon.
@@ -137,4 +139,27 @@ pub trait Connector: Send + Sync {
             "this connector takes no webhooks".to_owned(),
         ))
     }
+
+    /// The platform's view of the webhook (`connectors webhook NAME`):
+    /// where it pushes, what it holds back, its last delivery error.
+    /// `None` when the platform has no webhook to show.
+    async fn webhook_status(&self) -> Result<Option<WebhookStatus>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// Registers `url` (`{public_url}/webhooks/{instance}`) with the
+    /// platform, with the instance's secret (`connectors webhook NAME
+    /// --set`). Refused where the platform has no such call or the
+    /// instance is not set up for webhooks.
+    async fn register_webhook(&self, _url: &str) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Other(
+            "this platform has no webhook to register from hourglass".to_owned(),
+        ))
+    }
+
+    /// Gives the connector the encrypted store of secrets it learns at run
+    /// time (a rotated refresh token). The daemon calls it once, before the
+    /// first poll, when `[store] secret_key` is set. Most connectors keep
+    /// nothing and ignore it.
+    fn attach_vault(&self, _vault: std::sync::Arc<dyn Vault>) {}
 }

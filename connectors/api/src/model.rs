@@ -199,6 +199,19 @@ pub struct SentReply {
     pub sent_at: DateTime<Utc>,
 }
 
+/// The platform's view of an instance's push subscription, as
+/// `hourglass connectors webhook NAME` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    /// Where the platform pushes to; empty when no webhook is set.
+    pub url: String,
+    /// Deliveries the platform holds back, waiting to be pushed.
+    pub pending_updates: Option<u64>,
+    /// The platform's words about its last failed delivery.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
 /// What `check_sent` found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SentCheck {

@@ -150,6 +150,26 @@ pub trait InstanceSettings: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// The schedule when the instance names none (a platform that bills
+    /// each read polls less often); `None`: the daemon's default.
+    fn default_schedule(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The platform rotates a credential that hourglass must keep (X's
+    /// refresh token): the instance needs `[store] secret_key`.
+    fn keeps_secrets(&self) -> bool {
+        false
+    }
+
+    /// The messages a reply is sent as, in order: one, unless the seller
+    /// allowed the platform's length limit to be met by splitting
+    /// (Telegram's `split_long`). Each part becomes its own outbox entry,
+    /// so a crash never sends a part twice.
+    fn split_reply(&self, text: &str) -> Vec<String> {
+        vec![text.to_owned()]
+    }
+
     /// The connector of the instance named `instance`. Errors never carry
     /// a secret.
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String>;

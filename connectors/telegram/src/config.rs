@@ -61,6 +61,11 @@ pub struct TelegramConfig {
     /// Seconds one `getUpdates` long poll waits for an update (1 to 50).
     #[serde(default = "default_long_poll_secs")]
     pub long_poll_secs: u64,
+    /// A reply over 4,096 characters is sent as several messages, cut at
+    /// paragraph, line or word boundaries, in order. Off: such a reply is
+    /// refused before it is queued.
+    #[serde(default)]
+    pub split_long: bool,
 }
 
 fn default_api_url() -> String {
@@ -115,9 +120,30 @@ impl InstanceSettings for TelegramSettings {
         out
     }
 
-    /// Over 4,096 characters is refused before it is queued.
+    /// Over 4,096 characters is refused before it is queued, unless
+    /// `split_long` allows sending it in parts.
     fn check_reply(&self, text: &str) -> Result<(), String> {
+        if self.telegram.as_ref().is_some_and(|t| t.split_long) {
+            if text.trim().is_empty() {
+                return Err("Telegram cannot send an empty message".into());
+            }
+            let parts = crate::split_text(text, crate::MAX_TEXT).len();
+            if parts > crate::MAX_PARTS {
+                return Err(format!(
+                    "the reply would take {parts} Telegram messages; at most {} are sent for one reply",
+                    crate::MAX_PARTS
+                ));
+            }
+            return Ok(());
+        }
         crate::check_text(text)
+    }
+
+    fn split_reply(&self, text: &str) -> Vec<String> {
+        match &self.telegram {
+            Some(t) if t.split_long => crate::split_text(text, crate::MAX_TEXT),
+            _ => vec![text.to_owned()],
+        }
     }
 
     fn send_quota(&self) -> Option<RateLimit> {

@@ -106,6 +106,45 @@ pub fn check_text(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most messages one reply is split into (`split_long`).
+pub const MAX_PARTS: usize = 20;
+
+/// `text` cut into pieces of at most `max` UTF-16 units (Telegram's
+/// measure), each cut at the last paragraph break that fits, else the last
+/// line break, else the last space, else inside a word. Pieces are
+/// trimmed; none is empty. A text that fits is returned whole.
+pub fn split_text(text: &str, max: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        if telegram_length(rest) <= max {
+            parts.push(rest.to_owned());
+            break;
+        }
+        // The longest prefix that fits, in bytes.
+        let mut units = 0;
+        let mut fits = 0;
+        for (i, c) in rest.char_indices() {
+            units += c.len_utf16();
+            if units > max {
+                break;
+            }
+            fits = i + c.len_utf8();
+        }
+        let head = &rest[..fits];
+        let cut = head
+            .rfind("\n\n")
+            .or_else(|| head.rfind('\n'))
+            .or_else(|| head.rfind(char::is_whitespace))
+            .filter(|&at| !head[..at].trim().is_empty())
+            .unwrap_or(fits);
+        let cut = if cut == 0 { fits.max(1) } else { cut };
+        parts.push(rest[..cut].trim_end().to_owned());
+        rest = rest[cut..].trim_start();
+    }
+    parts
+}
+
 /// Compares in time independent of where the inputs differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -330,6 +369,58 @@ impl Connector for TelegramConnector {
         }
     }
 
+    async fn webhook_status(
+        &self,
+    ) -> Result<Option<hourglass_connector::WebhookStatus>, ConnectorError> {
+        let (info, raw) = self
+            .api
+            .call(Call::Read, "getWebhookInfo", &json!({}), CALL_TIMEOUT)
+            .await?;
+        let Some(url) = info.get("url").and_then(|u| u.as_str()) else {
+            return Err(ConnectorError::BadData {
+                reason: "getWebhookInfo: no url in the WebhookInfo".into(),
+                raw,
+            });
+        };
+        Ok(Some(hourglass_connector::WebhookStatus {
+            url: url.to_owned(),
+            pending_updates: info.get("pending_update_count").and_then(|v| v.as_u64()),
+            last_error: info
+                .get("last_error_message")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            last_error_at: info
+                .get("last_error_date")
+                .and_then(|v| v.as_i64())
+                .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0)),
+        }))
+    }
+
+    /// `setWebhook` with the secret Telegram is to send back, and only the
+    /// update types hourglass reads.
+    async fn register_webhook(&self, url: &str) -> Result<(), ConnectorError> {
+        if self.config.mode != Mode::Webhook {
+            return Err(ConnectorError::Other(
+                "the instance polls (mode = \"poll\"); a webhook would make Telegram refuse getUpdates. Set mode = \"webhook\" and webhook_secret first".into(),
+            ));
+        }
+        let Some(secret) = &self.webhook_secret else {
+            return Err(ConnectorError::Other(
+                "webhook mode needs telegram.webhook_secret: deliveries without it are refused"
+                    .into(),
+            ));
+        };
+        let params = json!({
+            "url": url,
+            "secret_token": secret.expose_secret(),
+            "allowed_updates": ALLOWED_UPDATES,
+        });
+        self.api
+            .call(Call::Read, "setWebhook", &params, CALL_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
     async fn send_reply(&self, reply: &OutgoingReply) -> Result<SentReply, ConnectorError> {
         check_text(&reply.text).map_err(ConnectorError::Refused)?;
         let (business, chat) = parse_thread_key(&reply.thread_key);
@@ -406,6 +497,30 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn long_texts_split_at_the_best_boundary() {
+        assert_eq!(split_text("short", 10), vec!["short"]);
+        assert_eq!(
+            split_text("one two\n\nthree four", 12),
+            vec!["one two", "three four"]
+        );
+        assert_eq!(
+            split_text("aaa bbb\nccc ddd eee", 12),
+            vec!["aaa bbb", "ccc ddd eee"]
+        );
+        assert_eq!(split_text("aaa bbb ccc", 8), vec!["aaa bbb", "ccc"]);
+        assert_eq!(split_text("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
+        // Counted in UTF-16 units: an emoji is two, and never cut in half.
+        assert_eq!(split_text("😀😀😀", 4), vec!["😀😀", "😀"]);
+        let long = format!("{}\n\n{}", "a ".repeat(3000), "b ".repeat(3000));
+        let parts = split_text(&long, MAX_TEXT);
+        assert!(parts.iter().all(|p| telegram_length(p) <= MAX_TEXT));
+        assert_eq!(
+            parts.concat().replace([' ', '\n'], ""),
+            long.replace([' ', '\n'], "")
+        );
     }
 
     #[test]
