@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use hourglass_connector::secret::ExposeSecret;
+use hourglass_connector::secret::{ExposeSecret, SecretRef};
 use hourglass_connector::ConnectorError;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -98,6 +98,13 @@ impl CallBudget {
     pub fn record(&mut self, now: Instant) {
         self.calls.push_back(now);
     }
+
+    /// Counts `n` calls made at `at`, before every call recorded so far.
+    pub fn restore(&mut self, n: u32, at: Instant) {
+        for _ in 0..n {
+            self.calls.push_front(at);
+        }
+    }
 }
 
 struct AccessToken {
@@ -184,6 +191,10 @@ pub struct Client {
     client_id: String,
     client_secret: SecretString,
     refresh_token: SecretString,
+    /// Read again for every token request: a seller who consents again
+    /// writes the new token there (a `file:` or a systemd credential), and
+    /// the next retry uses it without a reload.
+    refresh_token_source: SecretRef,
     refresh_token_ref: String,
     marketplace: String,
     token: tokio::sync::Mutex<Option<AccessToken>>,
@@ -211,6 +222,7 @@ impl Client {
             client_id: config.client_id.clone(),
             client_secret,
             refresh_token,
+            refresh_token_source: config.refresh_token.clone(),
             refresh_token_ref: config.refresh_token.to_string(),
             marketplace: config.marketplace_id.clone(),
             token: tokio::sync::Mutex::new(None),
@@ -225,6 +237,21 @@ impl Client {
     /// Message API calls in the last 24 hours.
     pub fn calls_last_24h(&self) -> u32 {
         self.budget().used(Instant::now())
+    }
+
+    /// Counts `calls` made (by an earlier daemon) in the 24 hours before
+    /// `at`, as if all made at `at`: an overestimate that errs on the side
+    /// of the budget.
+    pub fn restore_calls(&self, calls: u32, at: std::time::SystemTime) {
+        let age = std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default();
+        if age >= DAY {
+            return;
+        }
+        if let Some(when) = Instant::now().checked_sub(age) {
+            self.budget().restore(calls, when);
+        }
     }
 
     /// Whether `n` more polling calls fit in the budget.
@@ -253,13 +280,20 @@ impl Client {
     }
 
     async fn request_token(&self) -> Result<AccessToken, ConnectorError> {
+        let refresh_token = match self.refresh_token_source.resolve() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(refresh_token = %self.refresh_token_ref, error = %e, "Cannot read the eBay refresh token again; using the one read at start.");
+                self.refresh_token.clone()
+            }
+        };
         let resp = self
             .http
             .post(&self.token_url)
             .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
             .form(&[
                 ("grant_type", "refresh_token"),
-                ("refresh_token", self.refresh_token.expose_secret()),
+                ("refresh_token", refresh_token.expose_secret()),
                 ("scope", SCOPE),
             ])
             .send()
