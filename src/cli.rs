@@ -562,6 +562,17 @@ pub async fn store_for(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub struct DaemonStatus {
     pub daemons: Vec<DaemonView>,
     pub leases: Vec<LeaseView>,
+    /// Instances whose credentials the platform refuses: an admin must act.
+    pub auth_failed: Vec<AuthFailedView>,
+}
+
+/// An instance whose credentials were refused, as `status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct AuthFailedView {
+    pub instance: String,
+    pub error: Option<String>,
+    /// When the one admin alert of this episode was queued.
+    pub auth_alerted_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// A daemon, as `status` shows it.
@@ -609,7 +620,23 @@ async fn daemon_status(
             lease: l,
         })
         .collect();
-    Ok(DaemonStatus { daemons, leases })
+    let auth_failed = store
+        .instances()
+        .await
+        .context("Cannot read the instances")?
+        .into_iter()
+        .filter(|i| i.state == "auth_failed")
+        .map(|i| AuthFailedView {
+            instance: i.name,
+            error: i.last_error,
+            auth_alerted_at: i.auth_alerted_at,
+        })
+        .collect();
+    Ok(DaemonStatus {
+        daemons,
+        leases,
+        auth_failed,
+    })
 }
 
 fn render_status(s: &DaemonStatus) -> String {
@@ -643,6 +670,18 @@ fn render_status(s: &DaemonStatus) -> String {
         .collect();
     if !free.is_empty() {
         let _ = writeln!(out, "Not held by any daemon: {}", free.join(", "));
+    }
+    for a in &s.auth_failed {
+        let alerted = a
+            .auth_alerted_at
+            .map(|t| format!("admin alerted {}", t.format("%Y-%m-%d %H:%M UTC")))
+            .unwrap_or_else(|| "admin not alerted yet".to_owned());
+        let _ = writeln!(
+            out,
+            "Credentials refused: {} ({alerted}): {}",
+            a.instance,
+            a.error.as_deref().unwrap_or("")
+        );
     }
     out
 }

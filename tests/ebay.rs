@@ -12,6 +12,7 @@ use common::{wait_until, TestApp};
 use hourglass_testsupport::ebay::{
     MockEbay, Route, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SELLER,
 };
+use hourglass_testsupport::smtp::SmtpSink;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,6 +31,16 @@ fn instance(app_dir: &std::path::Path, name: &str, mock: &MockEbay) -> String {
         client_secret.display(),
         refresh.display(),
     )
+}
+
+fn connector(app: &TestApp, name: &str) -> serde_json::Value {
+    let list = app.json(&["connectors", "list", "--json"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no instance {name} in {list}"))
 }
 
 fn threads(app: &TestApp, instance: &str) -> Vec<serde_json::Value> {
@@ -129,7 +140,8 @@ fn ebay_buyers_get_a_clock_and_a_reply_that_reaches_ebay_once() {
 }
 
 #[test]
-fn a_revoked_refresh_token_stops_its_instance_and_not_the_other() {
+fn a_revoked_refresh_token_mails_the_admin_once_and_stops_only_its_instance() {
+    let smtp = SmtpSink::start().unwrap();
     let good = MockEbay::start().unwrap();
     let revoked = MockEbay::start().unwrap();
     for mock in [&good, &revoked] {
@@ -139,7 +151,12 @@ fn a_revoked_refresh_token_stops_its_instance_and_not_the_other() {
     revoked.revoke_refresh_token();
     let app = TestApp::new(
         None,
-        "[daemon]\nmin_backoff = \"200ms\"\nmax_backoff = \"1s\"\n\n",
+        &format!(
+            "[daemon]\nmin_backoff = \"200ms\"\nmax_backoff = \"500ms\"\n\n\
+             [[alerts.sinks]]\nname = \"admin\"\ntype = \"email\"\nto = [\"admin@shop.example\"]\n\
+             smtp = {{ host = \"127.0.0.1\", port = {}, tls = \"none\", from = \"hourglass@shop.example\" }}\n\n",
+            smtp.port()
+        ),
     );
     let body =
         instance(app.path(), "ebay-good", &good) + &instance(app.path(), "ebay-revoked", &revoked);
@@ -147,40 +164,66 @@ fn a_revoked_refresh_token_stops_its_instance_and_not_the_other() {
     std::fs::write(&app.config, text).unwrap();
 
     let mut daemon = app.spawn_daemon();
+    let state = |n: &str| {
+        connector(&app, n)["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
     wait_until(WAIT, || {
-        let list = app.json(&["connectors", "list", "--json"]);
-        let state = |n: &str| {
-            list.as_array()
-                .unwrap()
-                .iter()
-                .find(|i| i["name"] == n)
-                .map(|i| i["state"].as_str().unwrap_or_default().to_owned())
-                .unwrap_or_default()
-        };
         state("ebay-revoked") == "auth_failed" && threads(&app, "ebay-good").len() == 1
     })
     .unwrap_or_else(|_| panic!("states: {}", daemon.log()));
-    let list = app.json(&["connectors", "list", "--json"]);
-    let revoked_row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "ebay-revoked")
-        .unwrap()
-        .clone();
+    let revoked_row = connector(&app, "ebay-revoked");
     let error = revoked_row["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("invalid_grant"), "{revoked_row}");
+
+    // One mail to the admin, however often the instance is retried.
+    let mails = smtp.wait_for(1, WAIT).unwrap();
+    let tries = revoked.token_requests();
+    wait_until(WAIT, || revoked.token_requests() >= tries + 3)
+        .unwrap_or_else(|_| panic!("the revoked instance is not retried: {}", daemon.log()));
+    let raw = String::from_utf8_lossy(&mails[0]).into_owned();
+    // Quoted-printable, as lettre sends it: undo the soft line breaks.
+    let mail = raw
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
     assert!(
-        !daemon.log().contains(REFRESH_TOKEN) && !daemon.log().contains(CLIENT_SECRET),
-        "the refresh token leaked into the log"
+        mail.contains("Action needed: ebay-revoked (ebay) cannot sign in"),
+        "{mail}"
     );
-    // The stopped instance asks eBay nothing more.
-    // The stopped instance asks eBay nothing more while the other one
-    // polls on.
+    assert!(mail.contains("invalid_grant"), "{mail}");
+    assert!(
+        mail.contains("grant this application the commerce.message"),
+        "{mail}"
+    );
+    for secret in [REFRESH_TOKEN, CLIENT_SECRET] {
+        assert!(!raw.contains(secret), "a secret in the alert: {raw}");
+        assert!(!daemon.log().contains(secret), "a secret in the log");
+    }
+    // The stopped instance asks the Message API nothing while the other
+    // one polls on.
     let calls = revoked.requests().len();
     let polls = good.count(Route::GetConversations);
     wait_until(WAIT, || good.count(Route::GetConversations) > polls + 2)
         .unwrap_or_else(|_| panic!("the healthy instance stopped polling: {}", daemon.log()));
     assert_eq!(revoked.requests().len(), calls, "auth_failed kept calling");
+    assert_eq!(smtp.messages().unwrap().len(), 1, "alerted more than once");
+
+    // The seller consents again; the new refresh token, stored where
+    // refresh_token points, is picked up by the next retry: no reload.
+    const RENEWED: &str = "v^1.1#i^1#r^1#f^0#renewed-s3cret";
+    revoked.consent_again(RENEWED);
+    std::fs::write(app.path().join("ebay-revoked.refresh"), RENEWED).unwrap();
+    wait_until(WAIT, || {
+        let row = connector(&app, "ebay-revoked");
+        row["state"] == "ok" && row["auth_alerted_at"].is_null()
+    })
+    .unwrap_or_else(|_| panic!("never recovered: {}", daemon.log()));
+    wait_until(WAIT, || threads(&app, "ebay-revoked").len() == 1)
+        .unwrap_or_else(|_| panic!("nothing ingested after recovery: {}", daemon.log()));
     daemon.stop_cleanly();
+    assert!(!daemon.log().contains(RENEWED), "the new token leaked");
+    assert_eq!(smtp.messages().unwrap().len(), 1);
 }

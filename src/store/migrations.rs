@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_leases.sql"),
         postgres: include_str!("../../migrations/postgres/0006_leases.sql"),
     },
+    Migration {
+        version: 7,
+        name: "instance_alerts",
+        sqlite: include_str!("../../migrations/sqlite/0007_instance_alerts.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_instance_alerts.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no
