@@ -540,6 +540,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 match conn.health_check().await {
                     Ok(()) => {
                         println!("{name}: ok");
+                        if let Some(access) = conn.describe_access() {
+                            println!("{name}: {access}");
+                        }
                         Ok(ExitCode::SUCCESS)
                     }
                     Err(e) => {

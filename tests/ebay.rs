@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{Duration as Days, Timelike, Utc};
 use common::{wait_until, TestApp};
 use hourglass_testsupport::ebay::{
-    MockEbay, Route, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SELLER,
+    FaultKind, MockEbay, Route, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SELLER,
 };
 use hourglass_testsupport::smtp::SmtpSink;
 
@@ -226,4 +226,200 @@ fn a_revoked_refresh_token_mails_the_admin_once_and_stops_only_its_instance() {
     daemon.stop_cleanly();
     assert!(!daemon.log().contains(RENEWED), "the new token leaked");
     assert_eq!(smtp.messages().unwrap().len(), 1);
+}
+
+fn add_instance(app: &TestApp, name: &str, mock: &MockEbay) {
+    let body = instance(app.path(), name, mock);
+    let text = std::fs::read_to_string(&app.config).unwrap() + &body;
+    std::fs::write(&app.config, text).unwrap();
+}
+
+fn sync(app: &TestApp) {
+    let out = app.run(&["sync", "--once"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `n` conversations, each with one buyer message, a minute apart.
+fn buyers(mock: &MockEbay, n: usize) -> Vec<String> {
+    let now = Utc::now().with_nanosecond(0).unwrap();
+    (0..n)
+        .map(|i| {
+            let conv = mock.add_conversation(&format!("buyer_{i}"), None, &format!("Order {i}"));
+            mock.buyer_writes(
+                &conv,
+                &format!("Where is order {i}?"),
+                now - Days::minutes(i as i64 + 1),
+            );
+            conv
+        })
+        .collect()
+}
+
+#[test]
+fn a_first_sync_of_1200_conversations_pages_through_renews_the_token_once_and_counts_calls() {
+    let mock = MockEbay::start().unwrap();
+    let convs = buyers(&mock, 1200);
+    // The access token expires half-way through the conversations.
+    mock.inject(Route::GetConversation, 600, FaultKind::ExpireTokens);
+    let app = TestApp::new(None, "");
+    add_instance(&app, "ebay-de", &mock);
+
+    sync(&app);
+    let list = threads(&app, "ebay-de");
+    assert_eq!(list.len(), 1200);
+    assert!(list
+        .iter()
+        .all(|t| t["status"] == "awaiting" && t["message_count"] == 1));
+    assert_eq!(mock.token_requests(), 2, "renewed once, on the 401");
+    assert_eq!(
+        mock.count(Route::GetConversation),
+        1201,
+        "every conversation once, plus the retried one"
+    );
+    assert!(mock.violations().is_empty(), "{:?}", mock.violations());
+    // 24 pages of 50 and eBay's notices: well inside the daily budget, and
+    // shown with it.
+    let row = connector(&app, "ebay-de");
+    let calls = mock.count(Route::AnyApi) as i64;
+    assert!(calls < 1300, "{calls} calls");
+    assert_eq!(row["api_calls_24h"], calls, "{row}");
+    assert_eq!(row["api_call_budget"], 5000, "{row}");
+    let text = String::from_utf8(app.run(&["connectors", "list"]).stdout).unwrap();
+    assert!(text.contains(&format!("{calls}/5000")), "{text}");
+
+    // Nothing new: the next sync lists, fetches no conversation again, and
+    // the count goes on across processes.
+    let fetched = mock.count(Route::GetConversation);
+    sync(&app);
+    assert_eq!(mock.count(Route::GetConversation), fetched);
+    assert_eq!(
+        connector(&app, "ebay-de")["api_calls_24h"],
+        mock.count(Route::AnyApi) as i64
+    );
+
+    // A buyer writes again: only that conversation is read; the clock
+    // still runs from the first unanswered message.
+    let at = Utc::now().with_nanosecond(0).unwrap();
+    mock.buyer_writes(&convs[700], "Any news?", at);
+    sync(&app);
+    assert_eq!(mock.count(Route::GetConversation), fetched + 1);
+    let list = threads(&app, "ebay-de");
+    let t = list.iter().find(|t| t["customer"] == "buyer_700").unwrap();
+    assert_eq!(t["message_count"], 2);
+    let since = chrono::DateTime::parse_from_rfc3339(t["awaiting_since"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&Utc);
+    assert!(since < at - Days::minutes(700), "{t}");
+    let total: i64 = list
+        .iter()
+        .map(|t| t["message_count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 1201);
+}
+
+#[test]
+fn connectors_test_shows_the_granted_scope_and_never_the_token() {
+    let mock = MockEbay::start().unwrap();
+    let app = TestApp::new(None, "");
+    add_instance(&app, "ebay-de", &mock);
+    let out = app.run(&["connectors", "test", "ebay-de"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ebay-de: ok"), "{stdout}");
+    assert!(
+        stdout.contains("scopes: https://api.ebay.com/oauth/api_scope/commerce.message"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("valid for 7200 s"), "{stdout}");
+    for secret in [REFRESH_TOKEN, CLIENT_SECRET, "access-0"] {
+        assert!(!stdout.contains(secret), "{stdout}");
+    }
+
+    mock.revoke_refresh_token();
+    let out = app.run(&["connectors", "test", "ebay-de"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("auth failure") && stdout.contains("invalid_grant"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(REFRESH_TOKEN), "{stdout}");
+}
+
+/// DESIGN §8 Faults, for eBay: a kill -9 while a first sync pages through,
+/// and one after eBay took a reply but before its answer came back.
+#[test]
+fn a_kill_9_while_polling_or_sending_loses_nothing_and_sends_nothing_twice() {
+    let mock = MockEbay::start().unwrap();
+    buyers(&mock, 300);
+    // The third page hangs: the first two are committed, the kill lands.
+    mock.inject(
+        Route::GetConversation,
+        120,
+        FaultKind::Delay(Duration::from_secs(20)),
+    );
+    let app = TestApp::new(
+        None,
+        "[outbox]\nlease = \"2s\"\npoll_interval = \"100ms\"\n\n",
+    );
+    add_instance(&app, "ebay-de", &mock);
+
+    let mut daemon = app.spawn_daemon();
+    wait_until(WAIT, || threads(&app, "ebay-de").len() >= 100)
+        .unwrap_or_else(|_| panic!("no page committed: {}", daemon.log()));
+    daemon.signal("KILL");
+    daemon.wait_exit(WAIT);
+    let stored = threads(&app, "ebay-de").len();
+    assert!(stored < 300, "the kill came after the sync: {stored}");
+
+    let mut daemon = app.spawn_daemon();
+    wait_until(WAIT, || threads(&app, "ebay-de").len() == 300)
+        .unwrap_or_else(|_| panic!("not all stored after the restart: {}", daemon.log()));
+    let list = threads(&app, "ebay-de");
+    assert!(list.iter().all(|t| t["message_count"] == 1), "a duplicate");
+
+    // eBay takes the reply; its answer comes 20 s later, after the kill.
+    mock.inject(
+        Route::SendMessage,
+        0,
+        FaultKind::SlowAnswer(Duration::from_secs(20)),
+    );
+    let t = list.iter().find(|t| t["customer"] == "buyer_7").unwrap();
+    let out = app.run(&["reply", &t["id"].to_string(), "--body", "Shipped today."]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(WAIT, || mock.sent().len() == 1)
+        .unwrap_or_else(|_| panic!("the reply never reached eBay: {}", daemon.log()));
+    daemon.signal("KILL");
+    daemon.wait_exit(WAIT);
+
+    // The restarted daemon finds it on eBay instead of sending it again.
+    let mut daemon = app.spawn_daemon();
+    let id = t["id"].to_string();
+    wait_until(WAIT, || {
+        app.json(&["show", &id, "--json"])["outbox"][0]["state"] == "sent"
+    })
+    .unwrap_or_else(|_| panic!("the reply was not settled: {}", daemon.log()));
+    let detail = app.json(&["show", &id, "--json"]);
+    assert_eq!(detail["status"], "answered", "{detail}");
+    assert_eq!(
+        detail["message_count"], 2,
+        "the reply stored once: {detail}"
+    );
+    daemon.stop_cleanly();
+    let sent = mock.sent();
+    assert_eq!(sent.len(), 1, "sent twice: {sent:?}");
+    assert_eq!(sent[0].text, "Shipped today.");
+    assert!(mock.violations().is_empty(), "{:?}", mock.violations());
 }

@@ -83,6 +83,13 @@ pub trait Connector: Send + Sync {
         None
     }
 
+    /// What the last successful [`Connector::health_check`] learned about
+    /// the credentials, for `connectors test` to print: the scopes granted,
+    /// how long the access token lives. Never a secret. `None` by default.
+    fn describe_access(&self) -> Option<String> {
+        None
+    }
+
     /// The API calls this connector made in the last 24 hours, for
     /// platforms that count them against a budget; `None` (the default)
     /// for those that do not. The daemon records it after every poll.

@@ -117,6 +117,18 @@ struct TokenResponse {
     access_token: String,
     #[serde(default)]
     expires_in: Option<u64>,
+    /// eBay's refresh grant does not echo the scopes; where a server does,
+    /// they are what it granted.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// What the last token renewal granted (for `connectors test`).
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// Space-separated scopes.
+    pub scopes: String,
+    pub lifetime: Duration,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +210,7 @@ pub struct Client {
     refresh_token_ref: String,
     marketplace: String,
     token: tokio::sync::Mutex<Option<AccessToken>>,
+    granted: Mutex<Option<Granted>>,
     budget: Mutex<CallBudget>,
 }
 
@@ -226,12 +239,21 @@ impl Client {
             refresh_token_ref: config.refresh_token.to_string(),
             marketplace: config.marketplace_id.clone(),
             token: tokio::sync::Mutex::new(None),
+            granted: Mutex::new(None),
             budget: Mutex::new(CallBudget::new(config.daily_call_budget)),
         })
     }
 
     fn budget(&self) -> MutexGuard<'_, CallBudget> {
         self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the last token renewal granted.
+    pub fn granted(&self) -> Option<Granted> {
+        self.granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Message API calls in the last 24 hours.
@@ -314,6 +336,14 @@ impl Client {
             })?;
             let lifetime = Duration::from_secs(t.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
             let renew_at = Instant::now() + renew_after(lifetime);
+            // A refresh grant that does not list scopes granted the ones
+            // asked for: eBay answers invalid_scope otherwise.
+            let scopes = t
+                .scope
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| SCOPE.to_owned());
+            *self.granted.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Granted { scopes, lifetime });
             tracing::debug!(
                 expires_in = lifetime.as_secs(),
                 "Renewed the eBay access token."

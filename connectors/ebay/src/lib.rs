@@ -498,6 +498,15 @@ impl Connector for EbayConnector {
         })
     }
 
+    fn describe_access(&self) -> Option<String> {
+        let g = self.client.granted()?;
+        Some(format!(
+            "access token renewed from the refresh token, valid for {} s; scopes: {}",
+            g.lifetime.as_secs(),
+            g.scopes
+        ))
+    }
+
     fn api_calls(&self) -> Option<ApiCalls> {
         Some(ApiCalls {
             last_24h: self.calls_last_24h(),
