@@ -190,13 +190,15 @@ pub enum AlertsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorsCommand {
-    /// Configured instances and their state (ok, backoff, auth_failed, ...).
+    /// Configured instances, their state (ok, backoff, auth_failed, ...)
+    /// and platform API calls in the last 24 h against the daily budget.
     List {
         /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },
-    /// Run one instance's health check.
+    /// Run one instance's health check; shows what the credentials grant
+    /// (e.g. eBay's scopes), never a secret.
     Test { name: String },
 }
 

@@ -23,6 +23,8 @@ fn config(hooks: &WebhookReceiver, broken_fails: bool) -> String {
 min_backoff = "100ms"
 max_backoff = "300ms"
 shutdown_timeout = "5s"
+# On PostgreSQL the restarted daemon waits out the killed one's lease.
+lease = "2s"
 
 [[instances]]
 name = "healthy"
@@ -101,8 +103,7 @@ fn messages_of(app: &TestApp, name: &str) -> i64 {
         .sum()
 }
 
-fn set_config(app: &TestApp, hooks: &WebhookReceiver, broken_fails: bool) {
-    let url = format!("sqlite://{}/hourglass.db", app.path().display());
+fn set_config(app: &TestApp, url: &str, hooks: &WebhookReceiver, broken_fails: bool) {
     std::fs::write(
         &app.config,
         format!(
@@ -114,9 +115,22 @@ fn set_config(app: &TestApp, hooks: &WebhookReceiver, broken_fails: bool) {
 }
 
 #[test]
-fn refused_credentials_alert_the_admin_once_per_episode() {
+fn refused_credentials_alert_the_admin_once_per_episode_on_sqlite() {
+    refused_credentials_alert_the_admin_once_per_episode(None);
+}
+
+#[test]
+fn refused_credentials_alert_the_admin_once_per_episode_on_postgres() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let url = pg.create_database("admin_alerts").unwrap();
+    refused_credentials_alert_the_admin_once_per_episode(Some(url));
+}
+
+fn refused_credentials_alert_the_admin_once_per_episode(store_url: Option<String>) {
     let hooks = WebhookReceiver::start();
-    let app = TestApp::new(None, &config(&hooks, true));
+    let app = TestApp::new(store_url.as_deref(), &config(&hooks, true));
+    let url =
+        store_url.unwrap_or_else(|| format!("sqlite://{}/hourglass.db", app.path().display()));
 
     // Refused on every poll: one alert, however often it is retried, and
     // the healthy instance goes on.
@@ -167,7 +181,7 @@ fn refused_credentials_alert_the_admin_once_per_episode() {
     assert_eq!(auth_alerts(&hooks).len(), 1, "re-alerted after a restart");
 
     // Fixed: the instance recovers (same daemon, a reload) ...
-    set_config(&app, &hooks, false);
+    set_config(&app, &url, &hooks, false);
     daemon.signal("HUP");
     wait_until(WAIT, || {
         let b = instance(&app, "broken");
@@ -175,7 +189,7 @@ fn refused_credentials_alert_the_admin_once_per_episode() {
     })
     .unwrap_or_else(|_| panic!("never recovered; log:\n{}", daemon.log()));
     // ... and a new refusal is a new episode: one more alert.
-    set_config(&app, &hooks, true);
+    set_config(&app, &url, &hooks, true);
     daemon.signal("HUP");
     wait_until(WAIT, || auth_alerts(&hooks).len() >= 2)
         .unwrap_or_else(|_| panic!("no alert for the new episode; log:\n{}", daemon.log()));
