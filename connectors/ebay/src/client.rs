@@ -99,10 +99,17 @@ impl CallBudget {
         self.calls.push_back(now);
     }
 
-    /// Counts `n` calls made at `at`, before every call recorded so far.
+    /// Counts `n` calls made in the 24 hours before `at`, before every
+    /// call recorded so far. When they were made is not kept, so they are
+    /// spread evenly over that day: stamping them all at `at` instead would
+    /// carry them over from restart to restart (each one stamps them anew)
+    /// and never let them age out.
     pub fn restore(&mut self, n: u32, at: Instant) {
-        for _ in 0..n {
-            self.calls.push_front(at);
+        // Newest first, each pushed in front of the older ones.
+        for k in 0..n {
+            let back = DAY.mul_f64(f64::from(k + 1) / f64::from(n + 1));
+            let when = at.checked_sub(back).unwrap_or(at);
+            self.calls.push_front(when);
         }
     }
 }
@@ -262,8 +269,7 @@ impl Client {
     }
 
     /// Counts `calls` made (by an earlier daemon) in the 24 hours before
-    /// `at`, as if all made at `at`: an overestimate that errs on the side
-    /// of the budget.
+    /// `at` (see [`CallBudget::restore`]).
     pub fn restore_calls(&self, calls: u32, at: std::time::SystemTime) {
         let age = std::time::SystemTime::now()
             .duration_since(at)
@@ -519,6 +525,23 @@ mod tests {
         // A day later the calls have aged out.
         assert!(b.check(t0 + DAY, Purpose::Poll, 50).is_ok());
         assert_eq!(b.used(t0 + DAY), 0);
+    }
+
+    #[test]
+    fn restored_calls_age_out_over_the_day_before() {
+        let t0 = Instant::now() + DAY;
+        let mut b = CallBudget::new(5000);
+        b.record(t0);
+        b.restore(99, t0);
+        assert_eq!(b.used(t0), 100);
+        // Spread over the day before t0: half of them are older than 12 h.
+        let half = b.used(t0 + DAY / 2);
+        assert!((49..=51).contains(&half), "{half}");
+        assert_eq!(b.used(t0 + DAY - Duration::from_secs(1)), 1);
+        // Restored again at a later time, they still age out.
+        let mut again = CallBudget::new(5000);
+        again.restore(half, t0 + DAY / 2);
+        assert_eq!(again.used(t0 + DAY + DAY / 2), 0);
     }
 
     #[test]
