@@ -190,13 +190,15 @@ pub enum AlertsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectorsCommand {
-    /// Configured instances and their state (ok, backoff, auth_failed, ...).
+    /// Configured instances, their state (ok, backoff, auth_failed, ...)
+    /// and platform API calls in the last 24 h against the daily budget.
     List {
         /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
     },
-    /// Run one instance's health check.
+    /// Run one instance's health check; shows what the credentials grant
+    /// (e.g. eBay's scopes), never a secret.
     Test { name: String },
     /// Show the platform's webhook for an instance (Telegram: the URL it
     /// pushes to, pending updates, its last delivery error).
@@ -559,6 +561,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 match conn.health_check().await {
                     Ok(()) => {
                         println!("{name}: ok");
+                        if let Some(access) = conn.describe_access() {
+                            println!("{name}: {access}");
+                        }
                         Ok(ExitCode::SUCCESS)
                     }
                     Err(e) => {
@@ -650,6 +655,17 @@ pub async fn store_for(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub struct DaemonStatus {
     pub daemons: Vec<DaemonView>,
     pub leases: Vec<LeaseView>,
+    /// Instances whose credentials the platform refuses: an admin must act.
+    pub auth_failed: Vec<AuthFailedView>,
+}
+
+/// An instance whose credentials were refused, as `status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct AuthFailedView {
+    pub instance: String,
+    pub error: Option<String>,
+    /// When the one admin alert of this episode was queued.
+    pub auth_alerted_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// A daemon, as `status` shows it.
@@ -697,7 +713,23 @@ async fn daemon_status(
             lease: l,
         })
         .collect();
-    Ok(DaemonStatus { daemons, leases })
+    let auth_failed = store
+        .instances()
+        .await
+        .context("Cannot read the instances")?
+        .into_iter()
+        .filter(|i| i.state == "auth_failed")
+        .map(|i| AuthFailedView {
+            instance: i.name,
+            error: i.last_error,
+            auth_alerted_at: i.auth_alerted_at,
+        })
+        .collect();
+    Ok(DaemonStatus {
+        daemons,
+        leases,
+        auth_failed,
+    })
 }
 
 fn render_status(s: &DaemonStatus) -> String {
@@ -731,6 +763,18 @@ fn render_status(s: &DaemonStatus) -> String {
         .collect();
     if !free.is_empty() {
         let _ = writeln!(out, "Not held by any daemon: {}", free.join(", "));
+    }
+    for a in &s.auth_failed {
+        let alerted = a
+            .auth_alerted_at
+            .map(|t| format!("admin alerted {}", t.format("%Y-%m-%d %H:%M UTC")))
+            .unwrap_or_else(|| "admin not alerted yet".to_owned());
+        let _ = writeln!(
+            out,
+            "Credentials refused: {} ({alerted}): {}",
+            a.instance,
+            a.error.as_deref().unwrap_or("")
+        );
     }
     out
 }

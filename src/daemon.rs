@@ -332,6 +332,7 @@ async fn poll_loop(
             started.elapsed(),
             polled.as_ref().err().map(|e| e.kind()),
         );
+        record_api_calls(store.as_ref(), &inst).await;
         match polled {
             Ok(n) => {
                 if failures > 0 {
@@ -383,8 +384,32 @@ async fn poll_loop(
                     warn!(instance = %name, error = %se, "Cannot record poll status.");
                 }
                 if auth {
-                    error!(instance = %name, error = %e, "Credentials refused; polling stops until the config is fixed and reloaded.");
-                    break;
+                    // Retried with backoff (a renewed secret behind the
+                    // same reference, or a platform's passing hiccup, then
+                    // recovers it), but the admin hears of it once.
+                    let raised = crate::alerts::admin::raise_auth_alert(
+                        &config,
+                        store.as_ref(),
+                        &name,
+                        inst.connector.kind(),
+                        &inst.clocking.channel,
+                        &e.to_string(),
+                        Utc::now(),
+                    )
+                    .await;
+                    match raised {
+                        Ok(Some(sinks)) => {
+                            error!(instance = %name, error = %e, sinks, retry_in_ms = delay.as_millis() as u64, "Credentials refused; the admin is alerted. Retrying with backoff.")
+                        }
+                        Ok(None) => {
+                            warn!(instance = %name, failures, retry_in_ms = delay.as_millis() as u64, "Credentials still refused (the admin was alerted); retrying with backoff.")
+                        }
+                        Err(se) => {
+                            error!(instance = %name, error = %e, store_error = %se, "Credentials refused, and the admin alert cannot be queued.")
+                        }
+                    }
+                    next_at = tokio::time::Instant::now() + delay;
+                    continue;
                 }
                 warn!(
                     instance = %name,
@@ -396,6 +421,42 @@ async fn poll_loop(
                 );
                 next_at = tokio::time::Instant::now() + delay;
             }
+        }
+    }
+}
+
+/// Records the API calls the connector counted (for platforms with a call
+/// budget), for `connectors list`.
+async fn record_api_calls(store: &dyn Store, inst: &Instance) {
+    let Some(calls) = inst.connector.api_calls() else {
+        return;
+    };
+    if let Err(e) = store
+        .record_api_calls(inst.config.name(), calls.last_24h, calls.daily_budget)
+        .await
+    {
+        warn!(instance = inst.config.name(), error = %e, "Cannot record the API call count.");
+    }
+}
+
+/// Hands freshly built connectors the API calls their predecessors made
+/// (the previous daemon or config generation), so that a restart or a
+/// reload does not reset a daily call budget.
+async fn restore_api_calls(store: &dyn Store, instances: &[Instance]) {
+    let known = match store.instances().await {
+        Ok(k) => k,
+        Err(e) => {
+            warn!(error = %e, "Cannot read the API call counts; budgets start at zero.");
+            return;
+        }
+    };
+    for inst in instances {
+        let Some(row) = known.iter().find(|k| k.name == inst.config.name()) else {
+            continue;
+        };
+        if let (Some(calls), Some(at)) = (row.api_calls_24h, row.api_calls_at) {
+            let calls = u32::try_from(calls).unwrap_or(0);
+            inst.connector.restore_api_calls(calls, at.into());
         }
     }
 }
@@ -487,6 +548,7 @@ async fn start_generation(
     if let Err(e) = crate::vault::attach(&config, &store, &connectors) {
         error!(error = %format!("{e:#}"), "Connectors that rotate their credentials cannot keep them and will refuse to renew them.");
     }
+    restore_api_calls(store.as_ref(), &instances).await;
     let ctx = Context {
         clockings: Arc::new(clockings(&config, &instances)),
         config: config.clone(),
@@ -887,6 +949,7 @@ pub async fn sync_once(
     only: Option<&str>,
 ) -> Vec<(String, Result<usize, PollError>)> {
     let mut out = Vec::new();
+    restore_api_calls(store, instances).await;
     for inst in instances {
         let name = inst.config.name();
         if only.is_some_and(|o| o != name) {
@@ -899,6 +962,7 @@ pub async fn sync_once(
             warn!(instance = name, error = %e, "Cannot register instance.");
         }
         let result = poll_instance(store, inst).await;
+        record_api_calls(store, inst).await;
         let outcome = match &result {
             Ok(n) => PollOutcome::Ok { messages: *n },
             Err(e) => PollOutcome::Failed {

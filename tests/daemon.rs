@@ -106,26 +106,29 @@ fn one_failing_instance_does_not_hold_back_the_others_on_postgres() {
 }
 
 #[test]
-fn auth_failure_stops_polling_that_instance() {
+fn auth_failure_is_retried_with_backoff_and_shown_as_auth_failed() {
     let app = TestApp::new(None, &two_instances("auth"));
     let mut daemon = app.spawn_daemon();
     daemon.wait_for_log("Credentials refused", Duration::from_secs(20));
     let list = app.json(&["connectors", "list", "--json"]);
     assert_eq!(instance(&list, "broken")["state"], "auth_failed");
-    // Two more polls of the healthy instance (a second apart) outlast the
-    // longest backoff (1 s) a retry of the broken one would wait.
+    // Retried (a renewed secret behind the same reference is picked up),
+    // while the healthy instance goes on.
     let ingests = daemon.log().matches("Ingested new messages").count();
+    wait_until(Duration::from_secs(20), || {
+        let list = app.json(&["connectors", "list", "--json"]);
+        instance(&list, "broken")["failures"].as_i64().unwrap() >= 3
+    })
+    .unwrap_or_else(|_| panic!("auth failure not retried; log:\n{}", daemon.log()));
     daemon.wait_for_log_count(
         "Ingested new messages",
         ingests + 2,
         Duration::from_secs(20),
     );
     let list = app.json(&["connectors", "list", "--json"]);
-    assert_eq!(
-        instance(&list, "broken")["failures"],
-        1,
-        "auth failures are not retried"
-    );
+    let broken = instance(&list, "broken");
+    assert_eq!(broken["state"], "auth_failed", "{broken}");
+    assert_eq!(broken["last_error_kind"], "auth", "{broken}");
     daemon.signal("INT");
     assert_eq!(daemon.wait_exit(Duration::from_secs(15)), Some(0));
 }

@@ -534,8 +534,13 @@ fn the_platforms_429_pauses_the_instance_and_every_reply_still_goes_out_once_in_
 fn refused_credentials_stop_the_instance_sending_and_keep_its_replies() {
     let mock = MockPlatform::start(None).unwrap();
     mock.answer_to("buyer0@shop.sim", 401, "access token expired");
+    let hooks = common::WebhookReceiver::start();
     let app = new_app();
-    let threads = seed(&app, &mock, 2, NO_LIMIT, "");
+    let admin_sink = format!(
+        "\n[[alerts.sinks]]\nname = \"admin\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        hooks.url("/admin")
+    );
+    let threads = seed(&app, &mock, 2, NO_LIMIT, &admin_sink);
     let (ana, ioana) = (threads["Ana Souza"], threads["Ioana Popescu"]);
     // A second instance whose sender shows the daemon's outbox at work.
     let mut config = std::fs::read_to_string(&app.config).unwrap();
@@ -572,13 +577,21 @@ fn refused_credentials_stop_the_instance_sending_and_keep_its_replies() {
         .iter()
         .all(|a| a.text.starts_with("witness")));
     assert!(daemon.log().contains("ERROR"), "{}", daemon.log());
+    // The admin hears of it once, as of a refused poll.
+    wait_until(Duration::from_secs(20), || !hooks.received().is_empty())
+        .unwrap_or_else(|_| panic!("no admin alert; log:\n{}", daemon.log()));
     daemon.stop_cleanly();
+    let alerts = hooks.received();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].json()["kind"], "auth");
+    assert_eq!(alerts[0].json()["instance"], "shop");
 
     // Fixed credentials (here: the platform takes them again) and a restart
     // send both.
     mock.clear_answer_to("buyer0@shop.sim");
     let daemon = app.spawn_daemon();
     wait_all(&app, &daemon, &[(ana, first), (ioana, second)], "sent");
+    assert_eq!(hooks.received().len(), 1, "alerted again after the fix");
 }
 
 #[test]

@@ -198,6 +198,9 @@ fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// Renders a queued alert for people. Time left is computed at delivery,
 /// so a late delivery says how late it really is.
 pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
+    if s(payload, "kind") == Some(super::admin::AUTH) {
+        return render_auth(payload);
+    }
     let customer = s(payload, "customer").unwrap_or("a customer");
     let channel = s(payload, "channel").unwrap_or("?");
     let instance = s(payload, "instance").unwrap_or("?");
@@ -245,6 +248,36 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
     }
     if let Some(link) = s(payload, "link") {
         row("Open", link.to_owned());
+    }
+    html.push_str("</table>");
+    Rendered {
+        title,
+        text: lines.join("\n"),
+        html,
+        json: payload.clone(),
+    }
+}
+
+/// An instance's credentials were refused (see `admin.rs`).
+fn render_auth(payload: &Value) -> Rendered {
+    let instance = s(payload, "instance").unwrap_or("?");
+    let kind = s(payload, "type").unwrap_or("?");
+    let title = format!("Action needed: {instance} ({kind}) cannot sign in");
+    let mut lines = vec![title.clone()];
+    let mut html = format!("<p><strong>{}</strong></p><table>", escape(&title));
+    for (label, key) in [
+        ("Error", "error"),
+        ("What to do", "action"),
+        ("Open", "link"),
+    ] {
+        if let Some(v) = s(payload, key) {
+            lines.push(format!("{label}: {v}"));
+            html.push_str(&format!(
+                "<tr><th align=left>{}</th><td>{}</td></tr>",
+                escape(label),
+                escape(v)
+            ));
+        }
     }
     html.push_str("</table>");
     Rendered {
@@ -359,7 +392,13 @@ async fn finish(
     let outcome = match result {
         Ok(()) => {
             info!(sink = %d.sink, thread = d.thread_id, threshold = %d.threshold, "Alert delivered.");
-            store.finish_alert_delivery(d.id, Ok(()), None, now).await
+            if d.instance_alert {
+                store
+                    .finish_instance_alert_delivery(d.id, Ok(()), None, now)
+                    .await
+            } else {
+                store.finish_alert_delivery(d.id, Ok(()), None, now).await
+            }
         }
         Err(e) => {
             let give_up = e.permanent || d.attempts >= max_attempts;
@@ -375,9 +414,15 @@ async fn finish(
                 error = %e.message,
                 "Alert delivery failed."
             );
-            store
-                .finish_alert_delivery(d.id, Err(e.message), retry_at, now)
-                .await
+            if d.instance_alert {
+                store
+                    .finish_instance_alert_delivery(d.id, Err(e.message), retry_at, now)
+                    .await
+            } else {
+                store
+                    .finish_alert_delivery(d.id, Err(e.message), retry_at, now)
+                    .await
+            }
         }
     };
     if let Err(e) = outcome {

@@ -1,5 +1,6 @@
 //! Deadline alerts (DESIGN §4): the engine, the sinks, digests.
 
+pub mod admin;
 pub mod config;
 pub mod digest;
 pub mod engine;

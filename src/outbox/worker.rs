@@ -90,6 +90,7 @@ async fn run(ctx: Context, stop: CancellationToken) {
             auth_failed: AtomicBool::new(false),
             put_backs: AtomicUsize::new(0),
             leases: ctx.leases.clone(),
+            app: ctx.config.clone(),
         });
         tasks.spawn(sender.run(stop.clone()));
     }
@@ -130,6 +131,8 @@ struct Sender {
     /// an instance's replies, so that several daemons together keep to the
     /// platform's rate limit.
     leases: tokio::sync::watch::Receiver<crate::daemon::HeldLeases>,
+    /// The whole configuration, for the admin alert's routing.
+    app: Arc<crate::config::Config>,
 }
 
 /// An outcome waiting to be recorded, and the sender waiting for it.
@@ -509,6 +512,20 @@ impl Sender {
                     .await
                 {
                     warn!(instance = %self.name, error = %se, "Cannot record the instance state.");
+                }
+                // The same one alert per episode as a refused poll.
+                if let Err(se) = crate::alerts::admin::raise_auth_alert(
+                    &self.app,
+                    self.store.as_ref(),
+                    &self.name,
+                    self.inst.connector.kind(),
+                    &self.inst.clocking.channel,
+                    &e.to_string(),
+                    now,
+                )
+                .await
+                {
+                    warn!(instance = %self.name, error = %se, "Cannot queue the admin alert.");
                 }
                 OutboxOutcome::Retry {
                     error: format!("Not sent yet: {e}"),

@@ -31,7 +31,11 @@ pub struct AlertCandidate {
 #[derive(Debug, Clone)]
 pub struct AlertDelivery {
     pub id: i64,
+    /// 0 for an instance's alert (see `instance_alert`).
     pub thread_id: i64,
+    /// An alert about an instance (its credentials were refused), kept in
+    /// `instance_alerts`, not about a thread.
+    pub instance_alert: bool,
     pub threshold: String,
     pub sink: String,
     pub attempts: i64,
@@ -76,7 +80,19 @@ pub trait AlertStore: Send + Sync {
     ) -> Result<usize>;
     /// Moves a thread's next alert point without firing (snooze ended, ...).
     async fn set_next_alert_at(&self, thread_id: i64, at: Option<DateTime<Utc>>) -> Result<()>;
-    /// Claims up to `limit` deliveries due now, leased until `now + lease`.
+    /// Queues one admin alert per sink saying that `instance`'s
+    /// credentials were refused, once per episode: `None` when this episode
+    /// was alerted on already (by this daemon, before a restart, or by
+    /// another daemon). The next successful poll ends the episode
+    /// ([`super::InstanceStore::record_poll`]).
+    async fn raise_auth_alert(
+        &self,
+        instance: &str,
+        sinks: &[(String, serde_json::Value)],
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>>;
+    /// Claims up to `limit` deliveries due now (of threads, then of
+    /// instances), leased until `now + lease`.
     async fn claim_alert_deliveries(
         &self,
         limit: i64,
@@ -85,6 +101,14 @@ pub trait AlertStore: Send + Sync {
     ) -> Result<Vec<AlertDelivery>>;
     /// Ends a delivery: sent, retried at `retry_at`, or failed for good.
     async fn finish_alert_delivery(
+        &self,
+        id: i64,
+        result: std::result::Result<(), String>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// [`AlertStore::finish_alert_delivery`] for an instance's alert.
+    async fn finish_instance_alert_delivery(
         &self,
         id: i64,
         result: std::result::Result<(), String>,
@@ -227,12 +251,98 @@ impl AlertStore for SqlStore {
         Ok(())
     }
 
+    async fn raise_auth_alert(
+        &self,
+        instance: &str,
+        sinks: &[(String, serde_json::Value)],
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let opened = sqlx::query(
+            "UPDATE instances SET auth_alerted_at = $1
+             WHERE name = $2 AND auth_alerted_at IS NULL",
+        )
+        .bind(ms(now))
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+        if opened.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut queued = 0;
+        for (sink, payload) in sinks {
+            let done = sqlx::query(
+                "INSERT INTO instance_alerts (instance, problem, episode, sink, state, attempts,
+                    next_attempt_at, payload, created_at)
+                 VALUES ($1, 'auth', $2, $3, 'queued', 0, $2, $4, $2)
+                 ON CONFLICT (instance, problem, episode, sink) DO NOTHING",
+            )
+            .bind(instance)
+            .bind(ms(now))
+            .bind(sink)
+            .bind(payload.to_string())
+            .execute(&mut *tx)
+            .await?;
+            queued += done.rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(Some(queued))
+    }
+
     async fn claim_alert_deliveries(
         &self,
         limit: i64,
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<AlertDelivery>> {
+        let mut out = self.claim_from("alerts", limit, lease, now).await?;
+        let left = limit - out.len() as i64;
+        if left > 0 {
+            out.extend(self.claim_from("instance_alerts", left, lease, now).await?);
+        }
+        Ok(out)
+    }
+
+    async fn finish_alert_delivery(
+        &self,
+        id: i64,
+        result: std::result::Result<(), String>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.finish_in("alerts", id, result, retry_at, now).await
+    }
+
+    async fn finish_instance_alert_delivery(
+        &self,
+        id: i64,
+        result: std::result::Result<(), String>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.finish_in("instance_alerts", id, result, retry_at, now)
+            .await
+    }
+}
+
+impl SqlStore {
+    /// Claims due deliveries of `table` (`alerts` or `instance_alerts`,
+    /// which share the delivery columns).
+    async fn claim_from(
+        &self,
+        table: &str,
+        limit: i64,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertDelivery>> {
+        let instance_alert = table == "instance_alerts";
+        let (thread, threshold) = if instance_alert {
+            ("CAST(0 AS BIGINT) AS thread_id", "problem AS threshold")
+        } else {
+            ("thread_id", "threshold")
+        };
         let lock = self.backend.skip_locked();
         // One statement: a read-then-write transaction would fail on SQLite
         // with SQLITE_BUSY_SNAPSHOT whenever another writer commits between
@@ -240,12 +350,12 @@ impl AlertStore for SqlStore {
         // back after the lease; a sink may then see it twice, which is the
         // price of never losing an alert.
         let sql = format!(
-            "UPDATE alerts SET state = 'sending', attempts = attempts + 1, next_attempt_at = $1
+            "UPDATE {table} SET state = 'sending', attempts = attempts + 1, next_attempt_at = $1
              WHERE id IN (
-                SELECT id FROM alerts
+                SELECT id FROM {table}
                 WHERE state IN ('queued', 'sending') AND next_attempt_at <= $2
                 ORDER BY next_attempt_at, id LIMIT $3{lock})
-             RETURNING id, thread_id, threshold, sink, attempts, payload"
+             RETURNING id, {thread}, {threshold}, sink, attempts, payload"
         );
         let rows = sqlx::query(&sql)
             .bind(ms(now) + lease.as_millis() as i64)
@@ -260,6 +370,7 @@ impl AlertStore for SqlStore {
                 Ok(AlertDelivery {
                     id: r.try_get("id")?,
                     thread_id: r.try_get("thread_id")?,
+                    instance_alert,
                     threshold: r.try_get("threshold")?,
                     sink: r.try_get("sink")?,
                     attempts: r.try_get("attempts")?,
@@ -271,8 +382,9 @@ impl AlertStore for SqlStore {
         Ok(out)
     }
 
-    async fn finish_alert_delivery(
+    async fn finish_in(
         &self,
+        table: &str,
         id: i64,
         result: std::result::Result<(), String>,
         retry_at: Option<DateTime<Utc>>,
@@ -280,9 +392,9 @@ impl AlertStore for SqlStore {
     ) -> Result<()> {
         match result {
             Ok(()) => {
-                sqlx::query(
-                    "UPDATE alerts SET state = 'sent', sent_at = $1, error = NULL WHERE id = $2",
-                )
+                sqlx::query(&format!(
+                    "UPDATE {table} SET state = 'sent', sent_at = $1, error = NULL WHERE id = $2"
+                ))
                 .bind(ms(now))
                 .bind(id)
                 .execute(&self.pool)
@@ -293,9 +405,9 @@ impl AlertStore for SqlStore {
                     Some(at) => ("queued", ms(at)),
                     None => ("failed", ms(now)),
                 };
-                sqlx::query(
-                    "UPDATE alerts SET state = $1, error = $2, next_attempt_at = $3 WHERE id = $4",
-                )
+                sqlx::query(&format!(
+                    "UPDATE {table} SET state = $1, error = $2, next_attempt_at = $3 WHERE id = $4"
+                ))
                 .bind(state)
                 .bind(error)
                 .bind(next)

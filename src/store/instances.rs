@@ -41,6 +41,16 @@ pub struct InstanceStatus {
     pub last_success_at: Option<DateTime<Utc>>,
     pub next_poll_at: Option<DateTime<Utc>>,
     pub messages_total: i64,
+    /// When the admin was alerted that the credentials were refused; null
+    /// again once a poll succeeds.
+    pub auth_alerted_at: Option<DateTime<Utc>>,
+    /// Platform API calls in the last 24 hours, as last counted (null for
+    /// connectors that do not count).
+    pub api_calls_24h: Option<i64>,
+    /// The daily API call budget in force, where the platform has one.
+    pub api_call_budget: Option<i64>,
+    /// When `api_calls_24h` was counted.
+    pub api_calls_at: Option<DateTime<Utc>>,
 }
 
 /// Instances and their cursors.
@@ -51,6 +61,13 @@ pub trait InstanceStore: Send + Sync {
     /// Records how a poll ended: its state, failures and next poll.
     async fn record_poll(&self, instance: &str, outcome: &PollOutcome) -> Result<()>;
     async fn set_instance_state(&self, instance: &str, state: &str) -> Result<()>;
+    /// Records the connector's API call count (last 24 h) and daily budget.
+    async fn record_api_calls(
+        &self,
+        instance: &str,
+        calls_24h: u32,
+        budget: Option<u32>,
+    ) -> Result<()>;
     async fn instances(&self) -> Result<Vec<InstanceStatus>>;
     /// Where the instance's next poll starts, per scope.
     async fn cursors(&self, instance: &str) -> Result<Cursors>;
@@ -78,7 +95,7 @@ impl InstanceStore for SqlStore {
             PollOutcome::Ok { messages } => {
                 sqlx::query(
                     "UPDATE instances SET state = 'ok', failures = 0, last_poll_at = $1,
-                        last_success_at = $1, next_poll_at = NULL,
+                        last_success_at = $1, next_poll_at = NULL, auth_alerted_at = NULL,
                         messages_total = messages_total + $2, updated_at = $1
                      WHERE name = $3",
                 )
@@ -128,10 +145,30 @@ impl InstanceStore for SqlStore {
         Ok(())
     }
 
+    async fn record_api_calls(
+        &self,
+        instance: &str,
+        calls_24h: u32,
+        budget: Option<u32>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE instances SET api_calls_24h = $1, api_call_budget = $2, api_calls_at = $3
+             WHERE name = $4",
+        )
+        .bind(i64::from(calls_24h))
+        .bind(budget.map(i64::from))
+        .bind(ms(Utc::now()))
+        .bind(instance)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn instances(&self) -> Result<Vec<InstanceStatus>> {
         let rows = sqlx::query(
             "SELECT name, kind, channel, state, failures, last_error, last_error_kind,
-                last_poll_at, last_success_at, next_poll_at, messages_total
+                last_poll_at, last_success_at, next_poll_at, messages_total,
+                auth_alerted_at, api_calls_24h, api_call_budget, api_calls_at
              FROM instances ORDER BY name",
         )
         .fetch_all(&self.pool)
@@ -150,6 +187,10 @@ impl InstanceStore for SqlStore {
                     last_success_at: opt_time(r, "last_success_at")?,
                     next_poll_at: opt_time(r, "next_poll_at")?,
                     messages_total: r.try_get("messages_total")?,
+                    auth_alerted_at: opt_time(r, "auth_alerted_at")?,
+                    api_calls_24h: r.try_get("api_calls_24h")?,
+                    api_call_budget: r.try_get("api_call_budget")?,
+                    api_calls_at: opt_time(r, "api_calls_at")?,
                 })
             })
             .collect()

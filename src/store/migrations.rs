@@ -66,6 +66,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0008_secrets.sql"),
         postgres: include_str!("../../migrations/postgres/0008_secrets.sql"),
     },
+    Migration {
+        version: 9,
+        name: "instance_alerts",
+        sqlite: include_str!("../../migrations/sqlite/0009_instance_alerts.sql"),
+        postgres: include_str!("../../migrations/postgres/0009_instance_alerts.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

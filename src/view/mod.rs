@@ -173,6 +173,15 @@ impl From<&store::ThreadDetail> for ThreadDetail {
 /// has always listed them so.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConnectorStatus {
+    /// The daily platform API call budget (eBay: 5,000), null where the
+    /// platform has none.
+    pub api_call_budget: Option<i64>,
+    /// Platform API calls in the last 24 hours as last counted, null for
+    /// connectors that do not count calls.
+    pub api_calls_24h: Option<i64>,
+    /// When the admin was alerted that the platform refused this
+    /// instance's credentials (once per episode); null once it recovers.
+    pub auth_alerted_at: Option<DateTime<Utc>>,
     /// Null until the instance has run once.
     pub channel: Option<String>,
     pub enabled: bool,
@@ -257,6 +266,9 @@ pub async fn connectors(store: &dyn Store, config: &Config) -> store::Result<Vec
         .map(|inst| {
             let status = known.iter().find(|k| k.name == inst.name());
             ConnectorStatus {
+                api_call_budget: status.and_then(|s| s.api_call_budget),
+                api_calls_24h: status.and_then(|s| s.api_calls_24h),
+                auth_alerted_at: status.and_then(|s| s.auth_alerted_at),
                 channel: status.map(|s| s.channel.clone()),
                 enabled: inst.enabled,
                 failures: status.map(|s| s.failures).unwrap_or(0),

@@ -113,17 +113,25 @@ pub fn thread(detail: &ThreadDetail) -> String {
 /// `hourglass connectors list`.
 pub fn connectors(rows: &[ConnectorStatus]) -> String {
     let mut out = format!(
-        "{:<20} {:<10} {:<12} {:>8}  LAST ERROR\n",
-        "NAME", "TYPE", "STATE", "MESSAGES"
+        "{:<20} {:<10} {:<12} {:>8} {:>12}  LAST ERROR\n",
+        "NAME", "TYPE", "STATE", "MESSAGES", "CALLS/24H"
     );
     for r in rows {
+        let calls = match (r.api_calls_24h, r.api_call_budget) {
+            (Some(n), Some(b)) => format!("{n}/{b}"),
+            (Some(n), None) => n.to_string(),
+            _ => "-".to_owned(),
+        };
+        let mut error = r.last_error.clone().unwrap_or_default();
+        if let Some(at) = r.auth_alerted_at {
+            error = format!(
+                "{error} [admin alerted {}]",
+                at.format("%Y-%m-%d %H:%M UTC")
+            );
+        }
         out.push_str(&format!(
-            "{:<20} {:<10} {:<12} {:>8}  {}\n",
-            r.name,
-            r.kind,
-            r.state,
-            r.messages_total,
-            r.last_error.as_deref().unwrap_or("")
+            "{:<20} {:<10} {:<12} {:>8} {:>12}  {}\n",
+            r.name, r.kind, r.state, r.messages_total, calls, error
         ));
         if let Some(u) = &r.usage {
             let n = |k: &str| u.get(k).and_then(|v| v.as_u64()).unwrap_or(0);

@@ -140,6 +140,8 @@ struct Inner {
     tokens: HashMap<String, Instant>,
     token_lifetime: u64,
     revoked: bool,
+    /// The refresh token the token endpoint accepts.
+    refresh_token: String,
     token_requests: usize,
     requests: Vec<Request>,
     violations: Vec<String>,
@@ -155,6 +157,7 @@ impl Default for Inner {
             tokens: HashMap::new(),
             token_lifetime: 7200,
             revoked: false,
+            refresh_token: REFRESH_TOKEN.to_owned(),
             token_requests: 0,
             requests: Vec::new(),
             violations: Vec::new(),
@@ -348,6 +351,14 @@ impl MockEbay {
         let mut inner = self.shared.lock();
         inner.revoked = true;
         inner.tokens.clear();
+    }
+
+    /// The seller signed in and consented again: `refresh_token` is the
+    /// new refresh token, the old one stays refused.
+    pub fn consent_again(&self, refresh_token: &str) {
+        let mut inner = self.shared.lock();
+        inner.revoked = false;
+        inner.refresh_token = refresh_token.to_owned();
     }
 
     /// Lifetime of new access tokens (eBay: 7200 s).
@@ -626,7 +637,7 @@ async fn token(
             .into_response();
     }
     let mut inner = state.lock();
-    if inner.revoked || form.get("refresh_token").map(String::as_str) != Some(REFRESH_TOKEN) {
+    if inner.revoked || form.get("refresh_token") != Some(&inner.refresh_token) {
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "invalid_grant", "error_description": "the provided authorization refresh token is invalid or was issued to another client"})),

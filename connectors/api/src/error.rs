@@ -6,9 +6,11 @@ use std::time::Duration;
 /// in logs, in `connectors list --json` and in alerts to the admin.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    /// The credentials were refused. The daemon stops polling and sending for
-    /// the instance and alerts the admin; retrying would only lock the
-    /// account.
+    /// The credentials were refused (a revoked or expired token, a wrong
+    /// password). The daemon alerts the admin once per episode, shows the
+    /// instance as `auth_failed` and retries it with backoff (up to
+    /// `daemon.max_backoff`), so that a secret renewed behind the same
+    /// reference is picked up; the other instances are not affected.
     #[error("Authentication failed: {0}")]
     Auth(String),
 

@@ -32,8 +32,8 @@ use async_trait::async_trait;
 pub use error::ConnectorError;
 pub use model::reply_subject;
 pub use model::{
-    Attachment, Batch, Capabilities, Cursors, CustomerIdentity, Direction, Message, OutgoingReply,
-    Quarantined, SentCheck, SentReply, WebhookStatus,
+    ApiCalls, Attachment, Batch, Capabilities, Cursors, CustomerIdentity, Direction, Message,
+    OutgoingReply, Quarantined, SentCheck, SentReply, WebhookStatus,
 };
 pub use order::extract_order_id;
 pub use platform::{InstanceSettings, Platform, PlatformOf, RateLimit, SettingsProblem};
@@ -84,6 +84,25 @@ pub trait Connector: Send + Sync {
     fn partial_failure(&self) -> Option<String> {
         None
     }
+
+    /// What the last successful [`Connector::health_check`] learned about
+    /// the credentials, for `connectors test` to print: the scopes granted,
+    /// how long the access token lives. Never a secret. `None` by default.
+    fn describe_access(&self) -> Option<String> {
+        None
+    }
+
+    /// The API calls this connector made in the last 24 hours, for
+    /// platforms that count them against a budget; `None` (the default)
+    /// for those that do not. The daemon records it after every poll.
+    fn api_calls(&self) -> Option<ApiCalls> {
+        None
+    }
+
+    /// Tells a freshly built connector about `calls` made in the 24 hours
+    /// before `at` (recorded by the previous daemon or generation), so that
+    /// a restart or a reload does not hand it a fresh budget.
+    fn restore_api_calls(&self, _calls: u32, _at: std::time::SystemTime) {}
 
     /// Waits until the platform signals a change (IMAP IDLE, a long poll) or
     /// `timeout` passes. Returns `true` when something changed. Connectors

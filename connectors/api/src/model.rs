@@ -174,6 +174,17 @@ pub struct Capabilities {
     pub check_sent: bool,
 }
 
+/// The platform API calls a connector counted, for platforms that give
+/// each account a call budget (eBay: 5,000 a day). `connectors list` shows
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ApiCalls {
+    /// Calls in the last 24 hours.
+    pub last_24h: u32,
+    /// The daily budget in force, if any.
+    pub daily_budget: Option<u32>,
+}
+
 /// A reply the daemon asks a connector to deliver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutgoingReply {

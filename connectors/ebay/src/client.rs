@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use hourglass_connector::secret::ExposeSecret;
+use hourglass_connector::secret::{ExposeSecret, SecretRef};
 use hourglass_connector::ConnectorError;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -98,6 +98,20 @@ impl CallBudget {
     pub fn record(&mut self, now: Instant) {
         self.calls.push_back(now);
     }
+
+    /// Counts `n` calls made in the 24 hours before `at`, before every
+    /// call recorded so far. When they were made is not kept, so they are
+    /// spread evenly over that day: stamping them all at `at` instead would
+    /// carry them over from restart to restart (each one stamps them anew)
+    /// and never let them age out.
+    pub fn restore(&mut self, n: u32, at: Instant) {
+        // Newest first, each pushed in front of the older ones.
+        for k in 0..n {
+            let back = DAY.mul_f64(f64::from(k + 1) / f64::from(n + 1));
+            let when = at.checked_sub(back).unwrap_or(at);
+            self.calls.push_front(when);
+        }
+    }
 }
 
 struct AccessToken {
@@ -110,6 +124,18 @@ struct TokenResponse {
     access_token: String,
     #[serde(default)]
     expires_in: Option<u64>,
+    /// eBay's refresh grant does not echo the scopes; where a server does,
+    /// they are what it granted.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// What the last token renewal granted (for `connectors test`).
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// Space-separated scopes.
+    pub scopes: String,
+    pub lifetime: Duration,
 }
 
 #[derive(Deserialize)]
@@ -184,9 +210,14 @@ pub struct Client {
     client_id: String,
     client_secret: SecretString,
     refresh_token: SecretString,
+    /// Read again for every token request: a seller who consents again
+    /// writes the new token there (a `file:` or a systemd credential), and
+    /// the next retry uses it without a reload.
+    refresh_token_source: SecretRef,
     refresh_token_ref: String,
     marketplace: String,
     token: tokio::sync::Mutex<Option<AccessToken>>,
+    granted: Mutex<Option<Granted>>,
     budget: Mutex<CallBudget>,
 }
 
@@ -211,9 +242,11 @@ impl Client {
             client_id: config.client_id.clone(),
             client_secret,
             refresh_token,
+            refresh_token_source: config.refresh_token.clone(),
             refresh_token_ref: config.refresh_token.to_string(),
             marketplace: config.marketplace_id.clone(),
             token: tokio::sync::Mutex::new(None),
+            granted: Mutex::new(None),
             budget: Mutex::new(CallBudget::new(config.daily_call_budget)),
         })
     }
@@ -222,9 +255,31 @@ impl Client {
         self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What the last token renewal granted.
+    pub fn granted(&self) -> Option<Granted> {
+        self.granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Message API calls in the last 24 hours.
     pub fn calls_last_24h(&self) -> u32 {
         self.budget().used(Instant::now())
+    }
+
+    /// Counts `calls` made (by an earlier daemon) in the 24 hours before
+    /// `at` (see [`CallBudget::restore`]).
+    pub fn restore_calls(&self, calls: u32, at: std::time::SystemTime) {
+        let age = std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default();
+        if age >= DAY {
+            return;
+        }
+        if let Some(when) = Instant::now().checked_sub(age) {
+            self.budget().restore(calls, when);
+        }
     }
 
     /// Whether `n` more polling calls fit in the budget.
@@ -253,13 +308,20 @@ impl Client {
     }
 
     async fn request_token(&self) -> Result<AccessToken, ConnectorError> {
+        let refresh_token = match self.refresh_token_source.resolve() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(refresh_token = %self.refresh_token_ref, error = %e, "Cannot read the eBay refresh token again; using the one read at start.");
+                self.refresh_token.clone()
+            }
+        };
         let resp = self
             .http
             .post(&self.token_url)
             .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
             .form(&[
                 ("grant_type", "refresh_token"),
-                ("refresh_token", self.refresh_token.expose_secret()),
+                ("refresh_token", refresh_token.expose_secret()),
                 ("scope", SCOPE),
             ])
             .send()
@@ -280,6 +342,14 @@ impl Client {
             })?;
             let lifetime = Duration::from_secs(t.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME));
             let renew_at = Instant::now() + renew_after(lifetime);
+            // A refresh grant that does not list scopes granted the ones
+            // asked for: eBay answers invalid_scope otherwise.
+            let scopes = t
+                .scope
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| SCOPE.to_owned());
+            *self.granted.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Granted { scopes, lifetime });
             tracing::debug!(
                 expires_in = lifetime.as_secs(),
                 "Renewed the eBay access token."
@@ -455,6 +525,23 @@ mod tests {
         // A day later the calls have aged out.
         assert!(b.check(t0 + DAY, Purpose::Poll, 50).is_ok());
         assert_eq!(b.used(t0 + DAY), 0);
+    }
+
+    #[test]
+    fn restored_calls_age_out_over_the_day_before() {
+        let t0 = Instant::now() + DAY;
+        let mut b = CallBudget::new(5000);
+        b.record(t0);
+        b.restore(99, t0);
+        assert_eq!(b.used(t0), 100);
+        // Spread over the day before t0: half of them are older than 12 h.
+        let half = b.used(t0 + DAY / 2);
+        assert!((49..=51).contains(&half), "{half}");
+        assert_eq!(b.used(t0 + DAY - Duration::from_secs(1)), 1);
+        // Restored again at a later time, they still age out.
+        let mut again = CallBudget::new(5000);
+        again.restore(half, t0 + DAY / 2);
+        assert_eq!(again.used(t0 + DAY + DAY / 2), 0);
     }
 
     #[test]

@@ -26,8 +26,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use hourglass_connector::{
-    Batch, Capabilities, Connector, ConnectorError, Cursors, OutgoingReply, Quarantined, SentCheck,
-    SentReply,
+    ApiCalls, Batch, Capabilities, Connector, ConnectorError, Cursors, OutgoingReply, Quarantined,
+    SentCheck, SentReply,
 };
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -496,6 +496,26 @@ impl Connector for EbayConnector {
                 "eBay getConversations answered something else than the documented JSON: {m}"
             )),
         })
+    }
+
+    fn describe_access(&self) -> Option<String> {
+        let g = self.client.granted()?;
+        Some(format!(
+            "access token renewed from the refresh token, valid for {} s; scopes: {}",
+            g.lifetime.as_secs(),
+            g.scopes
+        ))
+    }
+
+    fn api_calls(&self) -> Option<ApiCalls> {
+        Some(ApiCalls {
+            last_24h: self.calls_last_24h(),
+            daily_budget: Some(self.daily_call_budget()),
+        })
+    }
+
+    fn restore_api_calls(&self, calls: u32, at: std::time::SystemTime) {
+        self.client.restore_calls(calls, at);
     }
 
     fn poll_is_read_only(&self) -> bool {

@@ -1,0 +1,115 @@
+//! Alerts to the admin about an instance rather than a thread: the
+//! platform refused its credentials (a revoked or expired refresh token, a
+//! wrong app secret). Any connector that answers `ConnectorError::Auth`
+//! gets this; the poll loop raises it (see `daemon.rs`).
+//!
+//! One alert per episode: the store marks the instance alerted in the
+//! transaction that queues the deliveries, and only a successful poll
+//! clears the mark. Retries, restarts and other daemons on the same store
+//! do not alert again; a failure after a recovery does. Deliveries go
+//! through the same sinks, routes (`thresholds = ["auth"]`) and retries as
+//! deadline alerts.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// The route label and `kind` of these alerts.
+pub const AUTH: &str = "auth";
+
+/// What the admin should do, for any platform. The connector's own error
+/// (shown beside it) says what exactly the platform refused.
+pub fn auth_action(instance: &str, kind: &str) -> String {
+    format!(
+        "Renew the credentials of instance {instance} ({kind}): sign in to the platform again \
+         and consent (or issue a new token or key), store it where the instance's secret \
+         reference points (env:, file: or credential:), then reload hourglass \
+         (systemctl reload hourglass). Until then the instance is retried with backoff and \
+         ingests nothing; other instances are not affected."
+    )
+}
+
+/// The alert as JSON: kept with the queued delivery and sent as-is to
+/// `format = "json"` webhooks. Never carries a secret: `error` is the
+/// connector's message, which names references, not values.
+pub fn auth_payload(
+    instance: &str,
+    kind: &str,
+    channel: &str,
+    error: &str,
+    public_url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Value {
+    json!({
+        "kind": AUTH,
+        "threshold": AUTH,
+        "instance": instance,
+        "type": kind,
+        "channel": channel,
+        "error": error,
+        "action": auth_action(instance, kind),
+        "fired_at": now,
+        "link": public_url.map(|u| format!("{}/api/v1/connectors", u.trim_end_matches('/'))),
+    })
+}
+
+/// Raises the admin alert for `instance` unless this episode was alerted
+/// on already. Returns the deliveries queued (`None`: alerted before).
+pub async fn raise_auth_alert(
+    config: &Config,
+    store: &dyn Store,
+    instance: &str,
+    kind: &str,
+    channel: &str,
+    error: &str,
+    now: DateTime<Utc>,
+) -> crate::store::Result<Option<usize>> {
+    let tags = config
+        .instance(instance)
+        .map(|i| i.tags.as_slice())
+        .unwrap_or_default();
+    let sinks = config.alerts.route(instance, channel, AUTH, tags);
+    let payload = auth_payload(
+        instance,
+        kind,
+        channel,
+        error,
+        config.http.public_url.as_deref(),
+        now,
+    );
+    let deliveries: Vec<(String, Value)> =
+        sinks.into_iter().map(|s| (s, payload.clone())).collect();
+    store.raise_auth_alert(instance, &deliveries, now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_says_which_instance_and_what_to_do() {
+        let now = Utc::now();
+        let p = auth_payload(
+            "ebay-de",
+            "ebay",
+            "ebay",
+            "eBay refused the seller's refresh token (invalid_grant)",
+            Some("https://hg.example.com/"),
+            now,
+        );
+        assert_eq!(p["kind"], "auth");
+        assert_eq!(p["instance"], "ebay-de");
+        assert!(p["action"]
+            .as_str()
+            .unwrap()
+            .contains("Renew the credentials of instance ebay-de (ebay)"));
+        assert_eq!(p["link"], "https://hg.example.com/api/v1/connectors");
+        let r = super::super::engine::render(&p, now);
+        assert_eq!(r.title, "Action needed: ebay-de (ebay) cannot sign in");
+        assert!(r.text.contains("invalid_grant"), "{}", r.text);
+        assert!(r.text.contains("systemctl reload hourglass"), "{}", r.text);
+        assert!(!r.text.contains("Thread"), "{}", r.text);
+    }
+}
