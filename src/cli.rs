@@ -48,12 +48,33 @@ pub enum Command {
         /// Also build every connector (reads secrets, does not connect).
         #[arg(long)]
         connectors: bool,
+        /// Also connect: the store, every instance's health check (a login,
+        /// no poll, nothing sent to customers) and a test alert through
+        /// every alert sink. One OK/FAIL line each; exits 1 on a failure.
+        #[arg(long)]
+        online: bool,
+        /// With --online: print JSON instead of text.
+        #[arg(long, requires = "online")]
+        json: bool,
     },
-    /// Create or upgrade the store's schema.
+    /// Create or upgrade the store's schema; with --to, copy this SQLite
+    /// store into an empty PostgreSQL store.
     Migrate {
+        /// Copy everything (threads, messages, outbox, alerts, cursors,
+        /// quarantine, ...) into this empty PostgreSQL store, in one
+        /// transaction; then point [store] url at it. Stop the daemon
+        /// first. The password may be in PGPASSWORD instead of the URL.
+        #[arg(long, value_name = "postgres://...")]
+        to: Option<String>,
         /// Print JSON instead of text (a stable format for scripts).
         #[arg(long)]
         json: bool,
+    },
+    /// Write a consistent copy of the SQLite store to FILE, also while the
+    /// daemon runs (SQLite VACUUM INTO). For PostgreSQL use pg_dump.
+    Backup {
+        /// The copy to write; must not exist yet.
+        file: PathBuf,
     },
     /// Poll instances once and exit.
     Sync {
@@ -295,18 +316,69 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     match &cli.command {
-        Command::CheckConfig { connectors } => {
-            if *connectors {
+        Command::CheckConfig {
+            connectors,
+            online,
+            json,
+        } => {
+            if *connectors || *online {
                 if let Err(e) = daemon::build_instances(&config) {
                     eprintln!("{}: {e:#}", cli.config.display());
                     return Ok(ExitCode::from(2));
                 }
             }
+            if !*json {
+                println!(
+                    "{}: ok ({} instances)",
+                    cli.config.display(),
+                    config.instances.len()
+                );
+            }
+            if !*online {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let checks = view::online_checks(&config).await;
+            if *json {
+                print_json(&checks)?;
+            } else {
+                print!("{}", view::text::online_checks(&checks));
+            }
+            Ok(if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Backup { file } => {
+            let store = connect_store(&config).await?;
+            let report = store.backup_to(file).await?;
             println!(
-                "{}: ok ({} instances)",
-                cli.config.display(),
-                config.instances.len()
+                "Backed up {} to {} ({} bytes).",
+                crate::store::sql_redact(&config.store.url),
+                file.display(),
+                report.bytes
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { to: Some(to), json } => {
+            // Held for the copy: no daemon writes what would stay behind.
+            let _lock = daemon::lock_sqlite_store(&config.store.url)
+                .context("migrate --to copies a stopped store (systemctl stop hourglass)")?;
+            let source = connect_store(&config).await?;
+            let target = crate::store::SqlStore::connect(to, None, 2).await?;
+            let report = crate::store::copy_store(&source, &target).await?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                for t in &report.tables {
+                    println!("{:<18} {:>9} rows", t.table, t.rows);
+                }
+                println!(
+                    "Copied {} rows into {}. Point [store] url at it, then start the daemon.",
+                    report.tables.iter().map(|t| t.rows).sum::<u64>(),
+                    crate::store::sql_redact(to)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
@@ -316,19 +388,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon::run(cli.config.clone(), config, rx, &crate::workers()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate { json } => {
-            let store = crate::store::SqlStore::connect(
-                &config.store.url,
-                config
-                    .store
-                    .password
-                    .as_ref()
-                    .map(|p| p.resolve())
-                    .transpose()?
-                    .as_ref(),
-                1,
-            )
-            .await?;
+        Command::Migrate { to: None, json } => {
+            let store = connect_store(&config).await?;
             let applied = store.migrate().await?;
             let all = store.applied_migrations().await?;
             if *json {
@@ -643,6 +704,18 @@ async fn connectors_webhook(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configured store as a concrete [`crate::store::SqlStore`], without
+/// migrating it.
+async fn connect_store(config: &Config) -> anyhow::Result<crate::store::SqlStore> {
+    let password = config
+        .store
+        .password
+        .as_ref()
+        .map(|p| p.resolve())
+        .transpose()?;
+    Ok(crate::store::SqlStore::connect(&config.store.url, password.as_ref(), 1).await?)
 }
 
 /// For tests and embedding: the store behind a config, as a trait object.

@@ -840,7 +840,7 @@ async fn lease_loop(
 /// SQLite serves one daemon: an exclusive lock on `<db>.lock`, held for the
 /// daemon's life, refuses a second one on the same file (commands such as
 /// `sync --once` do not take it). `None` for other stores.
-fn lock_sqlite_store(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+pub(crate) fn lock_sqlite_store(url: &str) -> anyhow::Result<Option<std::fs::File>> {
     let Some(rest) = url.strip_prefix("sqlite:") else {
         return Ok(None);
     };

@@ -217,6 +217,14 @@ impl AlertsConfig {
                     out.push((secret.to_string(), format!("sink {:?}: {e}", s.name)));
                 }
             }
+            for problem in hourglass_email::platform::mail_problems(None, s.smtp.as_ref()) {
+                let value = s
+                    .smtp
+                    .as_ref()
+                    .and_then(|m| m.ca_file.as_ref())
+                    .map_or_else(|| s.name.clone(), |f| f.display().to_string());
+                out.push((value, format!("sink {:?}: {}", s.name, problem.message)));
+            }
             if let Some(pw) = s.smtp.as_ref().and_then(|m| m.password.as_ref()) {
                 if let Err(e) = pw.resolve() {
                     out.push((pw.to_string(), format!("sink {:?}: {e}", s.name)));

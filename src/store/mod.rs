@@ -18,6 +18,7 @@
 //! | `quarantine.rs`  | items that could not be read, with their raw bytes         |
 //! | `push.rs`        | webhook deliveries, idempotency keys, metrics snapshots    |
 //! | `leases.rs`      | daemons, their heartbeats, instance leases, digest runs    |
+//! | `transfer.rs`    | `backup` (SQLite copy) and `migrate --to` (into PostgreSQL) |
 //!
 //! Adding a concern: a new file with its types, its trait and
 //! `impl ThatStore for SqlStore` (module docs first, like the others), its
@@ -41,6 +42,7 @@ mod secrets;
 mod sql;
 mod stats;
 mod threads;
+mod transfer;
 
 use chrono::{DateTime, Utc};
 
@@ -59,6 +61,7 @@ pub use stats::{ResponseSample, StatsStore};
 pub use threads::{
     AuditEntry, MessageView, OutboxView, ThreadDetail, ThreadFilter, ThreadStore, ThreadSummary,
 };
+pub use transfer::{copy_store, BackupReport, CopyReport, TableCopy};
 
 /// Every concern trait, for code that holds a concrete [`SqlStore`]:
 /// `use crate::store::prelude::*;`.

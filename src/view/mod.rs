@@ -322,3 +322,101 @@ mod tests {
         );
     }
 }
+
+/// One item `check-config --online` tried (`--json` prints an array).
+#[derive(Debug, Clone, Serialize)]
+pub struct OnlineCheck {
+    /// `store`, `instance` or `sink`.
+    pub kind: &'static str,
+    /// The instance's or the sink's name; the store's URL without password.
+    pub name: String,
+    pub ok: bool,
+    /// The connector error's kind (`auth`, `transient`, ...) on failure.
+    pub error_kind: Option<String>,
+    /// What went wrong, in plain words; never a secret.
+    pub error: Option<String>,
+}
+
+impl OnlineCheck {
+    fn new(kind: &'static str, name: &str, result: Result<(), (String, String)>) -> OnlineCheck {
+        let (error_kind, error) = match result {
+            Ok(()) => (None, None),
+            Err((k, e)) => (Some(k), Some(e)),
+        };
+        OnlineCheck {
+            kind,
+            name: name.to_owned(),
+            ok: error.is_none(),
+            error_kind,
+            error,
+        }
+    }
+}
+
+/// How long one online check may take before it counts as failed.
+const ONLINE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `check-config --online`: the store answers, every enabled instance's
+/// health check passes (a login, no poll, nothing sent), every alert sink
+/// delivers a test alert to the agents. Customers get nothing.
+pub async fn online_checks(config: &Config) -> Vec<OnlineCheck> {
+    let mut out = Vec::new();
+    let store_name = store::sql_redact(&config.store.url);
+    let store_result = async {
+        let password = match config.store.password.as_ref().map(|p| p.resolve()) {
+            Some(Err(e)) => return Err(("other".to_owned(), format!("store.password: {e}"))),
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
+        let store = store::SqlStore::connect(&config.store.url, password.as_ref(), 1)
+            .await
+            .map_err(|e| ("transient".to_owned(), e.to_string()))?;
+        use store::MigrationStore as _;
+        let applied = store.applied_migrations().await;
+        store.close().await;
+        applied
+            .map(|_| ())
+            .map_err(|e| ("transient".to_owned(), e.to_string()))
+    };
+    let store_result = tokio::time::timeout(ONLINE_CHECK_TIMEOUT, store_result)
+        .await
+        .unwrap_or_else(|_| Err(("transient".to_owned(), timed_out())));
+    out.push(OnlineCheck::new("store", &store_name, store_result));
+
+    let instances = config
+        .instances
+        .iter()
+        .filter(|i| i.enabled)
+        .map(|inst| async move {
+            let result = match inst.build_connector() {
+                Err(e) => Err(("other".to_owned(), e)),
+                Ok(conn) => {
+                    match tokio::time::timeout(ONLINE_CHECK_TIMEOUT, conn.health_check()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err((e.kind().to_owned(), e.to_string())),
+                        Err(_) => Err(("transient".to_owned(), timed_out())),
+                    }
+                }
+            };
+            OnlineCheck::new("instance", inst.name(), result)
+        });
+    out.extend(futures::future::join_all(instances).await);
+
+    let sinks = tokio::time::timeout(
+        ONLINE_CHECK_TIMEOUT,
+        crate::alerts::test_all(&config.alerts),
+    )
+    .await
+    .unwrap_or_else(|_| Err(timed_out()));
+    match sinks {
+        Ok(results) => out.extend(results.into_iter().map(|(name, r)| {
+            OnlineCheck::new("sink", &name, r.map_err(|e| ("other".to_owned(), e)))
+        })),
+        Err(e) => out.push(OnlineCheck::new("sink", "*", Err(("other".to_owned(), e)))),
+    }
+    out
+}
+
+fn timed_out() -> String {
+    format!("no answer within {}s", ONLINE_CHECK_TIMEOUT.as_secs())
+}

@@ -157,3 +157,22 @@ pub fn truncate(s: &str, n: usize) -> String {
         t
     }
 }
+
+/// `check-config --online`: one `OK`/`FAIL` line per item.
+pub fn online_checks(checks: &[super::OnlineCheck]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        match (&c.error_kind, &c.error) {
+            (_, None) => out.push_str(&format!("OK    {} {}\n", c.kind, c.name)),
+            (kind, Some(e)) => out.push_str(&format!(
+                "FAIL  {} {}: {}{e}\n",
+                c.kind,
+                c.name,
+                kind.as_deref()
+                    .map(|k| format!("{k}: "))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    out
+}

@@ -24,8 +24,9 @@ const MAIL_USER: &str = "vmail";
 /// What a test needs beyond plain IMAP with a password.
 #[derive(Debug, Clone, Default)]
 pub struct DovecotOptions {
-    /// TLS with a fresh self-signed certificate for `localhost`: STARTTLS
-    /// on the IMAP port, implicit TLS on [`Dovecot::imaps_port`].
+    /// TLS with a fresh certificate for `localhost` and 127.0.0.1, issued by
+    /// a fresh private CA ([`Dovecot::ca_file`]): STARTTLS on the IMAP port,
+    /// implicit TLS on [`Dovecot::imaps_port`].
     pub tls: bool,
     /// Accept `AUTHENTICATE XOAUTH2` with bearer tokens checked against
     /// this tokeninfo URL (the token is appended); the JSON answer's
@@ -34,6 +35,80 @@ pub struct DovecotOptions {
     /// The name (UTF-8) of the folder set up as `\Sent`, as a localized
     /// client would create it; default `Sent`.
     pub sent_name: Option<String>,
+}
+
+/// Writes into `root` a private CA (`ca.pem`) and a server certificate it issued for
+/// `localhost` and 127.0.0.1 (`cert.pem`, `key.pem`), with the openssl CLI.
+pub fn make_certificates(root: &Path) -> anyhow::Result<()> {
+    let openssl = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .context("openssl is needed for TLS tests: apt-get install openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hourglass test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ])?;
+    std::fs::write(
+        root.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         basicConstraints = CA:FALSE\n\
+         keyUsage = digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\n",
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "cert.pem",
+    ])?;
+    // Dovecot reads the key as root, then drops privileges; the CA stays
+    // readable for the tests.
+    chmod(&root.join("ca.pem"), "644")
 }
 
 /// A running Dovecot. Stopped on drop.
@@ -89,22 +164,7 @@ impl Dovecot {
         )?;
         chmod(&root.join("passwd"), "644")?;
         if options.tls {
-            let status = Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                ])
-                .args(["-subj", "/CN=localhost"])
-                .arg("-keyout")
-                .arg(root.join("key.pem"))
-                .arg("-out")
-                .arg(root.join("cert.pem"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .context("openssl is needed for TLS tests: apt-get install openssl")?;
-            if !status.success() {
-                bail!("openssl could not make a test certificate");
-            }
+            make_certificates(root)?;
         }
         if let Some(url) = &options.oauth2_tokeninfo_url {
             std::fs::write(
@@ -214,6 +274,12 @@ namespace inbox {{
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The PEM certificate of the private CA that issued the server's
+    /// certificate, when started with `tls`.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.options.tls.then(|| self.dir.path().join("ca.pem"))
     }
 
     /// The implicit-TLS port, when started with `tls`.

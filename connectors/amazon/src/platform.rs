@@ -6,7 +6,7 @@ use std::sync::Arc;
 use hourglass_connector::platform::{InstanceSettings, PlatformOf, RateLimit, SettingsProblem};
 use hourglass_connector::secret::SecretRef;
 use hourglass_connector::Connector;
-use hourglass_email::platform::mail_secrets;
+use hourglass_email::platform::{mail_problems, mail_secrets};
 use hourglass_email::{ImapConfig, MaildirConfig, SmtpConfig};
 use serde::Deserialize;
 
@@ -46,10 +46,12 @@ pub struct AmazonSettings {
 
 impl InstanceSettings for AmazonSettings {
     fn check(&self, kind: &str) -> Vec<SettingsProblem> {
-        match (&self.imap, &self.maildir) {
+        let mut out = match (&self.imap, &self.maildir) {
             (None, None) => vec![SettingsProblem::missing_table(kind, "imap")],
             _ => Vec::new(),
-        }
+        };
+        out.extend(mail_problems(self.imap.as_ref(), self.smtp.as_ref()));
+        out
     }
 
     fn secrets(&self) -> Vec<(&'static str, &SecretRef)> {

@@ -41,6 +41,7 @@ fn imap_config(d: &Dovecot) -> ImapConfig {
         sent_folder: None,
         idle: true,
         fetch_batch: 3,
+        ca_file: None,
         accept_invalid_certs: false,
     }
 }
@@ -53,6 +54,7 @@ fn smtp_config(sink: &SmtpSink) -> SmtpConfig {
         username: None,
         password: None,
         from: "verkauf@shop.example".to_owned(),
+        ca_file: None,
     }
 }
 

@@ -279,7 +279,7 @@ async fn greet(
 }
 
 async fn tls_wrap(cfg: &ImapConfig, tcp: TcpStream) -> Result<ImapStream, ConnectorError> {
-    let connector = tls_connector(cfg.accept_invalid_certs)?;
+    let connector = tls_connector(cfg.accept_invalid_certs, cfg.ca_file.as_deref())?;
     let name = rustls::pki_types::ServerName::try_from(cfg.host.clone()).map_err(|_| {
         ConnectorError::Other(format!("{:?} is not a valid TLS server name", cfg.host))
     })?;
@@ -290,9 +290,13 @@ async fn tls_wrap(cfg: &ImapConfig, tcp: TcpStream) -> Result<ImapStream, Connec
     Ok(ImapStream::Tls(Box::new(tls)))
 }
 
-/// A TLS client with the Mozilla roots, or accepting any certificate
+/// A TLS client trusting the Mozilla roots, or only the CA certificates in
+/// `ca_file` (a private CA), or accepting any certificate
 /// (`accept_invalid_certs`, loopback tests only).
-pub fn tls_connector(accept_invalid_certs: bool) -> Result<TlsConnector, ConnectorError> {
+pub fn tls_connector(
+    accept_invalid_certs: bool,
+    ca_file: Option<&std::path::Path>,
+) -> Result<TlsConnector, ConnectorError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -304,7 +308,19 @@ pub fn tls_connector(accept_invalid_certs: bool) -> Result<TlsConnector, Connect
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        match ca_file {
+            Some(path) => {
+                let certs = crate::config::read_ca_file(path).map_err(ConnectorError::Other)?;
+                let (_, ignored) = roots.add_parsable_certificates(certs);
+                if roots.is_empty() {
+                    return Err(ConnectorError::Other(format!(
+                        "ca_file {}: none of its {ignored} certificate(s) can be used as a CA",
+                        path.display()
+                    )));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(TlsConnector::from(Arc::new(config)))

@@ -3,6 +3,8 @@
 //! is a public contract (DESIGN §6): alert sinks reuse it as
 //! `smtp = { host, port, tls, from }`.
 
+use std::path::{Path, PathBuf};
+
 use hourglass_connector::secret::SecretRef;
 use serde::Deserialize;
 
@@ -78,7 +80,13 @@ pub struct ImapConfig {
     /// 200 (benches/ingest.rs) while a batch stays a few MB of ordinary mail.
     #[serde(default = "default_fetch_batch")]
     pub fetch_batch: u32,
-    /// Accept any TLS certificate. Only for tests against loopback servers.
+    /// PEM file with the certificate(s) of a private CA: the server's
+    /// certificate must chain to one of them (instead of the public roots).
+    /// The way to reach a server with a company or self-made CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate. Only for tests against loopback servers:
+    /// `check-config` refuses it for any other host (use `ca_file`).
     #[serde(default)]
     pub accept_invalid_certs: bool,
 }
@@ -106,6 +114,10 @@ pub struct SmtpConfig {
     /// `Shop <seller@example.com>`). Amazon only relays mail from the
     /// registered or approved sender.
     pub from: String,
+    /// PEM file with the certificate(s) of a private CA: the server's
+    /// certificate must chain to one of them (instead of the public roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A local Maildir to read (`[instances.maildir]`), e.g. one filled by
@@ -150,6 +162,45 @@ fn default_true() -> bool {
 }
 fn default_fetch_batch() -> u32 {
     500
+}
+
+/// Whether `host` is this machine (`localhost`, `127.0.0.0/8`, `::1`):
+/// the only hosts `accept_invalid_certs` is allowed for.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// The certificates in a `ca_file`: at least one, or a message saying what
+/// is wrong with the file.
+pub fn read_ca_file(
+    path: &Path,
+) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("ca_file {} not found", path.display()),
+        _ => format!("cannot read ca_file {}: {e}", path.display()),
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            format!(
+                "ca_file {}: not a PEM certificate file: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "ca_file {}: no certificate in it (expected -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// Names mail clients and servers give the sent folder.
@@ -279,5 +330,29 @@ mod tests {
             Some("Gesendete Objekte")
         );
         assert_eq!(with(&["INBOX", "Archive"]).effective_sent_folder(), None);
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST.",
+            "imap.localhost",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "imap.example.com",
+            "10.0.0.1",
+            "localhost.example.com",
+            "::2",
+            "mylocalhost",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -313,6 +313,7 @@ mod tests {
             sent_folder: None,
             idle: true,
             fetch_batch: 500,
+            ca_file: None,
             accept_invalid_certs: false,
         }
     }

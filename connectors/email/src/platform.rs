@@ -62,12 +62,43 @@ pub fn mail_secrets<'a>(
     out
 }
 
+/// What serde cannot check in mail settings: `accept_invalid_certs` only
+/// for loopback hosts (elsewhere a private CA goes in `ca_file`), and every
+/// `ca_file` readable and holding a certificate.
+pub fn mail_problems(imap: Option<&ImapConfig>, smtp: Option<&SmtpConfig>) -> Vec<SettingsProblem> {
+    let mut out = Vec::new();
+    if let Some(imap) = imap {
+        if imap.accept_invalid_certs && !crate::config::is_loopback_host(&imap.host) {
+            out.push(SettingsProblem::new(
+                "imap.accept_invalid_certs",
+                format!(
+                    "accept_invalid_certs is only allowed for loopback hosts, not {:?}; \
+                     for a server with a private CA set ca_file to its CA certificate",
+                    imap.host
+                ),
+            ));
+        }
+    }
+    let files = [
+        ("imap.ca_file", imap.and_then(|i| i.ca_file.as_ref())),
+        ("smtp.ca_file", smtp.and_then(|s| s.ca_file.as_ref())),
+    ];
+    for (key, file) in files {
+        if let Some(Err(e)) = file.map(|f| crate::config::read_ca_file(f)) {
+            out.push(SettingsProblem::new(key, e));
+        }
+    }
+    out
+}
+
 impl InstanceSettings for EmailSettings {
     fn check(&self, kind: &str) -> Vec<SettingsProblem> {
-        match self.imap {
+        let mut out = match self.imap {
             Some(_) => Vec::new(),
             None => vec![SettingsProblem::missing_table(kind, "imap")],
-        }
+        };
+        out.extend(mail_problems(self.imap.as_ref(), self.smtp.as_ref()));
+        out
     }
 
     fn secrets(&self) -> Vec<(&'static str, &SecretRef)> {
@@ -96,10 +127,12 @@ impl InstanceSettings for MaildirSettings {
     }
 
     fn check(&self, kind: &str) -> Vec<SettingsProblem> {
-        match self.maildir {
+        let mut out = match self.maildir {
             Some(_) => Vec::new(),
             None => vec![SettingsProblem::missing_table(kind, "maildir")],
-        }
+        };
+        out.extend(mail_problems(None, self.smtp.as_ref()));
+        out
     }
 
     fn secrets(&self) -> Vec<(&'static str, &SecretRef)> {

@@ -9,6 +9,7 @@ use hourglass_connector::{ConnectorError, OutgoingReply};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::SecretString;
 
@@ -147,12 +148,25 @@ impl SmtpSender {
 
     fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, ConnectorError> {
         let host = self.config.host.as_str();
-        let mut builder = match self.config.tls {
-            TlsMode::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-            TlsMode::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| ConnectorError::Other(format!("SMTP TLS setup: {e}")))?,
-            TlsMode::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| ConnectorError::Other(format!("SMTP TLS setup: {e}")))?,
+        let tls_setup = |e: lettre::transport::smtp::Error| {
+            ConnectorError::Other(format!("SMTP TLS setup: {e}"))
+        };
+        let mut builder = match (self.config.tls, &self.config.ca_file) {
+            (TlsMode::None, _) => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+            (TlsMode::Starttls, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(tls_setup)?
+            }
+            (TlsMode::Implicit, None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(tls_setup)?
+            }
+            (mode, Some(ca_file)) => {
+                let params = private_ca_tls(host, ca_file)?;
+                let tls = match mode {
+                    TlsMode::Starttls => Tls::Required(params),
+                    _ => Tls::Wrapper(params),
+                };
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).tls(tls)
+            }
         }
         .port(self.config.port)
         .timeout(Some(SMTP_TIMEOUT));
@@ -187,6 +201,20 @@ impl SmtpSender {
             Err(e) => Err(map_smtp_error(&self.config, e)),
         }
     }
+}
+
+/// TLS that trusts only the CA certificates in `ca_file`.
+fn private_ca_tls(host: &str, ca_file: &std::path::Path) -> Result<TlsParameters, ConnectorError> {
+    let mut params =
+        TlsParameters::builder(host.to_owned()).certificate_store(CertificateStore::None);
+    for der in crate::config::read_ca_file(ca_file).map_err(ConnectorError::Other)? {
+        let cert = Certificate::from_der(der.to_vec())
+            .map_err(|e| ConnectorError::Other(format!("ca_file {}: {e}", ca_file.display())))?;
+        params = params.add_root_certificate(cert);
+    }
+    params
+        .build_rustls()
+        .map_err(|e| ConnectorError::Other(format!("SMTP TLS setup: {e}")))
 }
 
 fn map_smtp_error(cfg: &SmtpConfig, e: lettre::transport::smtp::Error) -> ConnectorError {

@@ -92,6 +92,7 @@ fn imap_config(d: &ImapServer) -> ImapConfig {
         sent_folder: Some(d.sent_folder()),
         idle: true,
         fetch_batch: 200,
+        ca_file: None,
         accept_invalid_certs: false,
     }
 }
@@ -104,6 +105,7 @@ fn smtp_config(sink: &SmtpSink) -> SmtpConfig {
         username: None,
         password: None,
         from: "Shop <seller@shop.example>".to_owned(),
+        ca_file: None,
     }
 }
 

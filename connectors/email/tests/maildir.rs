@@ -127,6 +127,7 @@ async fn a_maildir_reply_is_sent_and_filed_in_dot_sent() {
         username: None,
         password: None,
         from: "seller@shop.example".into(),
+        ca_file: None,
     };
     let conn = MaildirConnector::new("local", config(root), Some(smtp)).unwrap();
     let b = conn.poll(&Cursors::new()).await.unwrap();
@@ -177,6 +178,7 @@ async fn smtp_auth_uses_the_configured_login_and_a_refused_one_is_an_auth_error(
                 secret.display().to_string(),
             )),
             from: "seller@shop.example".into(),
+            ca_file: None,
         };
         MaildirConnector::new("local", config(root), Some(smtp)).unwrap()
     };

@@ -28,6 +28,7 @@ fn config(d: &Dovecot, password: SecretRef) -> ImapConfig {
         sent_folder: None,
         idle: false,
         fetch_batch: 200,
+        ca_file: None,
         accept_invalid_certs: false,
     }
 }
