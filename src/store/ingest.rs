@@ -242,7 +242,7 @@ async fn thread_for(
 /// Messages per INSERT: each is one round trip to the database, and one
 /// hand-off to sqlx's SQLite thread. 15 values a row keeps a statement far
 /// below SQLite's and PostgreSQL's limits on bound values.
-pub(super) const MESSAGES_PER_STATEMENT: usize = 64;
+pub(super) const MESSAGES_PER_STATEMENT: usize = 16;
 
 const MESSAGE_COLUMNS: &str = "thread_id, instance, external_id, direction, automatic, sent_at,
     author, subject, body, html, order_id, language, reply_to, meta, created_at";
