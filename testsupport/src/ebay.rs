@@ -21,10 +21,10 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener as StdListener;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::net::HttpServer;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -180,67 +180,42 @@ impl Shared {
 
 /// The running mock. Stops when dropped.
 pub struct MockEbay {
-    url: String,
+    server: HttpServer,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MockEbay {
     /// Starts the mock on 127.0.0.1 with no conversations.
     pub fn start() -> anyhow::Result<MockEbay> {
         let shared = Arc::new(Shared::default());
-        let listener = StdListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = shared.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let app = Router::new()
-                    .route("/identity/v1/oauth2/token", post(token))
-                    .route(&format!("{BASE}/conversation"), get(get_conversations))
-                    .route(
-                        &format!("{BASE}/conversation/{{id}}"),
-                        get(get_conversation),
-                    )
-                    .route(&format!("{BASE}/send_message"), post(send_message))
-                    .route(
-                        &format!("{BASE}/update_conversation"),
-                        post(update_conversation),
-                    )
-                    .fallback(unknown_path)
-                    .with_state(state);
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let app = Router::new()
+            .route("/identity/v1/oauth2/token", post(token))
+            .route(&format!("{BASE}/conversation"), get(get_conversations))
+            .route(
+                &format!("{BASE}/conversation/{{id}}"),
+                get(get_conversation),
+            )
+            .route(&format!("{BASE}/send_message"), post(send_message))
+            .route(
+                &format!("{BASE}/update_conversation"),
+                post(update_conversation),
+            )
+            .fallback(unknown_path)
+            .with_state(shared.clone());
         Ok(MockEbay {
-            url,
+            server: HttpServer::serve(app)?,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
         })
     }
 
     /// `api_url` for the connector.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// `token_url` for the connector.
     pub fn token_url(&self) -> String {
-        format!("{}/identity/v1/oauth2/token", self.url)
+        format!("{}/identity/v1/oauth2/token", self.server.url())
     }
 
     /// A new buyer conversation, optionally about a listing (item id).
@@ -404,17 +379,6 @@ impl MockEbay {
             .iter()
             .find(|c| c.id == conv)
             .is_some_and(|c| c.messages.iter().all(|m| m.read))
-    }
-}
-
-impl Drop for MockEbay {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

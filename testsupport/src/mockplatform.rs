@@ -16,7 +16,6 @@
 //! can use it, and stops on drop.
 
 use std::collections::HashMap;
-use std::net::TcpListener as StdListener;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+
+use crate::net::HttpServer;
 
 /// A platform quota: `per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy)]
@@ -92,10 +93,8 @@ impl Shared {
 
 /// The running mock. Stops when dropped.
 pub struct MockPlatform {
-    url: String,
+    server: HttpServer,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MockPlatform {
@@ -107,42 +106,19 @@ impl MockPlatform {
             tokens: q.burst,
             last: Instant::now(),
         });
-        let listener = StdListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = shared.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let app = Router::new()
-                    .route("/messages", post(send))
-                    .route("/messages/{key}", get(lookup))
-                    .with_state(state);
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let app = Router::new()
+            .route("/messages", post(send))
+            .route("/messages/{key}", get(lookup))
+            .with_state(shared.clone());
         Ok(MockPlatform {
-            url,
+            server: HttpServer::serve(app)?,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
         })
     }
 
     /// Base URL, for `api_url` in the simulated instance's config.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// Every accepted message, in order of arrival (duplicates included).
@@ -193,17 +169,6 @@ impl MockPlatform {
     /// through (the case `check_sent` exists for).
     pub fn set_response_delay(&self, delay: Duration) {
         self.shared.lock().response_delay = delay;
-    }
-}
-
-impl Drop for MockPlatform {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -17,10 +17,10 @@
 //! until confirmed (no test runs for a day).
 
 use std::collections::{HashSet, VecDeque};
-use std::net::TcpListener as StdListener;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::net::HttpServer;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -88,10 +88,8 @@ impl Shared {
 
 /// The running mock. Stops when dropped.
 pub struct MockBotApi {
-    url: String,
+    server: HttpServer,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 fn now() -> i64 {
@@ -110,41 +108,18 @@ impl MockBotApi {
             i.next_update_id = 815_000_000;
             i.next_message_id = 100;
         }
-        let listener = StdListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = shared.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let app = Router::new()
-                    .route("/{bot}/{method}", post(method).get(method_get))
-                    .with_state(state);
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let app = Router::new()
+            .route("/{bot}/{method}", post(method).get(method_get))
+            .with_state(shared.clone());
         Ok(MockBotApi {
-            url,
+            server: HttpServer::serve(app)?,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
         })
     }
 
     /// Base URL, for `api_url`.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// Queues an update (`update_id` is added); returns its id.
@@ -293,17 +268,6 @@ impl MockBotApi {
     /// Every accepted sendMessage.
     pub fn sent(&self) -> Vec<SentMessage> {
         self.shared.lock().sent.clone()
-    }
-}
-
-impl Drop for MockBotApi {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -19,9 +19,9 @@
 //! Every call is recorded, so tests can count what X would bill.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::TcpListener as StdListener;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::net::HttpServer;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -96,10 +96,8 @@ impl Shared {
 
 /// The running mock. Stops when dropped.
 pub struct MockX {
-    url: String,
+    server: HttpServer,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 fn now_secs() -> i64 {
@@ -121,48 +119,25 @@ impl MockX {
             SELLER_ID.to_owned(),
             ("Maple Shop".to_owned(), "mapleshop".to_owned()),
         );
-        let listener = StdListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = shared.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let app = Router::new()
-                    .route("/2/dm_events", get(dm_events))
-                    .route("/2/users/me", get(users_me))
-                    .route(
-                        "/2/dm_conversations/{id}/dm_events",
-                        get(conversation_events),
-                    )
-                    .route("/2/dm_conversations/{id}/messages", post(send))
-                    .route("/2/oauth2/token", post(token))
-                    .with_state(state);
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let app = Router::new()
+            .route("/2/dm_events", get(dm_events))
+            .route("/2/users/me", get(users_me))
+            .route(
+                "/2/dm_conversations/{id}/dm_events",
+                get(conversation_events),
+            )
+            .route("/2/dm_conversations/{id}/messages", post(send))
+            .route("/2/oauth2/token", post(token))
+            .with_state(shared.clone());
         Ok(MockX {
-            url,
+            server: HttpServer::serve(app)?,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
         })
     }
 
     /// Base URL, for `api_url`; the token endpoint is `{url}/2/oauth2/token`.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// A customer writes to the seller; returns the event id.
@@ -229,17 +204,6 @@ impl MockX {
     /// The next `n` API answers are not JSON.
     pub fn garbage(&self, n: usize) {
         self.shared.lock().garbage = n;
-    }
-}
-
-impl Drop for MockX {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
