@@ -54,6 +54,7 @@ on_both_servers!(
     mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedule,
     mail_after_a_server_restart_arrives_by_idle_again,
     a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read,
+    mail_in_any_watched_folder_arrives_by_idle,
 );
 
 fn app_for(dovecot: &ImapServer, schedule: &str) -> TestApp {
@@ -422,4 +423,83 @@ fn a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read(server
     daemon.stop_cleanly();
     assert_eq!(daemon.log().matches("Cannot read this folder").count(), 1);
     assert_eq!(total_messages(&app), 1);
+}
+
+fn mail_in_any_watched_folder_arrives_by_idle(server: ImapServer) {
+    server
+        .create_folder(&server.folder("Commandes"), None)
+        .unwrap();
+    server
+        .append(
+            "INBOX",
+            &relay(
+                "first",
+                "Ana Souza",
+                "a1b2c3",
+                "com.br",
+                "Pergunta (Pedido: 701-2345678-3456789)",
+                "Olá!",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    let app = app_for(&server, "0 0 0 1 1 *");
+    let config = std::fs::read_to_string(&app.config).unwrap().replace(
+        "folders = [\"INBOX\", \"Sent\"]",
+        "folders = [\"INBOX\", \"Sent\", \"Commandes\"]",
+    );
+    std::fs::write(&app.config, config).unwrap();
+    // Polls only at start and then once a year: anything else came by IDLE.
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Ingested new messages", Duration::from_secs(30));
+    // One IDLE connection per folder.
+    daemon.wait_for_log_count("with IMAP IDLE", 3, Duration::from_secs(30));
+    let before = daemon.log().matches("with IMAP IDLE").count();
+
+    // The third folder, then the sent folder: neither is the first.
+    let appended = Instant::now();
+    server
+        .append(
+            &server.folder("Commandes"),
+            &relay(
+                "second",
+                "Chloé Martin",
+                "zz9chloe",
+                "fr",
+                "Question (Commande : 171-9876543-2109876)",
+                "Bonjour !",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(30), || total_messages(&app) == 2)
+        .unwrap_or_else(|_| panic!("mail in Commandes never arrived; log:\n{}", daemon.log()));
+    println!(
+        "push latency, third folder: {} ms (including a CLI round trip)",
+        appended.elapsed().as_millis()
+    );
+    // Every folder idles again after the poll.
+    daemon.wait_for_log_count("with IMAP IDLE", before + 3, Duration::from_secs(30));
+    let appended = Instant::now();
+    server
+        .append(
+            &server.sent_folder(),
+            b"From: seller@shop.example\r\nTo: zz9chloe@marketplace.amazon.fr\r\n\
+              Subject: Re: Question (Commande : 171-9876543-2109876)\r\n\
+              Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <answer-1@shop.example>\r\n\
+              \r\nBonjour, c'est parti.\r\n",
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(30), || total_messages(&app) == 3)
+        .unwrap_or_else(|_| panic!("mail in Sent never arrived; log:\n{}", daemon.log()));
+    println!(
+        "push latency, sent folder: {} ms (including a CLI round trip)",
+        appended.elapsed().as_millis()
+    );
+    daemon.stop_cleanly();
+    assert!(
+        !daemon.log().contains("polled on schedule"),
+        "{}",
+        daemon.log()
+    );
 }

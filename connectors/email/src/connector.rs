@@ -12,7 +12,7 @@ use hourglass_connector::{
     Batch, Capabilities, Connector, ConnectorError, Cursors, OutgoingReply, SentCheck, SentReply,
 };
 use secrecy::SecretString;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::client::{self, connect, map_imap_error, FolderCursor, Session};
 use crate::config::{ImapConfig, SmtpConfig};
@@ -31,6 +31,15 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(300);
 /// restart takes a second or two), then doubling up to a minute.
 const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
+/// A server that does not answer DONE within this is gone.
+const DONE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// IDLE connections per account at most, one per watched folder: servers
+/// limit connections per user (Dovecot 10 per user and address by default,
+/// Gmail 15), and the polls and the status checks need one each too.
+const MAX_IDLE_FOLDERS: usize = 5;
+/// How often folders beyond [`MAX_IDLE_FOLDERS`] are asked for `STATUS`.
+const STATUS_EVERY: Duration = Duration::from_secs(30);
 
 const IDLE_UNKNOWN: u8 = 0;
 const IDLE_YES: u8 = 1;
@@ -47,8 +56,11 @@ pub struct EmailConnector {
     /// The session polls, sends and checks share; `None` after an error,
     /// so the next call reconnects.
     session: Mutex<Option<Session>>,
-    /// IDLE blocks its connection, so it gets its own.
-    idle_session: Mutex<Option<Session>>,
+    /// IDLE blocks its connection and watches one folder, so each watched
+    /// folder gets its own, by folder key.
+    idle_sessions: Mutex<BTreeMap<String, Session>>,
+    /// For the `STATUS` of folders beyond [`MAX_IDLE_FOLDERS`].
+    status_session: Mutex<Option<Session>>,
     idle_supported: AtomicU8,
     /// The folders polls read, resolved against the server's `LIST` at
     /// every connect.
@@ -90,7 +102,8 @@ impl EmailConnector {
             smtp,
             own_addresses,
             session: Mutex::new(None),
-            idle_session: Mutex::new(None),
+            idle_sessions: Mutex::new(BTreeMap::new()),
+            status_session: Mutex::new(None),
             idle_supported: AtomicU8::new(IDLE_UNKNOWN),
             plan: std::sync::Mutex::new(Arc::new(FolderPlan::unresolved(&imap))),
             folder_errors: std::sync::Mutex::new(BTreeMap::new()),
@@ -332,102 +345,260 @@ impl EmailConnector {
         Ok(found)
     }
 
-    /// Waits in IDLE until new mail, `timeout`, or a dropped connection.
-    /// A drop (a server restart, a NAT timeout) is reconnected with
-    /// backoff within the same wait, and a successful reconnect reports a
-    /// change: mail that came while the connection was down raised no
-    /// EXISTS, so the daemon polls at once and then waits the time left.
+    /// Waits until new mail in any watched folder, `timeout`, or a dropped
+    /// connection. Each folder (up to [`MAX_IDLE_FOLDERS`]) waits in IDLE
+    /// on a connection of its own, as RFC 2177 allows one mailbox per
+    /// IDLE; the rest are asked for their `STATUS` every [`STATUS_EVERY`].
+    /// The first change ends every wait (the others send DONE and keep
+    /// their connections for the next one).
     async fn idle_wait(
         &self,
-        slot: &mut Option<Session>,
         cursors: &Cursors,
         timeout: Duration,
     ) -> Result<bool, ConnectorError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let plan = self.folder_plan();
+        let mut readable: Vec<(String, String)> = plan
+            .folders
+            .iter()
+            .filter_map(|f| f.wire.as_ref().ok().map(|w| (f.key.clone(), w.clone())))
+            .collect();
+        if readable.is_empty() {
+            readable.push(("INBOX".to_owned(), "INBOX".to_owned()));
+        }
+        let (idled, rest) = readable.split_at(readable.len().min(MAX_IDLE_FOLDERS));
+        let mut pool = self.idle_sessions.lock().await;
+        // Folders no longer watched give their connections up.
+        pool.retain(|k, _| idled.iter().any(|(key, _)| key == k));
+        let mut slots: Vec<Option<Session>> = idled.iter().map(|(k, _)| pool.remove(k)).collect();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let waits = idled
+            .iter()
+            .zip(slots.iter_mut())
+            .map(|((key, wire), slot)| {
+                let mut stop_rx = stop_rx.clone();
+                let stop_tx = &stop_tx;
+                async move {
+                    let r = self
+                        .idle_folder(slot, key, wire, cursors, deadline, &mut stop_rx)
+                        .await;
+                    if !matches!(r, Ok(false)) {
+                        let _ = stop_tx.send(true);
+                    }
+                    r
+                }
+            });
+        let status = async {
+            if rest.is_empty() {
+                return Ok(false);
+            }
+            let r = self
+                .status_watch(rest, cursors, deadline, &mut stop_rx.clone())
+                .await;
+            if !matches!(r, Ok(false)) {
+                let _ = stop_tx.send(true);
+            }
+            r
+        };
+        let (results, status) = futures::join!(futures::future::join_all(waits), status);
+        for ((key, _), slot) in idled.iter().zip(slots) {
+            if let Some(s) = slot {
+                pool.insert(key.clone(), s);
+            }
+        }
+        let mut changed = false;
+        let mut error = None;
+        for r in results.into_iter().chain(std::iter::once(status)) {
+            match r {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        match error {
+            Some(e) if !changed => Err(e),
+            _ => Ok(changed),
+        }
+    }
+
+    /// One folder's IDLE until a change, `deadline` or `stop`. A drop (a
+    /// server restart, a NAT timeout) is reconnected with backoff within
+    /// the same wait, and a successful reconnect reports a change: mail
+    /// that came while the connection was down raised no EXISTS, so the
+    /// daemon polls at once and then waits the time left. A folder the
+    /// server refuses to IDLE on waits quietly: the schedule polls it.
+    async fn idle_folder(
+        &self,
+        slot: &mut Option<Session>,
+        key: &str,
+        wire: &str,
+        cursors: &Cursors,
+        deadline: tokio::time::Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, ConnectorError> {
         let mut dropped: Option<ConnectorError> = None;
         let mut delay = RECONNECT_FIRST;
         loop {
             let session = match slot.take() {
                 Some(s) => s,
-                None => match self.open().await {
-                    Ok(s) if dropped.is_some() => {
-                        tracing::info!(instance = %self.instance, "IMAP connection for IDLE re-established.");
-                        *slot = Some(s);
-                        return Ok(true);
-                    }
-                    Ok(s) => {
-                        tracing::info!(instance = %self.instance, "Waiting for new mail with IMAP IDLE.");
-                        s
-                    }
-                    Err(e) if e.is_retryable() => {
-                        let now = tokio::time::Instant::now();
-                        if now >= deadline {
-                            return Ok(false);
+                None => {
+                    let opened = tokio::select! {
+                        r = self.open() => r,
+                        _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                        _ = stopped(stop) => return Ok(false),
+                    };
+                    match opened {
+                        Ok(s) if dropped.is_some() => {
+                            tracing::info!(instance = %self.instance, folder = %key, "IMAP connection for IDLE re-established.");
+                            *slot = Some(s);
+                            return Ok(true);
                         }
-                        tracing::debug!(instance = %self.instance, error = %e, retry_in_ms = delay.as_millis() as u64, "IDLE reconnect failed.");
-                        tokio::time::sleep(delay.min(deadline - now)).await;
-                        delay = (delay * 2).min(RECONNECT_MAX);
-                        dropped.get_or_insert(e);
-                        continue;
+                        Ok(s) => s,
+                        Err(e) if e.is_retryable() => {
+                            tracing::debug!(instance = %self.instance, folder = %key, error = %e, retry_in_ms = delay.as_millis() as u64, "IDLE reconnect failed.");
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + delay)) => {}
+                                _ = stopped(stop) => return Ok(false),
+                            }
+                            if tokio::time::Instant::now() >= deadline {
+                                return Ok(false);
+                            }
+                            delay = (delay * 2).min(RECONNECT_MAX);
+                            dropped.get_or_insert(e);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
-                },
+                }
             };
             if self.idle_supported.load(Ordering::Relaxed) != IDLE_YES {
                 *slot = Some(session);
-                tokio::time::sleep_until(deadline).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stopped(stop) => {}
+                }
                 return Ok(false);
             }
-            match self.idle_once(session, cursors, deadline).await {
+            match self
+                .idle_once(session, key, wire, cursors, deadline, stop)
+                .await
+            {
                 Ok((session, changed)) => {
                     *slot = Some(session);
                     return Ok(changed);
                 }
                 Err(e) if e.is_retryable() => {
-                    tracing::info!(instance = %self.instance, error = %e, "IMAP connection for IDLE dropped; reconnecting.");
+                    tracing::info!(instance = %self.instance, folder = %key, error = %e, "IMAP connection for IDLE dropped; reconnecting.");
                     dropped = Some(e);
                     delay = RECONNECT_FIRST;
+                }
+                Err(ConnectorError::Other(e)) => {
+                    // This folder only (gone since the LIST, no right to
+                    // read it): the polls report it; the others idle on.
+                    tracing::debug!(instance = %self.instance, folder = %key, error = %e, "No IDLE on this folder; it is polled on schedule.");
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = stopped(stop) => {}
+                    }
+                    return Ok(false);
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// Folders beyond the IDLE connections: `STATUS` on one more
+    /// connection every [`STATUS_EVERY`] until one is behind its cursor.
+    async fn status_watch(
+        &self,
+        folders: &[(String, String)],
+        cursors: &Cursors,
+        deadline: tokio::time::Instant,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, ConnectorError> {
+        let mut slot = self.status_session.lock().await;
+        loop {
+            let next = tokio::time::Instant::now() + STATUS_EVERY;
+            if next >= deadline {
+                // The daemon polls at the deadline anyway.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stopped(stop) => {}
+                }
+                return Ok(false);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stopped(stop) => return Ok(false),
+            }
+            let mut session = match slot.take() {
+                Some(s) => s,
+                None => match self.open().await {
+                    Ok(s) => s,
+                    Err(e) if e.is_retryable() => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            let mut behind = false;
+            let mut lost = false;
+            for (key, wire) in folders {
+                let status = match session.status(wire, "(MESSAGES UIDNEXT UIDVALIDITY)").await {
+                    Ok(m) => m,
+                    Err(e) => match map_imap_error(&format!("STATUS of {key:?}"), e) {
+                        ConnectorError::Other(_) => continue,
+                        e if e.is_retryable() => {
+                            lost = true;
+                            break;
+                        }
+                        e => return Err(e),
+                    },
+                };
+                let stored = cursors.get(key).and_then(|c| FolderCursor::parse(c));
+                behind |= is_behind(stored, status.uid_validity, status.uid_next, status.exists);
+            }
+            if !lost {
+                *slot = Some(session);
+            }
+            if behind {
+                return Ok(true);
+            }
+        }
+    }
+
     /// One IDLE on a live session, re-issued every [`IDLE_CHUNK`] until
-    /// `deadline`; the session comes back unless the connection failed.
+    /// `deadline` or `stop`; the session comes back unless the connection
+    /// failed.
     async fn idle_once(
         &self,
         mut session: Session,
+        key: &str,
+        wire: &str,
         cursors: &Cursors,
         deadline: tokio::time::Instant,
+        stop: &mut watch::Receiver<bool>,
     ) -> Result<(Session, bool), ConnectorError> {
-        let plan = self.folder_plan();
-        let watched = plan
-            .folders
-            .iter()
-            .find_map(|f| f.wire.as_ref().ok().map(|w| (f.key.clone(), w.clone())));
-        let (key, wire) = watched.unwrap_or_else(|| ("INBOX".to_owned(), "INBOX".to_owned()));
         let mailbox = session
-            .select(&wire)
+            .select(wire)
             .await
             .map_err(|e| map_imap_error(&format!("Selecting {key:?} for IDLE"), e))?;
         // Mail that arrived between the last poll and now would not raise
         // an EXISTS during IDLE: answer at once.
-        let stored = cursors.get(&key).and_then(|c| FolderCursor::parse(c));
-        let behind = match (stored, mailbox.uid_validity, mailbox.uid_next) {
-            (Some(c), Some(v), _) if c.uidvalidity != v => true,
-            (Some(c), _, Some(next)) => next > c.last_uid.saturating_add(1),
-            (None, _, _) => mailbox.exists > 0,
-            _ => false,
-        };
-        if behind {
+        let stored = cursors.get(key).and_then(|c| FolderCursor::parse(c));
+        if is_behind(
+            stored,
+            mailbox.uid_validity,
+            mailbox.uid_next,
+            mailbox.exists,
+        ) {
             return Ok((session, true));
         }
+        tracing::info!(instance = %self.instance, folder = %key, "Waiting for new mail with IMAP IDLE.");
         // What was queued before the SELECT is already accounted for.
         let _ = drain_exists(&mut session);
         loop {
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if now >= deadline || *stop.borrow() {
                 return Ok((session, false));
             }
             let chunk = (deadline - now).min(IDLE_CHUNK);
@@ -437,18 +608,21 @@ impl EmailConnector {
                 .map_err(|e| map_imap_error("Starting IDLE", e))?;
             let outcome = {
                 let (wait, _stop) = idle.wait_with_timeout(chunk);
-                tokio::time::timeout(chunk, wait).await
+                tokio::select! {
+                    r = tokio::time::timeout(chunk, wait) => Some(r),
+                    _ = stopped(stop) => None,
+                }
             };
             use async_imap::extensions::idle::IdleResponse;
             match &outcome {
                 // The stream ended or the server said BYE: the connection
                 // is gone, and a DONE would wait on it.
-                Ok(Ok(IdleResponse::ManualInterrupt)) => {
+                Some(Ok(Ok(IdleResponse::ManualInterrupt))) => {
                     return Err(ConnectorError::Transient(
                         "the server closed the IDLE connection".into(),
                     ))
                 }
-                Ok(Ok(IdleResponse::NewData(data)))
+                Some(Ok(Ok(IdleResponse::NewData(data))))
                     if matches!(
                         data.parsed(),
                         Response::Data {
@@ -461,18 +635,22 @@ impl EmailConnector {
                         "the server ended the IDLE connection (BYE)".into(),
                     ))
                 }
-                Ok(Err(_)) => {
-                    if let Ok(Err(e)) = outcome {
+                Some(Ok(Err(_))) => {
+                    if let Some(Ok(Err(e))) = outcome {
                         return Err(map_imap_error("Waiting in IDLE", e));
                     }
                 }
                 _ => {}
             }
-            session = idle
-                .done()
-                .await
-                .map_err(|e| map_imap_error("Ending IDLE", e))?;
-            if let Ok(Ok(IdleResponse::NewData(data))) = &outcome {
+            session = match tokio::time::timeout(DONE_TIMEOUT, idle.done()).await {
+                Ok(r) => r.map_err(|e| map_imap_error("Ending IDLE", e))?,
+                Err(_) => {
+                    return Err(ConnectorError::Transient(
+                        "the server did not answer DONE".into(),
+                    ))
+                }
+            };
+            if let Some(Ok(Ok(IdleResponse::NewData(data)))) = &outcome {
                 if matches!(
                     data.parsed(),
                     Response::MailboxData(MailboxDatum::Exists(_))
@@ -480,13 +658,43 @@ impl EmailConnector {
                     return Ok((session, true));
                 }
             }
-            // Flag changes, expunges, keepalives, our own timeout: keep
-            // waiting until the deadline. An EXISTS that came with the
-            // DONE's completion lands in the unsolicited queue.
+            // Flag changes, expunges, keepalives, our own timeout, another
+            // folder's change: keep waiting until the deadline or the stop.
+            // An EXISTS that came with the DONE's completion lands in the
+            // unsolicited queue.
             if drain_exists(&mut session) {
                 return Ok((session, true));
             }
         }
+    }
+}
+
+/// Resolves once `stop` is set (never, when its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Whether a folder (as SELECT or STATUS shows it) holds mail past the
+/// stored cursor: a new UIDVALIDITY, a UIDNEXT beyond the last UID read, or
+/// mail in a folder never read.
+fn is_behind(
+    stored: Option<FolderCursor>,
+    uid_validity: Option<u32>,
+    uid_next: Option<u32>,
+    exists: u32,
+) -> bool {
+    match (stored, uid_validity, uid_next) {
+        (Some(c), Some(v), _) if c.uidvalidity != v => true,
+        (Some(c), _, Some(next)) => next > c.last_uid.saturating_add(1),
+        (None, _, _) => exists > 0,
+        _ => false,
     }
 }
 
@@ -678,8 +886,7 @@ impl Connector for EmailConnector {
             tokio::time::sleep(timeout).await;
             return Ok(false);
         }
-        let mut slot = self.idle_session.lock().await;
-        self.idle_wait(&mut slot, cursors, timeout).await
+        self.idle_wait(cursors, timeout).await
     }
 
     async fn send_reply(&self, reply: &OutgoingReply) -> Result<SentReply, ConnectorError> {
