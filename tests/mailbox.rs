@@ -55,6 +55,7 @@ on_both_servers!(
     mail_after_a_server_restart_arrives_by_idle_again,
     a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read,
     mail_in_any_watched_folder_arrives_by_idle,
+    a_raw_latin1_display_name_is_read_with_its_charset,
 );
 
 fn app_for(dovecot: &ImapServer, schedule: &str) -> TestApp {
@@ -501,5 +502,47 @@ fn mail_in_any_watched_folder_arrives_by_idle(server: ImapServer) {
         !daemon.log().contains("polled on schedule"),
         "{}",
         daemon.log()
+    );
+}
+
+fn a_raw_latin1_display_name_is_read_with_its_charset(server: ImapServer) {
+    // As an old mail client sends it: ISO-8859-1 bytes in the header,
+    // not RFC 2047 encoded words. Cyrus keeps them (munge8bit: no).
+    let mut raw = Vec::new();
+    raw.extend_from_slice(b"From: \"J\xfcrgen Wei\xdf\" <juergen@example.de>\r\n");
+    raw.extend_from_slice(b"To: seller@shop.example\r\nSubject: Gr\xf6\xdfe falsch\r\n");
+    raw.extend_from_slice(format!("Date: {}\r\n", Utc::now().to_rfc2822()).as_bytes());
+    raw.extend_from_slice(b"Message-ID: <latin1-1@example.de>\r\nMIME-Version: 1.0\r\n");
+    raw.extend_from_slice(b"Content-Type: text/plain; charset=ISO-8859-1\r\n");
+    raw.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n\r\n");
+    raw.extend_from_slice(b"Die Schuhe sind zu gro\xdf.\r\n");
+    server.append("INBOX", &raw).unwrap();
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            "[[instances]]\nname = \"shop\"\ntype = \"email\"\nschedule = \"*/5 * * * *\"\n\
+             [instances.imap]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"{}\"\n\
+             password = \"env:HG_IMAP_PASSWORD\"\nfolders = [\"INBOX\"]\n",
+            server.port(),
+            server.user()
+        ),
+    );
+    app.env
+        .push(("HG_IMAP_PASSWORD".into(), server.password().into()));
+
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(sync[0]["messages"], 1, "not quarantined: {sync}");
+    let threads = app.json(&["threads", "--json"]);
+    assert_eq!(threads[0]["customer"], "Jürgen Weiß", "{threads}");
+    assert_eq!(threads[0]["subject"], "Größe falsch", "{threads}");
+    let id = threads[0]["id"].as_i64().unwrap().to_string();
+    let show = app.json(&["show", &id, "--json"]);
+    assert!(
+        show["messages"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("zu groß."),
+        "{show}"
     );
 }
