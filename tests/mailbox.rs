@@ -56,6 +56,7 @@ on_both_servers!(
     a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read,
     mail_in_any_watched_folder_arrives_by_idle,
     a_raw_latin1_display_name_is_read_with_its_charset,
+    answered_and_expunged_elsewhere_are_seen_by_modseq,
 );
 
 fn app_for(dovecot: &ImapServer, schedule: &str) -> TestApp {
@@ -545,4 +546,66 @@ fn a_raw_latin1_display_name_is_read_with_its_charset(server: ImapServer) {
             .contains("zu groß."),
         "{show}"
     );
+}
+
+fn answered_and_expunged_elsewhere_are_seen_by_modseq(server: ImapServer) {
+    let at = Utc::now() - chrono::Duration::hours(2);
+    for (id, buyer, alias, order) in [
+        ("q-1", "Ana Souza", "a1b2c3", "701-2345678-3456789"),
+        ("q-2", "Chloé Martin", "zz9chloe", "171-9876543-2109876"),
+    ] {
+        server
+            .append(
+                "INBOX",
+                &relay(
+                    id,
+                    buyer,
+                    alias,
+                    "fr",
+                    &format!("Question (Commande : {order})"),
+                    "Bonjour !",
+                    at,
+                ),
+            )
+            .unwrap();
+    }
+    let app = app_for(&server, "*/5 * * * *");
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["messages"], 2, "{sync}");
+    let status = |order: &str| -> String {
+        let mut threads = app.json(&["threads", "--json"]);
+        let answered = app.json(&["threads", "--status", "answered", "--json"]);
+        let all = threads.as_array_mut().unwrap();
+        all.extend(answered.as_array().unwrap().iter().cloned());
+        all.iter()
+            .find(|t| t["order_id"] == order)
+            .unwrap_or_else(|| panic!("no thread {order}: {all:?}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(status("701-2345678-3456789"), "awaiting");
+
+    // The seller answers Ana from another mail client, which flags her
+    // message \Answered; Chloé's message is deleted there.
+    server.store_flag("INBOX", 1, '+', "\\Answered").unwrap();
+    server.expunge("INBOX", 2).unwrap();
+    let out = app.run(&["sync", "--once", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("deleted on the server"), "{log}");
+    assert_eq!(status("701-2345678-3456789"), "answered");
+    // Chloé's thread is untouched: still waiting, its message kept.
+    assert_eq!(status("171-9876543-2109876"), "awaiting");
+    assert_eq!(total_messages(&app), 3, "two messages and the hint");
+
+    // Seen again (another flag change on the same message): no second hint.
+    server.store_flag("INBOX", 1, '+', "\\Seen").unwrap();
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(total_messages(&app), 3);
 }

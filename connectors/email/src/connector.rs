@@ -14,7 +14,7 @@ use hourglass_connector::{
 use secrecy::SecretString;
 use tokio::sync::{watch, Mutex};
 
-use crate::client::{self, connect, map_imap_error, FolderCursor, Session};
+use crate::client::{self, connect, map_imap_error, ChangeTracking, FolderCursor, Session};
 use crate::config::{ImapConfig, SmtpConfig};
 use crate::folders::{plan_folders, FolderPlan, ListedFolder, PlannedFolder, SpecialUse};
 use crate::normalize::{address_of, ParseContext};
@@ -41,6 +41,10 @@ const MAX_IDLE_FOLDERS: usize = 5;
 /// How often folders beyond [`MAX_IDLE_FOLDERS`] are asked for `STATUS`.
 const STATUS_EVERY: Duration = Duration::from_secs(30);
 
+const TRACK_NONE: u8 = 0;
+const TRACK_CONDSTORE: u8 = 1;
+const TRACK_QRESYNC: u8 = 2;
+
 const IDLE_UNKNOWN: u8 = 0;
 const IDLE_YES: u8 = 1;
 const IDLE_NO: u8 = 2;
@@ -62,6 +66,8 @@ pub struct EmailConnector {
     /// For the `STATUS` of folders beyond [`MAX_IDLE_FOLDERS`].
     status_session: Mutex<Option<Session>>,
     idle_supported: AtomicU8,
+    /// CONDSTORE/QRESYNC as the last connect found them (`TRACK_*`).
+    tracking: AtomicU8,
     /// The folders polls read, resolved against the server's `LIST` at
     /// every connect.
     plan: std::sync::Mutex<Arc<FolderPlan>>,
@@ -105,6 +111,7 @@ impl EmailConnector {
             idle_sessions: Mutex::new(BTreeMap::new()),
             status_session: Mutex::new(None),
             idle_supported: AtomicU8::new(IDLE_UNKNOWN),
+            tracking: AtomicU8::new(TRACK_NONE),
             plan: std::sync::Mutex::new(Arc::new(FolderPlan::unresolved(&imap))),
             folder_errors: std::sync::Mutex::new(BTreeMap::new()),
             imap,
@@ -138,8 +145,34 @@ impl EmailConnector {
             IDLE_NO
         };
         self.idle_supported.store(idle, Ordering::Relaxed);
+        // QRESYNC (RFC 7162) must be enabled per session; it implies
+        // CONDSTORE and adds the UIDs expunged since a MODSEQ.
+        let mut tracking = TRACK_NONE;
+        if caps.has_str("QRESYNC") {
+            match session.run_command_and_check_ok("ENABLE QRESYNC").await {
+                Ok(()) => tracking = TRACK_QRESYNC,
+                Err(e) => {
+                    let e = map_imap_error("ENABLE QRESYNC", e);
+                    if e.is_retryable() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if tracking == TRACK_NONE && caps.has_str("CONDSTORE") {
+            tracking = TRACK_CONDSTORE;
+        }
+        self.tracking.store(tracking, Ordering::Relaxed);
         self.resolve_folders(&mut session).await?;
         Ok(session)
+    }
+
+    fn change_tracking(&self) -> ChangeTracking {
+        match self.tracking.load(Ordering::Relaxed) {
+            TRACK_QRESYNC => ChangeTracking::Qresync,
+            TRACK_CONDSTORE => ChangeTracking::Condstore,
+            _ => ChangeTracking::None,
+        }
     }
 
     /// The folders as last resolved (as configured before the first
@@ -265,6 +298,7 @@ impl EmailConnector {
                 wire,
                 cursors.get(&folder.key).map(String::as_str),
                 self.imap.fetch_batch.max(1) as usize,
+                self.change_tracking(),
                 &ctx,
             )
             .await
@@ -543,7 +577,11 @@ impl EmailConnector {
             let mut behind = false;
             let mut lost = false;
             for (key, wire) in folders {
-                let status = match session.status(wire, "(MESSAGES UIDNEXT UIDVALIDITY)").await {
+                let items = match self.change_tracking() {
+                    ChangeTracking::None => "(MESSAGES UIDNEXT UIDVALIDITY)",
+                    _ => "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)",
+                };
+                let status = match session.status(wire, items).await {
                     Ok(m) => m,
                     Err(e) => match map_imap_error(&format!("STATUS of {key:?}"), e) {
                         ConnectorError::Other(_) => continue,
@@ -555,7 +593,7 @@ impl EmailConnector {
                     },
                 };
                 let stored = cursors.get(key).and_then(|c| FolderCursor::parse(c));
-                behind |= is_behind(stored, status.uid_validity, status.uid_next, status.exists);
+                behind |= is_behind(stored, &status);
             }
             if !lost {
                 *slot = Some(session);
@@ -578,19 +616,17 @@ impl EmailConnector {
         deadline: tokio::time::Instant,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(Session, bool), ConnectorError> {
-        let mailbox = session
-            .select(wire)
-            .await
-            .map_err(|e| map_imap_error(&format!("Selecting {key:?} for IDLE"), e))?;
+        let tracking = self.change_tracking();
+        let selected = match tracking {
+            ChangeTracking::None => session.select(wire).await,
+            _ => session.select_condstore(wire).await,
+        };
+        let mailbox =
+            selected.map_err(|e| map_imap_error(&format!("Selecting {key:?} for IDLE"), e))?;
         // Mail that arrived between the last poll and now would not raise
         // an EXISTS during IDLE: answer at once.
         let stored = cursors.get(key).and_then(|c| FolderCursor::parse(c));
-        if is_behind(
-            stored,
-            mailbox.uid_validity,
-            mailbox.uid_next,
-            mailbox.exists,
-        ) {
+        if is_behind(stored, &mailbox) {
             return Ok((session, true));
         }
         tracing::info!(instance = %self.instance, folder = %key, "Waiting for new mail with IMAP IDLE.");
@@ -651,11 +687,16 @@ impl EmailConnector {
                 }
             };
             if let Some(Ok(Ok(IdleResponse::NewData(data)))) = &outcome {
-                if matches!(
-                    data.parsed(),
-                    Response::MailboxData(MailboxDatum::Exists(_))
-                ) {
-                    return Ok((session, true));
+                match data.parsed() {
+                    Response::MailboxData(MailboxDatum::Exists(_)) => return Ok((session, true)),
+                    // A flag changed (another client answered, deleted):
+                    // with a MODSEQ cursor the poll reads just that.
+                    Response::Fetch(..) | Response::Vanished { .. }
+                        if tracking != ChangeTracking::None =>
+                    {
+                        return Ok((session, true))
+                    }
+                    _ => {}
                 }
             }
             // Flag changes, expunges, keepalives, our own timeout, another
@@ -681,20 +722,20 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Whether a folder (as SELECT or STATUS shows it) holds mail past the
-/// stored cursor: a new UIDVALIDITY, a UIDNEXT beyond the last UID read, or
+/// Whether a folder (as SELECT or STATUS shows it) changed past the
+/// stored cursor: a new UIDVALIDITY, a UIDNEXT beyond the last UID read, a
+/// HIGHESTMODSEQ beyond the cursor's (flags changed, mail expunged), or
 /// mail in a folder never read.
-fn is_behind(
-    stored: Option<FolderCursor>,
-    uid_validity: Option<u32>,
-    uid_next: Option<u32>,
-    exists: u32,
-) -> bool {
-    match (stored, uid_validity, uid_next) {
-        (Some(c), Some(v), _) if c.uidvalidity != v => true,
-        (Some(c), _, Some(next)) => next > c.last_uid.saturating_add(1),
-        (None, _, _) => exists > 0,
+fn is_behind(stored: Option<FolderCursor>, mailbox: &async_imap::types::Mailbox) -> bool {
+    let modseq_moved = |c: &FolderCursor| match (c.modseq, mailbox.highest_modseq) {
+        (Some(seen), Some(now)) => now > seen,
         _ => false,
+    };
+    match (stored, mailbox.uid_validity, mailbox.uid_next) {
+        (Some(c), Some(v), _) if c.uidvalidity != v => true,
+        (Some(c), _, Some(next)) => next > c.last_uid.saturating_add(1) || modseq_moved(&c),
+        (Some(c), _, None) => modseq_moved(&c),
+        (None, _, _) => mailbox.exists > 0,
     }
 }
 
