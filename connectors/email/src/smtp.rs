@@ -9,6 +9,7 @@ use hourglass_connector::{ConnectorError, OutgoingReply};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::SecretString;
 
@@ -125,6 +126,8 @@ pub fn build_reply(
 pub struct SmtpSender {
     config: SmtpConfig,
     password: Option<SecretString>,
+    /// Certificates trusted besides the Mozilla roots (PEM).
+    extra_roots: Vec<Vec<u8>>,
 }
 
 impl SmtpSender {
@@ -138,7 +141,32 @@ impl SmtpSender {
             ),
             None => None,
         };
-        Ok(SmtpSender { config, password })
+        Ok(SmtpSender {
+            config,
+            password,
+            extra_roots: Vec::new(),
+        })
+    }
+
+    /// Also trusts the certificate in `pem` (a private CA's, or a test
+    /// server's), besides the usual roots; the host name is still checked.
+    pub fn trusting(mut self, pem: &[u8]) -> Result<SmtpSender, ConnectorError> {
+        Certificate::from_pem(pem)
+            .map_err(|e| ConnectorError::Other(format!("SMTP CA certificate: {e}")))?;
+        self.extra_roots.push(pem.to_vec());
+        Ok(self)
+    }
+
+    fn tls_parameters(&self) -> Result<TlsParameters, ConnectorError> {
+        let mut params = TlsParameters::builder(self.config.host.clone());
+        for pem in &self.extra_roots {
+            let cert = Certificate::from_pem(pem)
+                .map_err(|e| ConnectorError::Other(format!("SMTP CA certificate: {e}")))?;
+            params = params.add_root_certificate(cert);
+        }
+        params
+            .build_rustls()
+            .map_err(|e| ConnectorError::Other(format!("SMTP TLS setup: {e}")))
     }
 
     pub fn from(&self) -> &str {
@@ -149,6 +177,13 @@ impl SmtpSender {
         let host = self.config.host.as_str();
         let mut builder = match self.config.tls {
             TlsMode::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+            tls if !self.extra_roots.is_empty() => {
+                let params = self.tls_parameters()?;
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).tls(match tls {
+                    TlsMode::Implicit => Tls::Wrapper(params),
+                    _ => Tls::Required(params),
+                })
+            }
             TlsMode::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
                 .map_err(|e| ConnectorError::Other(format!("SMTP TLS setup: {e}")))?,
             TlsMode::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
