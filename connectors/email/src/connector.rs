@@ -31,6 +31,11 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(300);
 /// restart takes a second or two), then doubling up to a minute.
 const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
+/// Filing a sent reply: attempts, the wait before the second (four times
+/// longer each time), and the time one attempt may take.
+const FILE_ATTEMPTS: u32 = 3;
+const FILE_FIRST_RETRY: Duration = Duration::from_secs(2);
+const FILE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A server that does not answer DONE within this is gone.
 const DONE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +76,9 @@ pub struct EmailConnector {
     /// The folders polls read, resolved against the server's `LIST` at
     /// every connect.
     plan: std::sync::Mutex<Arc<FolderPlan>>,
+    /// Replies SMTP took, by Message-ID: `check_sent` knows them even when
+    /// their copy never reached the sent folder.
+    accepted: std::sync::Mutex<BTreeMap<String, SentReply>>,
     /// Folders whose last read failed, by key: logged when the error
     /// first appears, shown as the instance's last error.
     folder_errors: std::sync::Mutex<BTreeMap<String, String>>,
@@ -114,6 +122,7 @@ impl EmailConnector {
             tracking: AtomicU8::new(TRACK_NONE),
             plan: std::sync::Mutex::new(Arc::new(FolderPlan::unresolved(&imap))),
             folder_errors: std::sync::Mutex::new(BTreeMap::new()),
+            accepted: std::sync::Mutex::new(BTreeMap::new()),
             imap,
         })
     }
@@ -328,32 +337,43 @@ impl EmailConnector {
         Ok(batch)
     }
 
-    /// Files a sent reply in the sent folder, as a mail client would.
-    async fn append_sent(&self, raw: &[u8]) -> Result<(), ConnectorError> {
-        let mut slot = self.session.lock().await;
-        let (mut session, fresh) = self.checkout(&mut slot).await?;
-        let Some((key, folder)) = sent_of(&self.folder_plan()) else {
-            *slot = Some(session);
-            return Ok(());
-        };
-        let folder = folder.as_str();
-        let context = format!("Appending the reply to {key:?}");
-        match session.append(folder, Some("(\\Seen)"), None, raw).await {
-            Ok(()) => {}
-            Err(e) => {
-                let e = map_imap_error(&context, e);
-                if fresh || !e.is_retryable() {
-                    return Err(e);
+    /// Files a sent reply in the sent folder, as a mail client would: in
+    /// the background on a connection of its own, retried a few times;
+    /// a copy that cannot be filed is logged, never a reason to resend.
+    fn file_in_sent(&self, raw: Vec<u8>) {
+        // Before the first connect the plan knows only a configured sent
+        // folder; otherwise the filing asks the server's LIST itself.
+        let known = sent_of(&self.folder_plan());
+        let imap = self.imap.clone();
+        let password = self.password.clone();
+        let instance = self.instance.clone();
+        tokio::spawn(async move {
+            let mut delay = FILE_FIRST_RETRY;
+            for attempt in 1..=FILE_ATTEMPTS {
+                let filed = tokio::time::timeout(
+                    FILE_TIMEOUT,
+                    append_to_sent(&imap, password.as_ref(), known.clone(), &raw),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ConnectorError::Transient(
+                        "appending the reply to the sent folder timed out".into(),
+                    ))
+                });
+                match filed {
+                    Ok(()) => return,
+                    Err(e) if e.is_retryable() && attempt < FILE_ATTEMPTS => {
+                        tracing::debug!(instance = %instance, error = %e, attempt, "Filing the sent reply failed; retrying.");
+                        tokio::time::sleep(delay).await;
+                        delay *= 4;
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %instance, error = %e, "Reply sent but not filed in the sent folder.");
+                        return;
+                    }
                 }
-                session = self.open().await?;
-                session
-                    .append(folder, Some("(\\Seen)"), None, raw)
-                    .await
-                    .map_err(|e| map_imap_error(&context, e))?;
             }
-        }
-        *slot = Some(session);
-        Ok(())
+        });
     }
 
     async fn find_in_sent(
@@ -739,6 +759,42 @@ fn is_behind(stored: Option<FolderCursor>, mailbox: &async_imap::types::Mailbox)
     }
 }
 
+/// Appends `raw` to the sent folder (`known`, else the one the server's
+/// LIST shows) on a connection of its own.
+async fn append_to_sent(
+    imap: &ImapConfig,
+    password: Option<&SecretString>,
+    known: Option<(String, String)>,
+    raw: &[u8],
+) -> Result<(), ConnectorError> {
+    let mut session = connect(imap, password).await?;
+    let sent = match known {
+        Some(k) => Some(k),
+        None => {
+            use futures::TryStreamExt;
+            let names: Vec<async_imap::types::Name> = session
+                .list(Some(""), Some("*"))
+                .await
+                .map_err(|e| map_imap_error("Listing folders", e))?
+                .try_collect()
+                .await
+                .map_err(|e| map_imap_error("Listing folders", e))?;
+            let listed: Vec<ListedFolder> = names.iter().map(listed_folder).collect();
+            sent_of(&plan_folders(imap, &listed))
+        }
+    };
+    let Some((key, wire)) = sent else {
+        let _ = session.logout().await;
+        return Ok(());
+    };
+    session
+        .append(&wire, Some("(\\Seen)"), None, raw)
+        .await
+        .map_err(|e| map_imap_error(&format!("Appending the reply to {key:?}"), e))?;
+    let _ = session.logout().await;
+    Ok(())
+}
+
 /// The sent folder of a plan: its key and its name on the wire.
 fn sent_of(plan: &FolderPlan) -> Option<(String, String)> {
     plan.sent()
@@ -940,15 +996,20 @@ impl Connector for EmailConnector {
         let built = build_reply(smtp.from(), reply, Utc::now())?;
         let raw = built.raw();
         smtp.send(built.message.clone()).await?;
-        // The mail is out: failing to file the copy must not make the
-        // daemon send it again, so it is only logged.
-        if let Err(e) = self.append_sent(&raw).await {
-            tracing::warn!(instance = %self.instance, error = %e, "Reply sent but not filed in the sent folder.");
-        }
-        Ok(SentReply {
+        let sent = SentReply {
             external_id: built.message_id,
             sent_at: built.sent_at,
-        })
+        };
+        // The mail is out. The daemon records that as soon as this
+        // returns, before the copy is filed: a sent folder that fails or
+        // hangs must not leave the reply's fate unknown (and so sent
+        // again after a lookup that finds no copy).
+        self.accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sent.external_id.clone(), sent.clone());
+        self.file_in_sent(raw);
+        Ok(sent)
     }
 
     async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
@@ -965,6 +1026,16 @@ impl Connector for EmailConnector {
             }
         }
         let id = reply_message_id(&reply.outbox_id, smtp.from());
+        // Taken by SMTP in this process's lifetime, filed or not.
+        let accepted = self
+            .accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        if let Some(sent) = accepted {
+            return Ok(SentCheck::Sent(sent));
+        }
         Ok(match self.find_in_sent(&id).await? {
             Some(sent_at) => SentCheck::Sent(SentReply {
                 external_id: id,
