@@ -54,6 +54,9 @@ on_both_servers!(
     mail_arriving_while_the_daemon_idles_is_stored_without_waiting_for_the_schedule,
     mail_after_a_server_restart_arrives_by_idle_again,
     a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read,
+    mail_in_any_watched_folder_arrives_by_idle,
+    a_raw_latin1_display_name_is_read_with_its_charset,
+    answered_and_expunged_elsewhere_are_seen_by_modseq,
 );
 
 fn app_for(dovecot: &ImapServer, schedule: &str) -> TestApp {
@@ -422,4 +425,187 @@ fn a_missing_folder_is_shown_in_connectors_list_while_the_others_are_read(server
     daemon.stop_cleanly();
     assert_eq!(daemon.log().matches("Cannot read this folder").count(), 1);
     assert_eq!(total_messages(&app), 1);
+}
+
+fn mail_in_any_watched_folder_arrives_by_idle(server: ImapServer) {
+    server
+        .create_folder(&server.folder("Commandes"), None)
+        .unwrap();
+    server
+        .append(
+            "INBOX",
+            &relay(
+                "first",
+                "Ana Souza",
+                "a1b2c3",
+                "com.br",
+                "Pergunta (Pedido: 701-2345678-3456789)",
+                "Olá!",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    let app = app_for(&server, "0 0 0 1 1 *");
+    let config = std::fs::read_to_string(&app.config).unwrap().replace(
+        "folders = [\"INBOX\", \"Sent\"]",
+        "folders = [\"INBOX\", \"Sent\", \"Commandes\"]",
+    );
+    std::fs::write(&app.config, config).unwrap();
+    // Polls only at start and then once a year: anything else came by IDLE.
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Ingested new messages", Duration::from_secs(30));
+    // One IDLE connection per folder.
+    daemon.wait_for_log_count("with IMAP IDLE", 3, Duration::from_secs(30));
+    let before = daemon.log().matches("with IMAP IDLE").count();
+
+    // The third folder, then the sent folder: neither is the first.
+    let appended = Instant::now();
+    server
+        .append(
+            &server.folder("Commandes"),
+            &relay(
+                "second",
+                "Chloé Martin",
+                "zz9chloe",
+                "fr",
+                "Question (Commande : 171-9876543-2109876)",
+                "Bonjour !",
+                Utc::now(),
+            ),
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(30), || total_messages(&app) == 2)
+        .unwrap_or_else(|_| panic!("mail in Commandes never arrived; log:\n{}", daemon.log()));
+    println!(
+        "push latency, third folder: {} ms (including a CLI round trip)",
+        appended.elapsed().as_millis()
+    );
+    // Every folder idles again after the poll.
+    daemon.wait_for_log_count("with IMAP IDLE", before + 3, Duration::from_secs(30));
+    let appended = Instant::now();
+    server
+        .append(
+            &server.sent_folder(),
+            b"From: seller@shop.example\r\nTo: zz9chloe@marketplace.amazon.fr\r\n\
+              Subject: Re: Question (Commande : 171-9876543-2109876)\r\n\
+              Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <answer-1@shop.example>\r\n\
+              \r\nBonjour, c'est parti.\r\n",
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(30), || total_messages(&app) == 3)
+        .unwrap_or_else(|_| panic!("mail in Sent never arrived; log:\n{}", daemon.log()));
+    println!(
+        "push latency, sent folder: {} ms (including a CLI round trip)",
+        appended.elapsed().as_millis()
+    );
+    daemon.stop_cleanly();
+    assert!(
+        !daemon.log().contains("polled on schedule"),
+        "{}",
+        daemon.log()
+    );
+}
+
+fn a_raw_latin1_display_name_is_read_with_its_charset(server: ImapServer) {
+    // As an old mail client sends it: ISO-8859-1 bytes in the header,
+    // not RFC 2047 encoded words. Cyrus keeps them (munge8bit: no).
+    let mut raw = Vec::new();
+    raw.extend_from_slice(b"From: \"J\xfcrgen Wei\xdf\" <juergen@example.de>\r\n");
+    raw.extend_from_slice(b"To: seller@shop.example\r\nSubject: Gr\xf6\xdfe falsch\r\n");
+    raw.extend_from_slice(format!("Date: {}\r\n", Utc::now().to_rfc2822()).as_bytes());
+    raw.extend_from_slice(b"Message-ID: <latin1-1@example.de>\r\nMIME-Version: 1.0\r\n");
+    raw.extend_from_slice(b"Content-Type: text/plain; charset=ISO-8859-1\r\n");
+    raw.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n\r\n");
+    raw.extend_from_slice(b"Die Schuhe sind zu gro\xdf.\r\n");
+    server.append("INBOX", &raw).unwrap();
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            "[[instances]]\nname = \"shop\"\ntype = \"email\"\nschedule = \"*/5 * * * *\"\n\
+             [instances.imap]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"{}\"\n\
+             password = \"env:HG_IMAP_PASSWORD\"\nfolders = [\"INBOX\"]\n",
+            server.port(),
+            server.user()
+        ),
+    );
+    app.env
+        .push(("HG_IMAP_PASSWORD".into(), server.password().into()));
+
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(sync[0]["messages"], 1, "not quarantined: {sync}");
+    let threads = app.json(&["threads", "--json"]);
+    assert_eq!(threads[0]["customer"], "Jürgen Weiß", "{threads}");
+    assert_eq!(threads[0]["subject"], "Größe falsch", "{threads}");
+    let id = threads[0]["id"].as_i64().unwrap().to_string();
+    let show = app.json(&["show", &id, "--json"]);
+    assert!(
+        show["messages"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("zu groß."),
+        "{show}"
+    );
+}
+
+fn answered_and_expunged_elsewhere_are_seen_by_modseq(server: ImapServer) {
+    let at = Utc::now() - chrono::Duration::hours(2);
+    for (id, buyer, alias, order) in [
+        ("q-1", "Ana Souza", "a1b2c3", "701-2345678-3456789"),
+        ("q-2", "Chloé Martin", "zz9chloe", "171-9876543-2109876"),
+    ] {
+        server
+            .append(
+                "INBOX",
+                &relay(
+                    id,
+                    buyer,
+                    alias,
+                    "fr",
+                    &format!("Question (Commande : {order})"),
+                    "Bonjour !",
+                    at,
+                ),
+            )
+            .unwrap();
+    }
+    let app = app_for(&server, "*/5 * * * *");
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["messages"], 2, "{sync}");
+    let status = |order: &str| -> String {
+        let mut threads = app.json(&["threads", "--json"]);
+        let answered = app.json(&["threads", "--status", "answered", "--json"]);
+        let all = threads.as_array_mut().unwrap();
+        all.extend(answered.as_array().unwrap().iter().cloned());
+        all.iter()
+            .find(|t| t["order_id"] == order)
+            .unwrap_or_else(|| panic!("no thread {order}: {all:?}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(status("701-2345678-3456789"), "awaiting");
+
+    // The seller answers Ana from another mail client, which flags her
+    // message \Answered; Chloé's message is deleted there.
+    server.store_flag("INBOX", 1, '+', "\\Answered").unwrap();
+    server.expunge("INBOX", 2).unwrap();
+    let out = app.run(&["sync", "--once", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("deleted on the server"), "{log}");
+    assert_eq!(status("701-2345678-3456789"), "answered");
+    // Chloé's thread is untouched: still waiting, its message kept.
+    assert_eq!(status("171-9876543-2109876"), "awaiting");
+    assert_eq!(total_messages(&app), 3, "two messages and the hint");
+
+    // Seen again (another flag change on the same message): no second hint.
+    server.store_flag("INBOX", 1, '+', "\\Seen").unwrap();
+    let sync = app.json(&["sync", "--once", "--json"]);
+    assert_eq!(sync[0]["ok"], true, "{sync}");
+    assert_eq!(total_messages(&app), 3);
 }

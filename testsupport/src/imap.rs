@@ -120,6 +120,18 @@ impl ImapServer {
         each!(self, s => s.expunge(folder, uid))
     }
 
+    /// Sets (`+`) or clears (`-`) `flag` on the message with `uid`, as
+    /// another mail client would.
+    pub fn store_flag(
+        &self,
+        folder: &str,
+        uid: u32,
+        change: char,
+        flag: &str,
+    ) -> anyhow::Result<()> {
+        each!(self, s => s.store_flag(folder, uid, change, flag))
+    }
+
     /// Creates `folder` (its name on the wire, modified UTF-7), marked
     /// with `special_use` (`\Sent`) when given (RFC 6154 CREATE-SPECIAL-USE).
     pub fn create_folder(&self, folder: &str, special_use: Option<&str>) -> anyhow::Result<()> {

@@ -35,7 +35,47 @@ Controller(Mailbox(maildir), hostname="127.0.0.1", port=port, authenticator=chec
 threading.Event().wait()
 "#;
 
+/// aiosmtpd behind TLS: implicit (SMTPS, port 465 style) or STARTTLS,
+/// required before MAIL (port 587 style), with a certificate for
+/// `localhost` issued by a CA made for the test.
+const TLS_SINK_PY: &str = r#"
+import sys, ssl, asyncio
+from aiosmtpd.smtp import SMTP
+from aiosmtpd.handlers import Mailbox
+port, maildir, mode, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+handler = Mailbox(maildir)
+def factory():
+    if mode == "implicit":
+        return SMTP(handler, hostname="localhost")
+    return SMTP(handler, hostname="localhost", tls_context=ctx, require_starttls=True)
+async def main():
+    srv = await asyncio.get_running_loop().create_server(
+        factory, "127.0.0.1", port, ssl=ctx if mode == "implicit" else None)
+    await srv.serve_forever()
+asyncio.run(main())
+"#;
+
+/// How an [`SmtpSink::start_tls`] server speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkTls {
+    Implicit,
+    Starttls,
+}
+
 impl SmtpSink {
+    /// A sink behind TLS with a certificate for `localhost` from a CA
+    /// made now ([`SmtpSink::ca_pem`]) with the openssl CLI.
+    pub fn start_tls(mode: SinkTls) -> anyhow::Result<SmtpSink> {
+        SmtpSink::spawn_with(None, Some(mode))
+    }
+
+    /// The PEM of the CA that issued a TLS sink's certificate.
+    pub fn ca_pem(&self) -> anyhow::Result<Vec<u8>> {
+        std::fs::read(self.dir.path().join("ca.pem")).context("the sink has no TLS")
+    }
+
     /// An open relay on loopback: no AUTH.
     pub fn start() -> anyhow::Result<SmtpSink> {
         SmtpSink::spawn(None)
@@ -47,6 +87,10 @@ impl SmtpSink {
     }
 
     fn spawn(auth: Option<(&str, &str)>) -> anyhow::Result<SmtpSink> {
+        SmtpSink::spawn_with(auth, None)
+    }
+
+    fn spawn_with(auth: Option<(&str, &str)>, tls: Option<SinkTls>) -> anyhow::Result<SmtpSink> {
         let probe = Command::new("python3")
             .args(["-c", "import aiosmtpd"])
             .stdout(Stdio::null())
@@ -61,15 +105,27 @@ impl SmtpSink {
         let log = std::fs::File::create(dir.path().join("aiosmtpd.log"))?;
         let maildir = dir.path().join("maildir");
         let mut cmd = Command::new("python3");
-        match auth {
-            None => {
+        match (auth, tls) {
+            (_, Some(mode)) => {
+                make_certificate(dir.path())?;
+                cmd.args(["-c", TLS_SINK_PY])
+                    .arg(port.to_string())
+                    .arg(&maildir)
+                    .arg(match mode {
+                        SinkTls::Implicit => "implicit",
+                        SinkTls::Starttls => "starttls",
+                    })
+                    .arg(dir.path().join("cert.pem"))
+                    .arg(dir.path().join("key.pem"));
+            }
+            (None, None) => {
                 // -n: stay root rather than setuid nobody (the Maildir is ours).
                 cmd.args(["-m", "aiosmtpd", "-n", "-l"])
                     .arg(format!("127.0.0.1:{port}"))
                     .args(["-c", "aiosmtpd.handlers.Mailbox"])
                     .arg(&maildir);
             }
-            Some((user, password)) => {
+            (Some((user, password)), None) => {
                 cmd.args(["-c", AUTH_SINK_PY])
                     .arg(port.to_string())
                     .arg(&maildir)
@@ -146,6 +202,83 @@ impl SmtpSink {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A CA (`ca.pem`) and a server certificate for `localhost` it signed
+/// (`cert.pem`, `key.pem`) in `dir`: a leaf, not a self-signed CA, as
+/// rustls will not take a CA certificate as the server's own.
+fn make_certificate(dir: &std::path::Path) -> anyhow::Result<()> {
+    let ext = dir.join("leaf.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=hourglass test CA",
+            "-days",
+            "2",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("openssl is needed for the TLS test server: apt-get install openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Drop for SmtpSink {

@@ -12,7 +12,7 @@ use async_imap::imap_proto::Response;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use hourglass_connector::secret::ExposeSecret;
-use hourglass_connector::{Batch, ConnectorError, Quarantined};
+use hourglass_connector::{Batch, ConnectorError, Direction, Message, Quarantined};
 use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -374,25 +374,52 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
     }
 }
 
-/// Where a folder's sync stands: the cursor value `uidvalidity:lastuid`.
+/// Where a folder's sync stands: the cursor value `uidvalidity:lastuid`,
+/// with `:highestmodseq` where the server has CONDSTORE (RFC 7162).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FolderCursor {
     pub uidvalidity: u32,
     pub last_uid: u32,
+    pub modseq: Option<u64>,
 }
 
 impl FolderCursor {
     pub fn parse(s: &str) -> Option<FolderCursor> {
-        let (v, u) = s.split_once(':')?;
+        let mut parts = s.split(':');
+        let uidvalidity = parts.next()?.trim().parse().ok()?;
+        let last_uid = parts.next()?.trim().parse().ok()?;
+        let modseq = match parts.next() {
+            Some(m) => Some(m.trim().parse().ok()?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
         Some(FolderCursor {
-            uidvalidity: v.trim().parse().ok()?,
-            last_uid: u.trim().parse().ok()?,
+            uidvalidity,
+            last_uid,
+            modseq,
         })
     }
 
     pub fn encode(self) -> String {
-        format!("{}:{}", self.uidvalidity, self.last_uid)
+        match self.modseq {
+            Some(m) => format!("{}:{}:{m}", self.uidvalidity, self.last_uid),
+            None => format!("{}:{}", self.uidvalidity, self.last_uid),
+        }
     }
+}
+
+/// What the server offers for seeing changes to mail already read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeTracking {
+    /// Neither: flag changes and expunges go unseen.
+    None,
+    /// CONDSTORE: flag changes since a MODSEQ (`CHANGEDSINCE`).
+    Condstore,
+    /// QRESYNC, enabled: flag changes and the UIDs expunged since
+    /// (`VANISHED`).
+    Qresync,
 }
 
 /// The last UID already read, given the stored cursor and the server's
@@ -440,41 +467,63 @@ pub struct FolderSync {
 }
 
 /// Reads what is new in `folder` (SELECTed as `wire`, its modified-UTF-7
-/// name on the server) since `stored`.
+/// name on the server) since `stored`; with CONDSTORE, also the flag
+/// changes and (QRESYNC) expunges of mail read before.
 pub async fn sync_folder(
     session: &mut Session,
     folder: &str,
     wire: &str,
     stored: Option<&str>,
     batch_size: usize,
+    tracking: ChangeTracking,
     ctx_template: &ParseContext<'_>,
 ) -> Result<FolderSync, ConnectorError> {
-    let mailbox = session
-        .select(wire)
-        .await
-        .map_err(|e| map_imap_error(&format!("Selecting folder {folder:?}"), e))?;
+    let selected = match tracking {
+        ChangeTracking::None => session.select(wire).await,
+        _ => session.select_condstore(wire).await,
+    };
+    let mailbox =
+        selected.map_err(|e| map_imap_error(&format!("Selecting folder {folder:?}"), e))?;
     let uidvalidity = mailbox.uid_validity.ok_or_else(|| {
         ConnectorError::Other(format!("The server gave folder {folder:?} no UIDVALIDITY"))
     })?;
     let stored = stored.and_then(FolderCursor::parse);
     let last_uid = resume_after(stored, uidvalidity);
-    let mut out = FolderSync {
-        cursor: Some(
-            FolderCursor {
-                uidvalidity,
-                last_uid,
-            }
-            .encode(),
-        ),
-        ..FolderSync::default()
+    // HIGHESTMODSEQ as SELECT saw it: a change after it is seen next time.
+    let modseq = match tracking {
+        ChangeTracking::None => None,
+        _ => mailbox.highest_modseq,
     };
-    let settled = |read: u32, more: bool| {
+    let cursor = |last_uid: u32| {
         FolderCursor {
             uidvalidity,
-            last_uid: settled_uid(read, more, mailbox.uid_next),
+            last_uid,
+            modseq,
         }
         .encode()
     };
+    let mut out = FolderSync {
+        cursor: Some(cursor(last_uid)),
+        ..FolderSync::default()
+    };
+    let since = stored
+        .filter(|c| c.uidvalidity == uidvalidity)
+        .and_then(|c| c.modseq);
+    if let (Some(since), Some(now)) = (since, modseq) {
+        if now > since && last_uid > 0 {
+            read_changes(
+                session,
+                folder,
+                last_uid,
+                since,
+                tracking,
+                ctx_template,
+                &mut out,
+            )
+            .await?;
+        }
+    }
+    let settled = |read: u32, more: bool| cursor(settled_uid(read, more, mailbox.uid_next));
     if mailbox.exists == 0
         || mailbox
             .uid_next
@@ -495,7 +544,7 @@ pub async fn sync_folder(
     let fetches: Vec<async_imap::types::Fetch> = session
         .uid_fetch(
             format!("{first}:{last}"),
-            "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[])",
+            "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])",
         )
         .await
         .map_err(|e| map_imap_error(&format!("Fetching from {folder:?}"), e))?
@@ -511,39 +560,201 @@ pub async fn sync_folder(
     items.sort_by_key(|(u, _)| *u);
     for (uid, fetch) in items {
         max_uid = max_uid.max(uid);
-        let source = format!("{folder} (UIDVALIDITY {uidvalidity}, UID {uid})");
-        let Some(raw) = fetch.body() else {
-            out.batch.quarantined.push(Quarantined {
-                external_id: Some(format!("{folder}/{uidvalidity}/{uid}")),
-                source,
-                error: "the server returned no body for this message".into(),
-                raw: Vec::new(),
-            });
-            continue;
-        };
-        let internal_date: Option<DateTime<Utc>> =
-            fetch.internal_date().map(|d| d.with_timezone(&Utc));
-        let ctx = ParseContext {
-            uid: Some(uid),
-            internal_date,
-            ..ctx_template.clone()
-        };
-        match parse_mail(raw, &ctx) {
-            Ok(m) => out.batch.messages.push(m),
-            Err(e) => out.batch.quarantined.push(Quarantined {
-                external_id: Some(format!("{folder}/{uidvalidity}/{uid}")),
-                source,
-                error: e.reason,
-                raw: raw.to_vec(),
-            }),
-        }
+        read_one(
+            folder,
+            uidvalidity,
+            uid,
+            fetch,
+            ctx_template,
+            &mut out.batch,
+        );
     }
     // UIDs the server listed but did not return (expunged in between) are
     // gone: step over them too.
     max_uid = max_uid.max(last);
     out.cursor = Some(settled(max_uid, more));
-    out.batch.more = more;
+    out.batch.more |= more;
     Ok(out)
+}
+
+/// Parses one fetched message into `batch` (or its quarantine); a
+/// customer's message the server flags `\Answered` brings its hint.
+fn read_one(
+    folder: &str,
+    uidvalidity: u32,
+    uid: u32,
+    fetch: &async_imap::types::Fetch,
+    ctx_template: &ParseContext<'_>,
+    batch: &mut Batch,
+) {
+    let source = format!("{folder} (UIDVALIDITY {uidvalidity}, UID {uid})");
+    let Some(raw) = fetch.body() else {
+        batch.quarantined.push(Quarantined {
+            external_id: Some(format!("{folder}/{uidvalidity}/{uid}")),
+            source,
+            error: "the server returned no body for this message".into(),
+            raw: Vec::new(),
+        });
+        return;
+    };
+    let internal_date: Option<DateTime<Utc>> = fetch.internal_date().map(|d| d.with_timezone(&Utc));
+    let ctx = ParseContext {
+        uid: Some(uid),
+        internal_date,
+        ..ctx_template.clone()
+    };
+    match parse_mail(raw, &ctx) {
+        Ok(m) => {
+            if has_flag(fetch, "\\Answered") {
+                if let Some(hint) = answered_hint(&m, &ctx) {
+                    batch.messages.push(hint);
+                }
+            }
+            batch.messages.push(m);
+        }
+        Err(e) => batch.quarantined.push(Quarantined {
+            external_id: Some(format!("{folder}/{uidvalidity}/{uid}")),
+            source,
+            error: e.reason,
+            raw: raw.to_vec(),
+        }),
+    }
+}
+
+fn has_flag(fetch: &async_imap::types::Fetch, flag: &str) -> bool {
+    use async_imap::types::Flag;
+    fetch.flags().any(|f| match (&f, flag) {
+        (Flag::Answered, "\\Answered") | (Flag::Deleted, "\\Deleted") => true,
+        (Flag::Custom(c), _) => c.eq_ignore_ascii_case(flag),
+        _ => false,
+    })
+}
+
+/// The flag changes (and, with QRESYNC, the expunges) since `since` among
+/// the messages up to `last_uid`, read before. A customer's message that
+/// another mail client flagged `\Answered` brings a hint that stops its
+/// clock; deletions are reported in the log, and hourglass keeps its copy.
+#[allow(clippy::too_many_arguments)]
+async fn read_changes(
+    session: &mut Session,
+    folder: &str,
+    last_uid: u32,
+    since: u64,
+    tracking: ChangeTracking,
+    ctx_template: &ParseContext<'_>,
+    out: &mut FolderSync,
+) -> Result<(), ConnectorError> {
+    let context = format!("Reading flag changes in {folder:?}");
+    // Old unsolicited responses are not this command's.
+    while session.unsolicited_responses.try_recv().is_ok() {}
+    let vanished = if tracking == ChangeTracking::Qresync {
+        " VANISHED"
+    } else {
+        ""
+    };
+    let changed: Vec<async_imap::types::Fetch> = session
+        .uid_fetch(
+            format!("1:{last_uid}"),
+            format!("(UID FLAGS) (CHANGEDSINCE {since}{vanished})"),
+        )
+        .await
+        .map_err(|e| map_imap_error(&context, e))?
+        .try_collect()
+        .await
+        .map_err(|e| map_imap_error(&context, e))?;
+    let mut gone: Vec<u32> = Vec::new();
+    while let Ok(r) = session.unsolicited_responses.try_recv() {
+        if let async_imap::types::UnsolicitedResponse::Other(data) = r {
+            if let Response::Vanished { uids, .. } = data.parsed() {
+                gone.extend(uids.iter().flat_map(|r| r.clone()));
+            }
+        }
+    }
+    gone.extend(
+        changed
+            .iter()
+            .filter(|f| has_flag(f, "\\Deleted"))
+            .filter_map(|f| f.uid),
+    );
+    if !gone.is_empty() {
+        gone.sort_unstable();
+        gone.dedup();
+        tracing::info!(folder = %folder, uids = ?gone, "Messages deleted on the server since the last poll; hourglass keeps its copies.");
+    }
+    if ctx_template.is_sent_folder {
+        return Ok(());
+    }
+    let answered: Vec<u32> = changed
+        .iter()
+        .filter(|f| has_flag(f, "\\Answered") && !has_flag(f, "\\Deleted"))
+        .filter_map(|f| f.uid)
+        .filter(|u| *u <= last_uid)
+        .collect();
+    if answered.is_empty() {
+        return Ok(());
+    }
+    let set = answered
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let fetches: Vec<async_imap::types::Fetch> = session
+        .uid_fetch(set, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+        .await
+        .map_err(|e| map_imap_error(&context, e))?
+        .try_collect()
+        .await
+        .map_err(|e| map_imap_error(&context, e))?;
+    for fetch in &fetches {
+        let Some(uid) = fetch.uid else { continue };
+        let Some(raw) = fetch.body() else { continue };
+        let ctx = ParseContext {
+            uid: Some(uid),
+            internal_date: fetch.internal_date().map(|d| d.with_timezone(&Utc)),
+            ..ctx_template.clone()
+        };
+        // Read before: a mail that cannot be parsed was quarantined then.
+        if let Ok(m) = parse_mail(raw, &ctx) {
+            out.batch.messages.extend(answered_hint(&m, &ctx));
+        }
+    }
+    Ok(())
+}
+
+/// What another mail client's `\Answered` on a customer's message says:
+/// the seller replied outside hourglass. An outbound message in the same
+/// thread, a second after the one it answers (so later messages of the
+/// customer still wait), with a stable id so it is stored once.
+pub fn answered_hint(m: &Message, ctx: &ParseContext<'_>) -> Option<Message> {
+    if m.direction != Direction::Inbound || m.automatic {
+        return None;
+    }
+    let mut hint = Message::new(
+        format!("{}#answered", m.external_id),
+        m.thread_key.clone(),
+        Direction::Outbound,
+        m.sent_at + chrono::Duration::seconds(1),
+        "Answered outside hourglass: the mailbox marks the customer's message as answered (\\Answered), as a mail client does after a reply.",
+    );
+    hint.customer = m.customer.clone();
+    hint.subject = m.subject.clone();
+    hint.order_id = m.order_id.clone();
+    hint.marketplace = m.marketplace.clone();
+    // Shaped like a reply found in the sent folder (from the seller, to
+    // the customer), so that a platform on top threads it the same way.
+    let customer_addr = m.meta.get("from").cloned().unwrap_or_default();
+    hint.meta = serde_json::json!({
+        "hint": "answered",
+        "answers": m.external_id,
+        "folder": ctx.folder,
+        "uid": ctx.uid,
+        "from": ctx.own_addresses.first(),
+        "to": [customer_addr],
+        "subject": m.meta.get("subject").cloned().unwrap_or_default(),
+        "message_id": serde_json::Value::Null,
+        "thread_root": m.meta.get("thread_root").cloned().unwrap_or_default(),
+    });
+    Some(hint)
 }
 
 #[cfg(test)]
@@ -565,12 +776,17 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let c = FolderCursor {
+        let mut c = FolderCursor {
             uidvalidity: 1795434995,
             last_uid: 42,
+            modseq: None,
         };
+        assert_eq!(c.encode(), "1795434995:42");
         assert_eq!(FolderCursor::parse(&c.encode()), Some(c));
-        for bad in ["", "42", "a:b", "1:", ":1", "1:2:3"] {
+        c.modseq = Some(9_000_000_001);
+        assert_eq!(c.encode(), "1795434995:42:9000000001");
+        assert_eq!(FolderCursor::parse(&c.encode()), Some(c));
+        for bad in ["", "42", "a:b", "1:", ":1", "1:2:x", "1:2:3:4", "1:2:"] {
             assert_eq!(FolderCursor::parse(bad), None, "{bad}");
         }
     }
@@ -581,6 +797,7 @@ mod tests {
             Some(FolderCursor {
                 uidvalidity: v,
                 last_uid: u,
+                modseq: None,
             })
         };
         assert_eq!(resume_after(None, 7), 0);

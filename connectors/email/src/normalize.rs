@@ -2,6 +2,7 @@
 //! direction, the thread key, the plausible date. Pure functions only, so
 //! every decision has a table test; IMAP and Maildir both feed this.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -44,8 +45,9 @@ fn parse_error(reason: impl Into<String>) -> ParseError {
 
 /// Parses one raw mail into a normalized message.
 pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseError> {
+    let readable = headers_as_utf8(raw);
     let mail = MessageParser::default()
-        .parse(raw)
+        .parse(readable.as_ref())
         .ok_or_else(|| parse_error("not an e-mail: no header block found"))?;
 
     let message_id = mail.message_id().map(str::to_owned);
@@ -510,9 +512,95 @@ fn headers_of(inner: &mail_parser::Message<'_>) -> OriginalHeaders {
     }
 }
 
+/// The mail with header lines that are not UTF-8 (raw 8-bit bytes, as
+/// old mail clients send a display name or a subject against RFC 5322)
+/// decoded with the charset the mail declares, else as Windows-1252, the
+/// superset of ISO-8859-1 those clients wrote in practice. UTF-8 lines
+/// (RFC 6532) and the body stay as they are: the body is decoded by its
+/// own Content-Type. Without this the parser shows U+FFFD for every such
+/// byte; a mail is never quarantined for it.
+pub fn headers_as_utf8(raw: &[u8]) -> Cow<'_, [u8]> {
+    let end = header_end(raw);
+    let header = &raw[..end];
+    if std::str::from_utf8(header).is_ok() {
+        return Cow::Borrowed(raw);
+    }
+    let declared = declared_charset(header).or_else(|| declared_charset(raw));
+    let decoder = declared
+        .filter(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8"))
+        .and_then(|c| mail_parser::decoders::charsets::map::charset_decoder(c.as_bytes()))
+        .or_else(|| mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252"));
+    let Some(decoder) = decoder else {
+        return Cow::Borrowed(raw);
+    };
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 8);
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        if std::str::from_utf8(line).is_ok() {
+            out.extend_from_slice(line);
+        } else {
+            out.extend_from_slice(decoder(line).as_bytes());
+        }
+    }
+    out.extend_from_slice(&raw[end..]);
+    Cow::Owned(out)
+}
+
+/// Where the header block ends (its blank line included in the rest).
+fn header_end(raw: &[u8]) -> usize {
+    let mut at_line_start = true;
+    for (i, b) in raw.iter().enumerate() {
+        match b {
+            b'\n' if at_line_start => return i,
+            b'\n' => at_line_start = true,
+            b'\r' if at_line_start => {}
+            _ => at_line_start = false,
+        }
+    }
+    raw.len()
+}
+
+/// The first `charset=` parameter in `bytes` (a Content-Type's).
+fn declared_charset(bytes: &[u8]) -> Option<String> {
+    let lower = bytes.to_ascii_lowercase();
+    let at = lower.windows(8).position(|w| w == b"charset=")? + 8;
+    let value: String = bytes[at..]
+        .iter()
+        .skip_while(|b| **b == b'"')
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        .map(|b| char::from(*b))
+        .collect();
+    (!value.is_empty()).then_some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_8bit_headers_are_read_with_the_declared_charset_or_windows_1252() {
+        let latin1 = b"From: \"J\xfcrgen Wei\xdf\" <j@example.de>\r\nSubject: Gr\xfc\xdfe\r\n\
+            Content-Type: text/plain; charset=\"ISO-8859-1\"\r\n\r\nK\xf6rper\r\n";
+        let out = headers_as_utf8(latin1);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("From: \"Jürgen Weiß\" <j@example.de>\r\nSubject: Grüße\r\n"),
+            "{text}"
+        );
+        // The body is left to its Content-Type.
+        assert!(out.ends_with(b"\r\n\r\nK\xf6rper\r\n"));
+        // ISO-8859-2 declared: the same byte is another letter.
+        let latin2 = b"From: \"Ma\xb3gorzata\" <m@example.pl>\r\nContent-Type: text/plain; charset=iso-8859-2\r\n\r\nx";
+        assert!(String::from_utf8_lossy(&headers_as_utf8(latin2)).contains("Małgorzata"));
+        // Nothing declared (or UTF-8 declared but not true): Windows-1252.
+        let none = b"From: =?utf-8?q?x?= \"Ren\xe9\" <r@example.fr>\r\n\r\n";
+        assert!(String::from_utf8_lossy(&headers_as_utf8(none)).contains("\"René\""));
+        let lying =
+            b"From: \"Ren\xe9\" <r@example.fr>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
+        assert!(String::from_utf8_lossy(&headers_as_utf8(lying)).contains("\"René\""));
+        // UTF-8 headers (RFC 6532) are untouched, byte for byte.
+        let utf8 = "From: \"Jürgen\" <j@example.de>\r\n\r\n\u{fc}".as_bytes();
+        assert!(matches!(headers_as_utf8(utf8), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn subjects_lose_reply_prefixes_in_many_languages() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hourglass_connector::secret::SecretRef;
 use hourglass_connector::testkit::conformance;
-use hourglass_connector::{Connector, Cursors, Direction, OutgoingReply, SentCheck};
+use hourglass_connector::{Connector, Cursors, Direction, OutgoingReply, SentCheck, SentReply};
 use hourglass_email::{EmailConnector, ImapAuth, ImapConfig, SmtpConfig, TlsMode};
 use hourglass_testsupport::dovecot::Dovecot;
 use hourglass_testsupport::imap::{ImapServer, ServerKind};
@@ -107,6 +107,81 @@ fn smtp_config(sink: &SmtpSink) -> SmtpConfig {
         from: "Shop <seller@shop.example>".to_owned(),
         ca_file: None,
     }
+}
+
+/// Looks `reply` up in the sent folder as a process that did not send it
+/// would (the sender knows it was sent anyway), until the copy filed in
+/// the background is there.
+async fn wait_until_filed(
+    cfg: ImapConfig,
+    sink: &SmtpSink,
+    reply: &OutgoingReply,
+) -> Result<SentReply, String> {
+    let fresh = EmailConnector::new("fresh", cfg, Some(smtp_config(sink))).unwrap();
+    let start = Instant::now();
+    loop {
+        match fresh.check_sent(reply).await {
+            Ok(SentCheck::Sent(s)) => return Ok(s),
+            other if start.elapsed() > Duration::from_secs(20) => return Err(format!("{other:?}")),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A reply SMTP took is sent, whatever happens to its copy: the sent
+/// folder's server here takes connections and never answers, as a hung
+/// server does. The send returns at once (the daemon records it within
+/// its send window), and a lookup says sent instead of "not there, send
+/// again".
+#[tokio::test]
+async fn a_reply_smtp_took_is_sent_even_when_its_copy_cannot_be_filed() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hung.incoming().take(8) {
+            conns.push(c);
+        }
+        conns.len()
+    });
+    let sink = SmtpSink::start().unwrap();
+    let cfg = ImapConfig {
+        host: "127.0.0.1".to_owned(),
+        port,
+        tls: TlsMode::None,
+        username: "alice".to_owned(),
+        password: None,
+        auth: ImapAuth::Login,
+        folders: vec!["INBOX".to_owned()],
+        sent_folder: Some("Sent".to_owned()),
+        idle: false,
+        fetch_batch: 200,
+        accept_invalid_certs: false,
+        ca_file: None,
+    };
+    let conn = EmailConnector::new("mail", cfg, Some(smtp_config(&sink))).unwrap();
+    let reply = OutgoingReply {
+        outbox_id: "outbox-hung".into(),
+        thread_key: "ioana@example.ro".into(),
+        to: "Ioana.Popescu@example.ro".into(),
+        subject: Some("Comandă".into()),
+        text: "Coletul a plecat.".into(),
+        in_reply_to_meta: json!({}),
+        order_id: None,
+    };
+    // The outbox's send window with its default lease is 54 s; an IMAP
+    // connect alone may take 30 s before it gives up.
+    let sent = tokio::time::timeout(Duration::from_secs(20), conn.send_reply(&reply))
+        .await
+        .expect("the send waited on the sent folder")
+        .unwrap();
+    assert_eq!(sink.wait_for(1, Duration::from_secs(10)).unwrap().len(), 1);
+    match conn.check_sent(&reply).await.unwrap() {
+        SentCheck::Sent(s) => assert_eq!(s.external_id, sent.external_id),
+        other => panic!("a reply SMTP took would be sent again: {other:?}"),
+    }
+    drop(conn);
+    drop(held);
 }
 
 /// Not an e-mail, yet a message both servers take: Cyrus refuses an APPEND
@@ -311,7 +386,8 @@ async fn mail_expunged_before_it_was_read_does_not_keep_idle_awake(d: ImapServer
     assert!(b.messages.is_empty());
     let mut cursors = cursors;
     cursors.extend(b.cursors);
-    assert!(cursors["INBOX"].ends_with(":2"), "{cursors:?}");
+    // `uidvalidity:lastuid[:modseq]`: UID 2 is stepped over.
+    assert_eq!(cursors["INBOX"].split(':').nth(1), Some("2"), "{cursors:?}");
 
     let changed = conn
         .wait_for_change(&cursors, Duration::from_millis(800))
@@ -475,6 +551,9 @@ async fn a_reply_goes_out_threaded_is_filed_in_sent_and_is_found_by_check_sent(d
         SentCheck::Sent(s) => assert_eq!(s.external_id, sent.external_id),
         other => panic!("{other:?}"),
     }
+    // Filed in the background: found there by a process that did not send it.
+    let filed = wait_until_filed(imap_config(&d), &sink, &reply).await;
+    assert_eq!(filed.unwrap().external_id, sent.external_id);
 
     // The copy in Sent comes back as the same outbound message, on the
     // customer's thread.
@@ -515,9 +594,9 @@ async fn a_reply_after_a_server_restart_is_still_filed_in_sent(mut d: ImapServer
     };
     let sent = conn.send_reply(&reply).await.unwrap();
     sink.wait_for(1, Duration::from_secs(10)).unwrap();
-    match conn.check_sent(&reply).await.unwrap() {
-        SentCheck::Sent(s) => assert_eq!(s.external_id, sent.external_id),
-        other => panic!("the copy did not reach Sent: {other:?}"),
+    match wait_until_filed(imap_config(&d), &sink, &reply).await {
+        Ok(s) => assert_eq!(s.external_id, sent.external_id),
+        Err(other) => panic!("the copy did not reach Sent: {other}"),
     }
 }
 
@@ -608,7 +687,7 @@ async fn a_localized_sent_folder_is_found_by_special_use(d: ImapServer) {
 
     // Replies hourglass sends are filed there too, and found there.
     let sink = SmtpSink::start().unwrap();
-    let conn = EmailConnector::new("mail", cfg, Some(smtp_config(&sink))).unwrap();
+    let conn = EmailConnector::new("mail", cfg.clone(), Some(smtp_config(&sink))).unwrap();
     let inbound = batch
         .messages
         .iter()
@@ -624,9 +703,9 @@ async fn a_localized_sent_folder_is_found_by_special_use(d: ImapServer) {
         order_id: None,
     };
     let sent_reply = conn.send_reply(&out).await.unwrap();
-    match conn.check_sent(&out).await.unwrap() {
-        SentCheck::Sent(s) => assert_eq!(s.external_id, sent_reply.external_id),
-        other => panic!("the copy is not in {LOCALIZED_SENT}: {other:?}"),
+    match wait_until_filed(cfg, &sink, &out).await {
+        Ok(s) => assert_eq!(s.external_id, sent_reply.external_id),
+        Err(other) => panic!("the copy is not in {LOCALIZED_SENT}: {other}"),
     }
 }
 
