@@ -10,6 +10,8 @@ mod worker;
 
 pub use config::{OutboxConfig, RateLimitConfig};
 pub use limits::Limiter;
-pub use reply::{enqueue, new_outbox_id, platform_refusal, reply_command, ReplyArgs};
+pub use reply::{
+    enqueue, new_outbox_id, platform_refusal, reply_command, window_refusal, ReplyArgs,
+};
 pub use templates::{render_template, template_vars};
 pub use worker::worker;

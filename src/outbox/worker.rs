@@ -339,7 +339,19 @@ impl Sender {
         }
         let timeout = finish_by.saturating_duration_since(Instant::now());
         let busy = crate::watchdog::busy(format!("sending a reply of {}", self.name));
-        let sent = tokio::time::timeout(timeout, self.inst.connector.send_reply(&reply)).await;
+        let connector = &self.inst.connector;
+        let send = async {
+            match &item.template {
+                // The platform may have an approved template of that name
+                // (WhatsApp), filled from the thread's variables.
+                Some(name) => {
+                    let vars = super::template_vars(&detail.thread, &[]);
+                    connector.send_templated(&reply, name, &vars).await
+                }
+                None => connector.send_reply(&reply).await,
+            }
+        };
+        let sent = tokio::time::timeout(timeout, send).await;
         drop(busy);
         match sent {
             Err(_) => warn!(
