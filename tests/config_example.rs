@@ -26,6 +26,10 @@ fn example_config_passes_check_config() {
         "SP_API_REFRESH_TOKEN",
         "EBAY_CLIENT_SECRET",
         "EBAY_REFRESH_TOKEN",
+        "META_APP_SECRET",
+        "META_VERIFY_TOKEN",
+        "META_PAGE_TOKEN",
+        "META_WHATSAPP_TOKEN",
     ] {
         cmd.env(var, "https://hooks.example.com/x");
     }
@@ -36,7 +40,7 @@ fn example_config_passes_check_config() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (6 instances)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (8 instances)"));
 
     // Without the secrets, every missing one is reported with its place.
     let out = Command::new(common::BIN)

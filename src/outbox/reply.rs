@@ -24,7 +24,9 @@ pub struct ReplyArgs {
     )]
     pub body: Option<String>,
     /// A template from the [templates] folder: NAME.LANG.txt in the
-    /// thread's language, else NAME.txt.
+    /// thread's language, else NAME.txt. On WhatsApp, a template also
+    /// configured under [instances.meta.templates] goes out as that
+    /// approved template (also after the 24 h window).
     #[arg(long)]
     pub template: Option<String>,
     /// An extra template variable (repeatable): --var coupon=SPRING10

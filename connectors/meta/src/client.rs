@@ -18,10 +18,12 @@ use tokio::time::Instant;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Conversations API: 2 calls per second per Page (DESIGN §9).
+/// Conversations API: 2 calls per second per Page (DESIGN §9). Calls
+/// every 0.55 s, one at a time: network jitter can never put three in
+/// one second.
 pub const READ_QUOTA: RateLimit = RateLimit {
-    per_second: 2.0,
-    burst: 2,
+    per_second: 1.8,
+    burst: 1,
 };
 
 /// Usage at which hourglass slows down before Meta throttles it.

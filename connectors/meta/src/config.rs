@@ -17,6 +17,9 @@ use crate::{Kind, MetaConnector};
 /// limits). Ten at once, 290/s sustained: no second holds more than 300.
 pub const MESSENGER_SEND_QUOTA: RateLimit = RateLimit::per_window(300, 1.0, 10);
 
+/// Instagram messaging: 100 calls per second per professional account.
+pub const INSTAGRAM_SEND_QUOTA: RateLimit = RateLimit::per_window(100, 1.0, 4);
+
 /// Cloud API: 80 messages per second per business phone number.
 pub const WHATSAPP_SEND_QUOTA: RateLimit = RateLimit::per_window(80, 1.0, 4);
 
@@ -109,8 +112,80 @@ impl MetaSettings {
     }
 }
 
-impl InstanceSettings for MetaSettings {
+/// The settings of one `type`: [`MetaSettings`] that know their channel,
+/// for what depends on it before an instance is built (text limits,
+/// quotas). `K` is a [`Kind`] as `u8`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SettingsOf<const K: u8>(pub MetaSettings);
+
+/// `type = "messenger"`.
+pub type MessengerSettings = SettingsOf<{ Kind::Messenger as u8 }>;
+/// `type = "instagram"`.
+pub type InstagramSettings = SettingsOf<{ Kind::Instagram as u8 }>;
+/// `type = "whatsapp"`.
+pub type WhatsAppSettings = SettingsOf<{ Kind::WhatsApp as u8 }>;
+
+impl<const K: u8> From<MetaSettings> for SettingsOf<K> {
+    fn from(s: MetaSettings) -> Self {
+        SettingsOf(s)
+    }
+}
+
+impl<const K: u8> SettingsOf<K> {
+    fn channel() -> Kind {
+        match K {
+            k if k == Kind::WhatsApp as u8 => Kind::WhatsApp,
+            k if k == Kind::Instagram as u8 => Kind::Instagram,
+            _ => Kind::Messenger,
+        }
+    }
+}
+
+impl<const K: u8> InstanceSettings for SettingsOf<K> {
     fn check(&self, kind: &str) -> Vec<SettingsProblem> {
+        self.0.check(kind)
+    }
+
+    fn secrets(&self) -> Vec<(&'static str, &SecretRef)> {
+        self.0.secrets()
+    }
+
+    /// Messenger and Instagram take 2,000 characters, WhatsApp 4,096:
+    /// longer is refused before it is queued.
+    fn check_reply(&self, text: &str) -> Result<(), String> {
+        crate::check_text(Self::channel(), text)
+    }
+
+    fn check_reply_window(
+        &self,
+        kind: &str,
+        closes_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        template: Option<&str>,
+    ) -> Result<(), String> {
+        self.0.check_reply_window(kind, closes_at, now, template)
+    }
+
+    fn send_quota(&self) -> Option<RateLimit> {
+        Some(match Self::channel() {
+            Kind::WhatsApp => WHATSAPP_SEND_QUOTA,
+            Kind::Instagram => INSTAGRAM_SEND_QUOTA,
+            Kind::Messenger => MESSENGER_SEND_QUOTA,
+        })
+    }
+
+    fn per_thread_quota(&self) -> Option<RateLimit> {
+        (Self::channel() == Kind::WhatsApp).then_some(WHATSAPP_PER_USER_QUOTA)
+    }
+
+    fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {
+        self.0.build(kind, instance)
+    }
+}
+
+impl MetaSettings {
+    pub fn check(&self, kind: &str) -> Vec<SettingsProblem> {
         let Some(m) = &self.meta else {
             return vec![SettingsProblem::missing_table(kind, "meta")];
         };
@@ -191,7 +266,7 @@ impl InstanceSettings for MetaSettings {
         out
     }
 
-    fn secrets(&self) -> Vec<(&'static str, &SecretRef)> {
+    pub fn secrets(&self) -> Vec<(&'static str, &SecretRef)> {
         match &self.meta {
             Some(m) => vec![
                 ("meta.app_secret", &m.app_secret),
@@ -202,18 +277,7 @@ impl InstanceSettings for MetaSettings {
         }
     }
 
-    /// Messenger's 2,000 and WhatsApp's 4,096 characters are refused
-    /// before queueing. Without the kind here, the stricter limit of the
-    /// instance's channel is taken from what it is configured for.
-    fn check_reply(&self, text: &str) -> Result<(), String> {
-        let kind = match self.meta.as_ref().map(|m| m.phone_number_id.is_some()) {
-            Some(true) => Kind::WhatsApp,
-            _ => Kind::Messenger,
-        };
-        crate::check_text(kind, text)
-    }
-
-    fn check_reply_window(
+    pub fn check_reply_window(
         &self,
         kind: &str,
         closes_at: DateTime<Utc>,
@@ -260,21 +324,7 @@ impl InstanceSettings for MetaSettings {
         }
     }
 
-    fn send_quota(&self) -> Option<RateLimit> {
-        match self.meta.as_ref().map(|m| m.phone_number_id.is_some()) {
-            Some(true) => Some(WHATSAPP_SEND_QUOTA),
-            _ => Some(MESSENGER_SEND_QUOTA),
-        }
-    }
-
-    fn per_thread_quota(&self) -> Option<RateLimit> {
-        match self.meta.as_ref().map(|m| m.phone_number_id.is_some()) {
-            Some(true) => Some(WHATSAPP_PER_USER_QUOTA),
-            _ => None,
-        }
-    }
-
-    fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {
+    pub fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {
         let config = self
             .meta
             .clone()
@@ -290,7 +340,7 @@ mod tests {
     use hourglass_connector::Platform;
 
     fn settings(kind: &str, body: &str) -> Result<Vec<String>, String> {
-        let platform = match kind {
+        let platform: &dyn Platform = match kind {
             "whatsapp" => &crate::WHATSAPP,
             "instagram" => &crate::INSTAGRAM,
             _ => &crate::MESSENGER,
@@ -391,20 +441,24 @@ mod tests {
     }
 
     #[test]
-    fn quotas_follow_the_channel() {
-        let w = wa();
+    fn quotas_and_limits_follow_the_channel() {
+        let w = WhatsAppSettings::from(wa());
         assert_eq!(w.send_quota(), Some(WHATSAPP_SEND_QUOTA));
         assert_eq!(w.per_thread_quota(), Some(WHATSAPP_PER_USER_QUOTA));
         assert!(w.check_reply(&"x".repeat(4096)).is_ok());
         assert!(w.check_reply(&"x".repeat(4097)).is_err());
         let m: MetaSettings =
             toml::from_str(&format!("[meta]\n{SECRETS}page_id = \"1\"\n")).unwrap();
-        assert_eq!(m.send_quota(), Some(MESSENGER_SEND_QUOTA));
-        assert_eq!(m.per_thread_quota(), None);
-        assert!(m.check_reply(&"x".repeat(2000)).is_ok());
-        assert!(m
+        let messenger = MessengerSettings::from(m.clone());
+        assert_eq!(messenger.send_quota(), Some(MESSENGER_SEND_QUOTA));
+        assert_eq!(messenger.per_thread_quota(), None);
+        assert!(messenger.check_reply(&"x".repeat(2000)).is_ok());
+        assert!(messenger
             .check_reply(&"x".repeat(2001))
             .unwrap_err()
             .contains("2000"));
+        let instagram = InstagramSettings::from(m);
+        assert_eq!(instagram.send_quota(), Some(INSTAGRAM_SEND_QUOTA));
+        assert!(instagram.check_reply(&"x".repeat(2001)).is_err());
     }
 }

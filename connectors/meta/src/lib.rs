@@ -34,17 +34,18 @@ use sha2::Sha256;
 
 pub use client::{graph_error, Call, GraphApi, Usage, READ_QUOTA, THROTTLING_CODES};
 pub use config::{
-    MetaConfig, MetaSettings, WhatsAppTemplate, HUMAN_AGENT_WINDOW, MESSENGER_SEND_QUOTA,
+    InstagramSettings, MessengerSettings, MetaConfig, MetaSettings, SettingsOf, WhatsAppSettings,
+    WhatsAppTemplate, HUMAN_AGENT_WINDOW, INSTAGRAM_SEND_QUOTA, MESSENGER_SEND_QUOTA,
     WHATSAPP_PER_USER_QUOTA, WHATSAPP_SEND_QUOTA,
 };
 pub use normalize::parse_delivery;
 
 /// `type = "messenger"`.
-pub static MESSENGER: PlatformOf<MetaSettings> = PlatformOf::new("messenger");
+pub static MESSENGER: PlatformOf<MessengerSettings> = PlatformOf::new("messenger");
 /// `type = "instagram"`.
-pub static INSTAGRAM: PlatformOf<MetaSettings> = PlatformOf::new("instagram");
+pub static INSTAGRAM: PlatformOf<InstagramSettings> = PlatformOf::new("instagram");
 /// `type = "whatsapp"`.
-pub static WHATSAPP: PlatformOf<MetaSettings> = PlatformOf::new("whatsapp");
+pub static WHATSAPP: PlatformOf<WhatsAppSettings> = PlatformOf::new("whatsapp");
 
 /// The Send API takes at most 2,000 characters of text (Messenger and
 /// Instagram).
