@@ -972,6 +972,11 @@ mod tests {
                 "[instances.x]\nclient_id = \"app\"\nrefresh_token = \"file:{0}\"\n\n[store]\nsecret_key = \"file:{0}\"\n",
                 secret.display()
             ),
+            "messenger" | "instagram" | "whatsapp" => format!(
+                "[instances.meta]\napp_secret = \"file:{0}\"\nverify_token = \"file:{0}\"\naccess_token = \"file:{0}\"\n{1} = \"104857600000001\"\n",
+                secret.display(),
+                if kind == "whatsapp" { "phone_number_id" } else { "page_id" }
+            ),
             _ => String::new(),
         }
         };

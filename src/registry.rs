@@ -17,6 +17,9 @@ pub static PLATFORMS: &[&dyn Platform] = &[
     &hourglass_simulated::PLATFORM,
     &hourglass_telegram::PLATFORM,
     &hourglass_x::PLATFORM,
+    &hourglass_meta::MESSENGER,
+    &hourglass_meta::INSTAGRAM,
+    &hourglass_meta::WHATSAPP,
 ];
 
 /// The platform registered as `kind`.

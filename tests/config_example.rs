@@ -32,6 +32,10 @@ fn example_config_passes_check_config() {
         "EBAY_REFRESH_TOKEN",
         "X_ACCESS_TOKEN",
         "X_REFRESH_TOKEN",
+        "META_APP_SECRET",
+        "META_VERIFY_TOKEN",
+        "META_PAGE_TOKEN",
+        "META_WHATSAPP_TOKEN",
     ] {
         cmd.env(var, "https://hooks.example.com/x");
     }
@@ -42,7 +46,7 @@ fn example_config_passes_check_config() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (7 instances)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (9 instances)"));
 
     // Without the secrets, every missing one is reported with its place.
     let out = Command::new(common::BIN)

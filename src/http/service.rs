@@ -119,15 +119,10 @@ impl AppState {
         if body.is_empty() {
             return Err(ApiError::bad_param("body", "the reply is empty"));
         }
-        if let Some(closes) = thread.reply_window_closes_at {
-            if closes <= now {
-                return Err(ApiError::refused(format!(
-                    "the platform's reply window closed at {}: {} no longer accepts a free reply in this conversation",
-                    closes.format("%Y-%m-%d %H:%M UTC"),
-                    thread.channel
-                )));
-            }
-        }
+        // The platform's reply window (Meta's 24 h), the same check as
+        // the CLI's.
+        crate::outbox::window_refusal(&self.config, thread, template.as_deref(), now)
+            .map_err(ApiError::refused)?;
         // The platform's own rules (Amazon's no links, eBay's 2,000
         // characters), the same check as the CLI's.
         crate::outbox::platform_refusal(&self.config, &thread.instance, &body)

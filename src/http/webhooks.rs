@@ -158,6 +158,7 @@ pub async fn process_pending(state: &AppState) -> usize {
                     Ok(parsed) => {
                         batch.messages.extend(parsed.messages);
                         batch.quarantined.extend(parsed.quarantined);
+                        batch.statuses.extend(parsed.statuses);
                         ok.push(event.id);
                     }
                     Err(ConnectorError::BadData { reason, raw }) => {

@@ -11,7 +11,8 @@ mod worker;
 pub use config::{OutboxConfig, RateLimitConfig};
 pub use limits::Limiter;
 pub use reply::{
-    enqueue, enqueue_parts, new_outbox_id, platform_refusal, reply_command, ReplyArgs,
+    enqueue, enqueue_parts, new_outbox_id, platform_refusal, reply_command, window_refusal,
+    ReplyArgs,
 };
 pub use templates::{render_template, template_vars};
 pub use worker::worker;

@@ -3,13 +3,13 @@
 
 use std::process::ExitCode;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::templates::{render_template, template_vars};
 use super::worker::notify_enqueued;
 use crate::config::Config;
-use crate::store::{NewReply, Store, ThreadStore};
+use crate::store::{NewReply, Store, ThreadStore, ThreadSummary};
 
 /// Arguments of `reply`.
 #[derive(Debug, Args)]
@@ -24,7 +24,9 @@ pub struct ReplyArgs {
     )]
     pub body: Option<String>,
     /// A template from the [templates] folder: NAME.LANG.txt in the
-    /// thread's language, else NAME.txt.
+    /// thread's language, else NAME.txt. On WhatsApp, a template also
+    /// configured under [instances.meta.templates] goes out as that
+    /// approved template (also after the 24 h window).
     #[arg(long)]
     pub template: Option<String>,
     /// An extra template variable (repeatable): --var coupon=SPRING10
@@ -110,6 +112,35 @@ pub fn platform_refusal(config: &Config, instance: &str, body: &str) -> Result<(
     }
 }
 
+/// A reply the platform's reply window no longer allows (DESIGN §3),
+/// said before anything is queued. The instance's platform knows its ways
+/// past the window (a tag, a template); an instance no longer configured
+/// gets the plain rule.
+pub fn window_refusal(
+    config: &Config,
+    thread: &ThreadSummary,
+    template: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let Some(closes_at) = thread.reply_window_closes_at else {
+        return Ok(());
+    };
+    let instance = config.instance(&thread.instance);
+    match instance.and_then(|i| i.settings().ok()) {
+        Some(settings) => {
+            let kind = instance
+                .map(|i| i.kind())
+                .unwrap_or(thread.channel.as_str());
+            settings.check_reply_window(kind, closes_at, now, template)
+        }
+        None if closes_at <= now => Err(hourglass_connector::platform::window_closed(
+            &thread.channel,
+            closes_at,
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs `reply`. Everything that can be wrong (unknown thread, template
 /// missing or with an undefined variable, empty text) is reported before
 /// anything is queued.
@@ -146,7 +177,9 @@ pub async fn reply_command(config: &Config, args: &ReplyArgs) -> anyhow::Result<
         eprintln!("error: nothing was queued: the reply is empty");
         return Ok(ExitCode::from(1));
     }
-    if let Err(reason) = platform_refusal(config, &thread.instance, &body) {
+    if let Err(reason) = platform_refusal(config, &thread.instance, &body)
+        .and_then(|()| window_refusal(config, thread, template.as_deref(), Utc::now()))
+    {
         eprintln!("error: nothing was queued: {reason}");
         return Ok(ExitCode::from(1));
     }

@@ -356,7 +356,19 @@ impl Sender {
             return;
         }
         let busy = crate::watchdog::busy(format!("sending a reply of {}", self.name));
-        let sent = before(finish_by, self.inst.connector.send_reply(&reply)).await;
+        let connector = &self.inst.connector;
+        let send = async {
+            match &item.template {
+                // The platform may have an approved template of that name
+                // (WhatsApp), filled from the thread's variables.
+                Some(name) => {
+                    let vars = super::template_vars(&detail.thread, &[]);
+                    connector.send_templated(&reply, name, &vars).await
+                }
+                None => connector.send_reply(&reply).await,
+            }
+        };
+        let sent = before(finish_by, send).await;
         drop(busy);
         match sent {
             Err(Late::BeforeStart) => {

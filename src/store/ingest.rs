@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use hourglass_connector::{Batch, Message};
+use hourglass_connector::{Batch, DeliveryState, DeliveryStatus, Message};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
@@ -19,6 +19,7 @@ use super::clock::reclock_many;
 use super::instances::save_cursors;
 use super::leases::{check_fence, Fence};
 use super::quarantine::insert_quarantined;
+use super::sql::insert_audit;
 use super::{ms, Clocking, Result, SqlStore};
 
 /// What one ingest did.
@@ -112,12 +113,74 @@ impl IngestStore for SqlStore {
             insert_quarantined(&mut tx, instance, q, now).await?;
             report.quarantined += 1;
         }
+        for status in &batch.statuses {
+            if let Some(thread_id) = apply_status(&mut tx, instance, status, now).await? {
+                touched.insert(thread_id);
+            }
+        }
         reclock_many(&mut tx, &touched, clocking, now).await?;
         save_cursors(&mut tx, instance, &batch.cursors, now).await?;
         tx.commit().await?;
         report.threads_touched = touched.len();
         Ok(report)
     }
+}
+
+/// A platform's report that a reply it had accepted was not delivered
+/// (WhatsApp's `failed` status): the reply becomes `failed` with the
+/// platform's reason, shown on the thread, and its message no longer
+/// counts as an answer, so the thread awaits a reply again. Other
+/// statuses (delivered, read) change nothing. Returns the thread touched.
+async fn apply_status(
+    conn: &mut AnyConnection,
+    instance: &str,
+    status: &DeliveryStatus,
+    now: i64,
+) -> Result<Option<i64>> {
+    if status.state != DeliveryState::Failed {
+        return Ok(None);
+    }
+    let Some(row) = sqlx::query(
+        "SELECT id, thread_id FROM outbox WHERE instance = $1 AND external_id = $2 AND state = 'sent'",
+    )
+    .bind(instance)
+    .bind(&status.external_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    let thread_id: i64 = row.try_get("thread_id")?;
+    let error = status
+        .error
+        .clone()
+        .unwrap_or_else(|| "the platform could not deliver it".into());
+    sqlx::query("UPDATE outbox SET state = 'failed', error = $1, updated_at = $2 WHERE id = $3")
+        .bind(&error)
+        .bind(now)
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "DELETE FROM messages WHERE instance = $1 AND external_id = $2 AND direction = 'outbound'
+           AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = messages.id)",
+    )
+    .bind(instance)
+    .bind(&status.external_id)
+    .execute(&mut *conn)
+    .await?;
+    set_thread_error(conn, thread_id, &format!("Reply {id} failed: {error}"), now).await?;
+    insert_audit(
+        conn,
+        now,
+        "platform",
+        "reply_failed",
+        Some(thread_id),
+        &format!("{id}: {error}"),
+    )
+    .await?;
+    Ok(Some(thread_id))
 }
 
 /// Finds or creates the customer behind an identity. Identities that share

@@ -40,6 +40,8 @@ pub struct OutboxItem {
     pub thread_id: i64,
     pub instance: String,
     pub body: String,
+    /// The template the reply was written from, if any.
+    pub template: Option<String>,
     pub attempts: i64,
     /// The state before the claim: `queued`, or `sending` when a previous
     /// worker died mid-send and the outcome is unknown.
@@ -258,7 +260,7 @@ impl SqlStore {
         let mut tx = self.begin_write(&mut conn).await?;
         let lock = self.backend.skip_locked();
         let sql = format!(
-            "SELECT id, thread_id, instance, body, attempts, state FROM outbox
+            "SELECT id, thread_id, instance, body, template, attempts, state FROM outbox
              WHERE ($1 IS NULL OR instance = $1)
                AND ((state = 'queued' AND next_attempt_at <= $2)
                  OR (state = 'sending' AND claimed_until < $2))
@@ -279,6 +281,7 @@ impl SqlStore {
                 thread_id: r.try_get("thread_id")?,
                 instance: r.try_get("instance")?,
                 body: r.try_get("body")?,
+                template: r.try_get("template")?,
                 attempts: r.try_get("attempts")?,
                 previous_state: r.try_get("state")?,
             };

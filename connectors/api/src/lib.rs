@@ -32,8 +32,9 @@ use async_trait::async_trait;
 pub use error::ConnectorError;
 pub use model::reply_subject;
 pub use model::{
-    ApiCalls, Attachment, Batch, Capabilities, Cursors, CustomerIdentity, Direction, Message,
-    OutgoingReply, Quarantined, SentCheck, SentReply, WebhookStatus,
+    ApiCalls, Attachment, Batch, Capabilities, Cursors, CustomerIdentity, DeliveryState,
+    DeliveryStatus, Direction, Message, OutgoingReply, Quarantined, SentCheck, SentReply,
+    WebhookStatus,
 };
 pub use order::extract_order_id;
 pub use platform::{InstanceSettings, Platform, PlatformOf, RateLimit, SettingsProblem};
@@ -121,6 +122,20 @@ pub trait Connector: Send + Sync {
     /// connector that can pass it to the platform (a Message-ID, a client
     /// token) does so, so that [`Connector::check_sent`] can find it later.
     async fn send_reply(&self, reply: &OutgoingReply) -> Result<SentReply, ConnectorError>;
+
+    /// Delivers a reply an agent wrote from hourglass's template
+    /// `template` (`reply --template NAME`); `vars` are the thread's
+    /// template variables (`customer`, `order_id`, ...). A platform with
+    /// approved templates of its own (WhatsApp) sends its template of that
+    /// name instead of the text; the default sends the text.
+    async fn send_templated(
+        &self,
+        reply: &OutgoingReply,
+        _template: &str,
+        _vars: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SentReply, ConnectorError> {
+        self.send_reply(reply).await
+    }
 
     /// After a crash during a send, looks for the reply on the platform.
     /// The default cannot tell, and the daemon marks the reply `uncertain`.

@@ -151,11 +151,38 @@ pub struct Quarantined {
     pub raw: Vec<u8>,
 }
 
+/// What became of a reply after the platform accepted it, as the
+/// platform reports it later (WhatsApp's `statuses`: sent, delivered,
+/// read, failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryStatus {
+    /// The platform's id of the sent message: the `external_id` its
+    /// [`SentReply`] had.
+    pub external_id: String,
+    pub state: DeliveryState,
+    pub at: DateTime<Utc>,
+    /// `Failed`: the platform's reason, in words for the agent.
+    pub error: Option<String>,
+}
+
+/// The states a platform reports for a sent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Sent,
+    Delivered,
+    Read,
+    /// Accepted, then not delivered: the reply is `failed` on its thread.
+    Failed,
+}
+
 /// The result of one poll.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub messages: Vec<Message>,
     pub quarantined: Vec<Quarantined>,
+    /// Delivery reports about replies sent earlier.
+    pub statuses: Vec<DeliveryStatus>,
     /// Cursor values to commit together with `messages`. Scopes not named
     /// here keep their stored value.
     pub cursors: Cursors,

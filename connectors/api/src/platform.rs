@@ -13,6 +13,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -170,9 +171,37 @@ pub trait InstanceSettings: fmt::Debug + Send + Sync + 'static {
         vec![text.to_owned()]
     }
 
+    /// Refuses, before it is queued, a reply to a conversation whose
+    /// platform reply window (DESIGN §3: `reply_window_closes_at`, the
+    /// end of the free 24 h after the customer's last message) closed at
+    /// `closes_at`. `template` is the reply's template name, if any. The
+    /// default refuses every reply after the window; a platform with a
+    /// way past it (Messenger's `HUMAN_AGENT` tag, a WhatsApp template)
+    /// says when that way applies.
+    fn check_reply_window(
+        &self,
+        kind: &str,
+        closes_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        _template: Option<&str>,
+    ) -> Result<(), String> {
+        if closes_at <= now {
+            return Err(window_closed(kind, closes_at));
+        }
+        Ok(())
+    }
+
     /// The connector of the instance named `instance`. Errors never carry
     /// a secret.
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String>;
+}
+
+/// The reason a reply after the platform's reply window is refused.
+pub fn window_closed(channel: &str, closes_at: DateTime<Utc>) -> String {
+    format!(
+        "the platform's reply window closed at {}: {channel} no longer accepts a free reply in this conversation",
+        closes_at.format("%Y-%m-%d %H:%M UTC")
+    )
 }
 
 /// One `type = "..."` that config may name.
