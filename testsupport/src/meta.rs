@@ -25,7 +25,6 @@
 //! documented webhook payloads (Messenger `messaging`, WhatsApp `changes`).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::TcpListener as StdListener;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,6 +37,8 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+
+use crate::net::HttpServer;
 
 /// One request the mock received.
 #[derive(Debug, Clone)]
@@ -93,8 +94,7 @@ impl Shared {
 pub struct MockGraph {
     url: String,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: HttpServer,
 }
 
 /// Meta's error body.
@@ -124,33 +124,11 @@ impl MockGraph {
             own_id: own_id.to_owned(),
             own_name: "Shop".to_owned(),
         });
-        let listener = StdListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let url = format!("http://{}/v23.0", listener.local_addr()?);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = shared.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let app = Router::new().fallback(handle).with_state(state);
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let server = HttpServer::serve(Router::new().fallback(handle).with_state(shared.clone()))?;
         Ok(MockGraph {
-            url,
+            url: format!("{}/v23.0", server.url()),
+            _server: server,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
         })
     }
 
@@ -238,17 +216,6 @@ impl MockGraph {
             .windows(3)
             .filter(|w| w[2].duration_since(w[0]) < Duration::from_millis(1000))
             .count()
-    }
-}
-
-impl Drop for MockGraph {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
