@@ -225,14 +225,22 @@ pub fn evaluate(
         .map(|f| f.sent_at)
         .filter(|t| stopped_at.is_none_or(|s| *t > s))
         .min();
+    let reply_window_closes_at = platform_reply_window(channel)
+        .zip(last_inbound_at)
+        .map(|(w, t)| t + w);
+    // The platform's window is the harder limit: a deadline past it (a
+    // business-hours policy over a weekend) would warn after the reply can
+    // no longer be sent freely. The thresholds and the breach then count
+    // down to the window instead.
+    let due_at = awaiting_since
+        .map(|s| policy.due_at(s))
+        .map(|due| reply_window_closes_at.map_or(due, |w| due.min(w)));
     ClockState {
         awaiting_since,
-        due_at: awaiting_since.map(|s| policy.due_at(s)),
+        due_at,
         last_inbound_at,
         last_outbound_at,
-        reply_window_closes_at: platform_reply_window(channel)
-            .zip(last_inbound_at)
-            .map(|(w, t)| t + w),
+        reply_window_closes_at,
     }
 }
 
@@ -514,6 +522,23 @@ mod tests {
         let s = evaluate(&facts[..2], None, &p, "whatsapp");
         assert_eq!(s.awaiting_since, None);
         assert_eq!(s.reply_window_closes_at, Some(t("2026-11-21T10:00:00Z")));
+    }
+
+    #[test]
+    fn a_deadline_never_runs_past_the_platform_window() {
+        // Friday 15:00Z on Messenger with an 8 h business-hours policy:
+        // the policy says Monday, Meta's window closes Saturday 15:00Z.
+        let p = Policy {
+            window: Duration::hours(8),
+            business_hours: Some(berlin_office()),
+        };
+        let facts = [fact(Inbound, "2026-11-27T15:00:00Z")];
+        let s = evaluate(&facts, None, &p, "messenger");
+        assert_eq!(s.reply_window_closes_at, Some(t("2026-11-28T15:00:00Z")));
+        assert_eq!(s.due_at, Some(t("2026-11-28T15:00:00Z")));
+        // E-mail has no such window: the policy's deadline stands.
+        let s = evaluate(&facts, None, &p, "email");
+        assert_eq!(s.due_at, Some(t("2026-11-30T15:00:00Z")));
     }
 
     fn berlin_office() -> BusinessHours {
