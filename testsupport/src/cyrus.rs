@@ -12,11 +12,10 @@
 //! missing), which must be able to read the unpacked tree. Services log to
 //! syslog only.
 
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -246,32 +245,7 @@ EVENTS {{
     /// and waits until the port is closed.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let _pid_file = self.pid_file.take();
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let start = Instant::now();
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                if start.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("Cyrus still listens on {} after stop", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        crate::net::stop_server(self.child.take(), self.port, "Cyrus")
     }
 
     /// Stops and starts Cyrus on the same port; connections drop.

@@ -7,7 +7,6 @@
 //! auth process, not root, reads the passwd file, and a 0700 dir gives
 //! "Temporary authentication failure".
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -311,32 +310,8 @@ namespace inbox {{
     /// Stops Dovecot (SIGTERM, then SIGKILL) and waits until its port is
     /// closed.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some((mut child, _pid)) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let start = Instant::now();
-            loop {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                if start.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("dovecot still listens on {} after stop", self.port);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        let child = self.child.take().map(|(child, _pid)| child);
+        crate::net::stop_server(child, self.port, "dovecot")
     }
 
     /// Stops and starts Dovecot on the same port; connections drop.

@@ -75,3 +75,35 @@ impl Drop for HttpServer {
         }
     }
 }
+
+/// Stops a server process: SIGTERM, SIGKILL after 10 s, then waits until
+/// nothing listens on its port any more.
+pub fn stop_server(
+    child: Option<std::process::Child>,
+    port: u16,
+    name: &str,
+) -> anyhow::Result<()> {
+    if let Some(mut child) = child {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while child.try_wait()?.is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if start.elapsed() > Duration::from_secs(10) {
+            anyhow::bail!("{name} still listens on {port} after stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
