@@ -13,13 +13,14 @@
 //! `cargo bench --bench ebay`; `HOURGLASS_BENCH_EBAY_CONVERSATIONS`
 //! (default 10,000, of 5 messages each), `HOURGLASS_BENCH_RUNS` (default 3).
 
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use chrono::{Duration, Utc};
 use hourglass_connector::secret::SecretRef;
-use hourglass_connector::{Connector, Cursors};
 use hourglass_ebay::{EbayConfig, EbayConnector};
 use hourglass_testsupport::ebay::{MockEbay, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SELLER};
 
@@ -83,24 +84,7 @@ fn fetch_and_parse(n: usize) -> anyhow::Result<f64> {
     config.daily_call_budget = 1_000_000;
     config.backfill_days = 0;
     let connector = EbayConnector::new("bench", config).map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let t = Instant::now();
-    let read = rt.block_on(async {
-        let mut cursors = Cursors::new();
-        let mut read = 0;
-        loop {
-            let batch = connector.poll(&cursors).await?;
-            read += batch.messages.len();
-            cursors.extend(batch.cursors);
-            if !batch.more {
-                break;
-            }
-        }
-        anyhow::Ok(read)
-    })?;
-    let seconds = t.elapsed().as_secs_f64();
+    let (read, seconds) = common::poll_to_end(&connector)?;
     ensure!(
         read == n * PER_CONVERSATION,
         "parsed {read} of {} messages",

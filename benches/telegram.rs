@@ -11,11 +11,12 @@
 //! `cargo bench --bench telegram`; `HOURGLASS_BENCH_UPDATES` (default
 //! 20,000), `HOURGLASS_BENCH_RUNS` (default 3).
 
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use hourglass_connector::{Connector, Cursors};
 use hourglass_telegram::{TelegramConfig, TelegramConnector};
 use hourglass_testsupport::telegram::MockBotApi;
 
@@ -56,24 +57,7 @@ fn fetch_and_parse(n: usize) -> anyhow::Result<f64> {
         mock.url()
     ))?;
     let connector = TelegramConnector::new("bench", config).map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let t = Instant::now();
-    let read = rt.block_on(async {
-        let mut cursors = Cursors::new();
-        let mut read = 0;
-        loop {
-            let batch = connector.poll(&cursors).await?;
-            read += batch.messages.len();
-            cursors.extend(batch.cursors);
-            if !batch.more {
-                break;
-            }
-        }
-        anyhow::Ok(read)
-    })?;
-    let seconds = t.elapsed().as_secs_f64();
+    let (read, seconds) = common::poll_to_end(&connector)?;
     ensure!(read == n, "parsed {read} of {n} updates");
     Ok(seconds)
 }

@@ -97,3 +97,27 @@ pub fn spawn_ready(
         }
     }
 }
+
+/// Polls `connector` from empty cursors until it has nothing more, in
+/// process, no store: the connector's own cost. Returns the messages read
+/// and the seconds it took.
+pub fn poll_to_end(connector: &dyn hourglass_connector::Connector) -> anyhow::Result<(usize, f64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let t = std::time::Instant::now();
+    let read = rt.block_on(async {
+        let mut cursors = hourglass_connector::Cursors::new();
+        let mut read = 0;
+        loop {
+            let batch = connector.poll(&cursors).await?;
+            read += batch.messages.len();
+            cursors.extend(batch.cursors);
+            if !batch.more {
+                break;
+            }
+        }
+        anyhow::Ok(read)
+    })?;
+    Ok((read, t.elapsed().as_secs_f64()))
+}
