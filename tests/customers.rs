@@ -459,7 +459,11 @@ fn amazons_delivery_failure_notice_reopens_the_clock_of_the_reply_it_names() {
     // (The e-mail instance reads the same mailbox's Sent folder: it may
     // hold the reply as an e-mail thread too.)
     let amazon = app.json(&["threads", "--instance", "amazon-de", "--json"]);
-    assert_eq!(amazon.as_array().unwrap().len(), 1, "no separate notice thread: {amazon}");
+    assert_eq!(
+        amazon.as_array().unwrap().len(),
+        1,
+        "no separate notice thread: {amazon}"
+    );
     let text = String::from_utf8_lossy(&app.run(&["show", &id]).stdout).into_owned();
     assert!(
         text.contains("[not delivered: Your message contains an external link."),

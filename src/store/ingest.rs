@@ -342,10 +342,30 @@ async fn thread_for(
     identity: Option<(i64, i64)>,
     now: i64,
 ) -> Result<i64> {
-    // A platform notice naming an order (Amazon: "your message to the
-    // buyer for order 302-… could not be delivered") belongs on that
-    // order's buyer thread, also when it does not name the buyer.
+    // A platform notice returning one of our messages (a bounce, Amazon's
+    // delivery failure) belongs on that message's thread; one naming an
+    // order ("your message to the buyer for order 302-… could not be
+    // delivered") on that order's buyer thread, also when it does not
+    // name the buyer.
     if m.direction == Direction::System {
+        let original = m
+            .meta
+            .get("original_message_id")
+            .and_then(|v| v.as_str())
+            .map(|s| s.trim().trim_start_matches('<').trim_end_matches('>'))
+            .filter(|s| !s.is_empty());
+        if let Some(original) = original {
+            let found = sqlx::query(
+                "SELECT thread_id FROM messages WHERE instance = $1 AND external_id = $2",
+            )
+            .bind(instance)
+            .bind(original)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = found {
+                return Ok(row.try_get("thread_id")?);
+            }
+        }
         if let Some(order) = &m.order_id {
             let found = sqlx::query(
                 "SELECT id FROM threads
