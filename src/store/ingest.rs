@@ -179,7 +179,8 @@ async fn reply_undelivered(
         .await?;
     }
     let Some(reply) = reply else {
-        let error = format!("Amazon could not deliver a reply: {reason}");
+        // A reply sent before hourglass saw this mailbox: the error alone.
+        let error = format!("A reply bounced: {reason}");
         return set_thread_error(conn, thread_id, &error, now).await;
     };
     let message_id: i64 = reply.try_get("id")?;
