@@ -354,6 +354,35 @@ fn a_customer_who_wrote_by_email_and_on_amazon_is_one_customer_until_an_agent_sp
             .contains("same identity"),
         "{refused}"
     );
+
+    // An identity split off on its own, named by CHANNEL:HANDLE.
+    let out = app.run(&["customers", "unlink", "email:Bob@example.org"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bob_now = customer(&app, &format!("thread:{}", bob_amz["id"]));
+    assert_eq!(
+        handles(&bob_now),
+        vec!["amazon:b0b0b0@marketplace.amazon.de".to_owned()],
+        "{bob_now}"
+    );
+    let text = String::from_utf8_lossy(
+        &app.run(&["customers", "show", "email:bob@example.org"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains("split from amazon:b0b0b0@marketplace.amazon.de"),
+        "{text}"
+    );
+    let out = app.run(&["customers", "show", "nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CHANNEL:HANDLE"),
+        "{out:?}"
+    );
     daemon.stop_cleanly();
 }
 
