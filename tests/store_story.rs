@@ -332,6 +332,17 @@ async fn story(store: &dyn Store) {
     assert_eq!(detail.outbox[0].state, "failed");
     let error = detail.thread.last_error.unwrap();
     assert!(error.starts_with("Your reply of "), "{error}");
+    // Nor does `stats` count it as a response.
+    let samples = store
+        .response_samples(Utc::now() - Duration::days(2))
+        .await
+        .unwrap();
+    let anna_asked = detail.messages[0].sent_at;
+    let sample = samples
+        .iter()
+        .find(|s| (s.inbound_at - anna_asked).num_milliseconds().abs() < 2)
+        .unwrap();
+    assert_eq!(sample.first_response_at, None, "{sample:?}");
     assert!(
         error.ends_with("could not be delivered: Links are not allowed."),
         "{error}"
