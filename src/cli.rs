@@ -169,6 +169,49 @@ pub enum Command {
         #[command(subcommand)]
         command: ConnectorsCommand,
     },
+    /// One customer across channels: show one, link two, split them.
+    /// A customer is named by its id (42), a thread of theirs (thread:17)
+    /// or an identity (CHANNEL:HANDLE, e.g. email:ana@example.com).
+    Customers {
+        #[command(subcommand)]
+        command: CustomersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CustomersCommand {
+    /// A customer's identities and threads on every channel.
+    Show {
+        customer: String,
+        /// Print JSON instead of text (a stable format for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join two customers into one (the older id stays); forgets earlier
+    /// splits between them.
+    Link {
+        a: String,
+        b: String,
+        /// Who links them (recorded in the audit log).
+        #[arg(long, env = "USER", default_value = "cli")]
+        actor: String,
+        /// Print the customer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Split identity B (thread:ID or CHANNEL:HANDLE) from A's customer
+    /// into a customer of its own, or, without B, split A off from all
+    /// the others. The split is recorded: automatic links never undo it.
+    Unlink {
+        a: String,
+        b: Option<String>,
+        /// Who splits them (recorded in the audit log).
+        #[arg(long, env = "USER", default_value = "cli")]
+        actor: String,
+        /// Print the new customer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -598,6 +641,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Customers { command } => customers_command(&config, command).await,
         Command::Connectors { command } => match command {
             ConnectorsCommand::List { json } => {
                 let store = daemon::open_store(&config).await?;
@@ -641,6 +685,68 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `hourglass connectors webhook NAME [--set]`.
+async fn customers_command(
+    config: &Config,
+    command: &CustomersCommand,
+) -> anyhow::Result<ExitCode> {
+    use crate::customers::CustomerRef;
+    use crate::store::{CustomerStore, StoreError};
+    let parse = |s: &str| CustomerRef::parse(s).map_err(anyhow::Error::msg);
+    let store = daemon::open_store(config).await?;
+    let now = Utc::now();
+    let (shown, json) = match command {
+        CustomersCommand::Show { customer, json } => (parse(customer)?, *json),
+        CustomersCommand::Link { a, b, actor, json } => {
+            let done = store.link_customers(&parse(a)?, &parse(b)?, actor).await;
+            match done {
+                Ok(id) => {
+                    if !json {
+                        println!("Linked: {a} and {b} are customer {id}.");
+                    }
+                    (CustomerRef::Customer(id), *json)
+                }
+                Err(StoreError::NotFound(e) | StoreError::Invalid(e)) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        CustomersCommand::Unlink { a, b, actor, json } => {
+            let b_ref = b.as_deref().map(parse).transpose()?;
+            match store
+                .unlink_customers(&parse(a)?, b_ref.as_ref(), actor)
+                .await
+            {
+                Ok(id) => {
+                    if !json {
+                        println!(
+                            "Split: {} is customer {id} now; automatic links will not join them again.",
+                            b.as_deref().unwrap_or(a)
+                        );
+                    }
+                    (CustomerRef::Customer(id), *json)
+                }
+                Err(StoreError::NotFound(e) | StoreError::Invalid(e)) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let Some(customer) = view::customer(store.as_ref(), &shown, now).await? else {
+        eprintln!("error: no such customer: {shown}");
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        print_json(&customer)?;
+    } else if matches!(command, CustomersCommand::Show { .. }) {
+        print!("{}", view::text::customer(&customer));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn connectors_webhook(
     config: &Config,
     name: &str,

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod customers;
 pub mod daemon;
 pub mod deadline;
 pub mod demo;

@@ -3,6 +3,7 @@
 
 use chrono::{Duration, Utc};
 use hourglass::clock::{self, Policy, Status};
+use hourglass::customers::CustomerRef;
 use hourglass::store::{Clocking, NewReply, OutboxOutcome, SqlStore, Store, ThreadFilter};
 use hourglass_connector::{Batch, CustomerIdentity, Direction, Message, Quarantined};
 
@@ -224,6 +225,128 @@ async fn story(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+
+    // One customer across channels: Anna e-mails about her second order
+    // and becomes one customer with her Amazon identity. Bruno and Chloé
+    // share an order id with Anna in this story, but two Amazon buyers
+    // are never joined automatically.
+    let anna_mail = |id: &str| {
+        let mut m = Message::new(
+            id,
+            format!("mail-{id}"),
+            Direction::Inbound,
+            Utc::now(),
+            "Hi",
+        );
+        m.customer = Some(CustomerIdentity {
+            channel: "email".into(),
+            handle: "anna.schmidt@example.de".into(),
+            display_name: Some("Anna Schmidt".into()),
+            email: Some("Anna.Schmidt@example.de".into()),
+        });
+        m.order_id = Some("302-7654321-1234567".into());
+        m
+    };
+    let mail_clock = Clocking {
+        channel: "email".into(),
+        ..clocking()
+    };
+    let ingest_mail = |id: &'static str| {
+        let mut b = Batch::default();
+        b.messages.push(anna_mail(id));
+        b
+    };
+    store
+        .ingest("shop-mail", &ingest_mail("e1"), &mail_clock)
+        .await
+        .unwrap();
+    let mine = CustomerRef::Thread(anna);
+    let joined = store.customer(&mine, Utc::now()).await.unwrap().unwrap();
+    let channels: Vec<_> = joined.threads.iter().map(|t| t.channel.as_str()).collect();
+    assert_eq!(channels.len(), 3, "{joined:?}");
+    assert!(channels.contains(&"email"), "{joined:?}");
+    let mail_thread = joined
+        .threads
+        .iter()
+        .find(|t| t.channel == "email")
+        .unwrap()
+        .id;
+    let bruno_c = store
+        .customer(&CustomerRef::Thread(bruno), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(bruno_c.id, joined.id);
+
+    // Split by an agent; the next e-mail about the order does not rejoin.
+    let theirs = CustomerRef::Thread(mail_thread);
+    let split = store
+        .unlink_customers(&mine, Some(&theirs), "ines")
+        .await
+        .unwrap();
+    store
+        .ingest("shop-mail", &ingest_mail("e2"), &mail_clock)
+        .await
+        .unwrap();
+    let apart = store.customer(&theirs, Utc::now()).await.unwrap().unwrap();
+    assert_eq!(apart.id, split);
+    assert_eq!(apart.splits.len(), 1, "{apart:?}");
+    assert_eq!(apart.splits[0].actor, "ines");
+    assert_ne!(
+        store.customer(&mine, Utc::now()).await.unwrap().unwrap().id,
+        split
+    );
+    // Linked again by hand.
+    let kept = store.link_customers(&mine, &theirs, "ines").await.unwrap();
+    let again = store.customer(&theirs, Utc::now()).await.unwrap().unwrap();
+    assert_eq!(again.id, kept);
+    assert!(again.splits.is_empty());
+    assert!(matches!(
+        store.unlink_customers(&mine, Some(&mine), "ines").await,
+        Err(hourglass::store::StoreError::Invalid(_))
+    ));
+
+    // Amazon reports the reply of Anna's thread undelivered; the notice
+    // names the order and returns our mail. The reply stays, no longer
+    // an answer: the clock runs again from her message.
+    let mut notice = Message::new(
+        "df-1",
+        "amazon-order:302-1234567-7654321",
+        Direction::System,
+        Utc::now(),
+        "Delivery failure: Links are not allowed.",
+    );
+    notice.order_id = Some("302-1234567-7654321".into());
+    notice.meta = serde_json::json!({
+        "delivery_failure": "Links are not allowed.",
+        "original_message_id": "<out-1>",
+    });
+    let mut batch = Batch::default();
+    batch.messages.push(notice);
+    store.ingest("amazon-eu", &batch, &c).await.unwrap();
+    let detail = store.thread(anna, Utc::now()).await.unwrap().unwrap();
+    assert_eq!(detail.thread.status, Status::Awaiting, "{detail:?}");
+    assert_eq!(detail.thread.due_at, Some(due));
+    assert_eq!(detail.messages.len(), 3);
+    assert!(detail.messages[1].delivery_failed_at.is_some());
+    assert_eq!(detail.outbox[0].state, "failed");
+    let error = detail.thread.last_error.unwrap();
+    assert!(error.starts_with("Your reply of "), "{error}");
+    // Nor does `stats` count it as a response.
+    let samples = store
+        .response_samples(Utc::now() - Duration::days(2))
+        .await
+        .unwrap();
+    let anna_asked = detail.messages[0].sent_at;
+    let sample = samples
+        .iter()
+        .find(|s| (s.inbound_at - anna_asked).num_milliseconds().abs() < 2)
+        .unwrap();
+    assert_eq!(sample.first_response_at, None, "{sample:?}");
+    assert!(
+        error.ends_with("could not be delivered: Links are not allowed."),
+        "{error}"
+    );
 }
 
 #[tokio::test]

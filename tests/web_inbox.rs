@@ -83,6 +83,20 @@ fn an_agent_signs_in_answers_the_alerted_thread_and_sees_the_list_change() {
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(mail.join(".Sent").join(sub)).unwrap();
     }
+    // Jürgen also e-mailed the shop about his late order: the same
+    // customer on another channel, linked by the order id.
+    let support = dir.path().join("support");
+    deliver_mail(
+        &support,
+        &format!(
+            "From: =?utf-8?q?J=C3=BCrgen_Wei=C3=9F?= <juergen@example.de>\r\n\
+             To: help@shop.example\r\nSubject: Bestellung 302-7654320-1234560\r\n\
+             Date: {}\r\nMessage-ID: <juergen-mail-1@example.de>\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\r\n\
+             Ich habe auch auf Amazon geschrieben. Wo ist das Paket?\r\n",
+            (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc2822()
+        ),
+    );
     let templates = dir.path().join("templates");
     std::fs::create_dir_all(&templates).unwrap();
     std::fs::write(
@@ -131,6 +145,14 @@ port = {smtp_port}
 tls = "none"
 from = "seller@shop.example"
 
+[[instances]]
+name = "support"
+type = "maildir"
+schedule = "* * * * * *"
+[instances.maildir]
+path = "{support}"
+own_addresses = ["help@shop.example"]
+
 [[alerts.sinks]]
 name = "agents"
 type = "webhook"
@@ -139,6 +161,7 @@ format = "json"
 "#,
             templates = templates.display(),
             mail = mail.display(),
+            support = support.display(),
             smtp_port = smtp.port(),
             hook = hooks.url("/agents"),
         ),
@@ -184,12 +207,21 @@ format = "json"
             .as_i64()
             .unwrap()
     };
+    let linked_email_id = threads
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["channel"] == "email")
+        .unwrap_or_else(|| panic!("no e-mail thread: {threads}"))["id"]
+        .as_i64()
+        .unwrap();
     let expect = serde_json::json!({
-        "order": ["Jürgen Weiß", "Ana Souza", "Chloé Martin", "Jürgen Weiß", "Emily Clark", "Luca Rossi"],
+        "order": ["Jürgen Weiß", "Ana Souza", "Chloé Martin", "Jürgen Weiß", "Emily Clark", "Luca Rossi", "Jürgen Weiß"],
         "breached": "Jürgen Weiß",
         "breached_id": id_of_order("302-7654320-1234560"),
         "related_order": "302-7654325-1234565",
         "related_id": id_of_order("302-7654325-1234565"),
+        "linked_email_id": linked_email_id,
         "alerted": "Ana Souza",
         "alerted_order": "302-7654321-1234561",
         "template": "shipped",

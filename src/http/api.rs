@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::auth::{Admin, Agent};
 use super::error::{ApiError, ErrorBody, ErrorDetail};
-use super::service::{MarkRequest, ReplyQueued, ReplyRequest};
+use super::service::{LinkRequest, MarkRequest, ReplyQueued, ReplyRequest};
 use super::AppState;
 use crate::clock::Status;
 use crate::duration::Dur;
@@ -29,6 +29,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/threads/{id}", get(show_thread))
         .route("/api/v1/threads/{id}/reply", post(reply))
         .route("/api/v1/threads/{id}/mark", post(mark))
+        .route("/api/v1/customers/link", post(link_customers))
+        .route("/api/v1/customers/unlink", post(unlink_customers))
+        .route("/api/v1/customers/{customer}", get(show_customer))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/connectors", get(connectors))
         .route("/api/v1/openapi.json", get(openapi))
@@ -39,11 +42,12 @@ pub fn routes() -> Router<AppState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hourglass API", description = "Threads by reply deadline, replies, marks, stats and connectors. Authenticate with `Authorization: Bearer <token>` (a `[[http.tokens]]` entry)."),
-    paths(list_threads, show_thread, reply, mark, stats, connectors),
+    paths(list_threads, show_thread, reply, mark, show_customer, link_customers, unlink_customers, stats, connectors),
     components(schemas(
         view::Thread, view::ThreadDetail, view::Message, view::OutboxEntry, view::AuditEntry,
         view::ConnectorStatus, view::Stats, view::Figures,
-        ReplyRequest, ReplyQueued, MarkRequest, ErrorBody, ErrorDetail
+        view::Customer, view::Identity, view::Split,
+        ReplyRequest, ReplyQueued, MarkRequest, LinkRequest, ErrorBody, ErrorDetail
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -228,6 +232,70 @@ async fn mark(
     let id = thread_id(id)?;
     let Json(request) = body.map_err(|e| ApiError::bad_param("body", e.body_text()))?;
     Ok(Json(state.mark(&who, id, &request).await?))
+}
+
+/// One customer across channels, the shape of `hourglass customers show --json`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/customers/{customer}",
+    params(("customer" = String, Path, description = "a customer id (42), thread:ID, or CHANNEL:HANDLE")),
+    responses(
+        (status = 200, description = "The customer, their identities and threads on every channel", body = view::Customer),
+        (status = 400, description = "Not a way to name a customer", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+    )
+)]
+async fn show_customer(
+    State(state): State<AppState>,
+    _who: Agent,
+    customer: Result<Path<String>, PathRejection>,
+) -> Result<Json<view::Customer>, ApiError> {
+    let Path(customer) = customer.map_err(|_| {
+        ApiError::bad_param("customer", "a customer id, thread:ID or CHANNEL:HANDLE")
+    })?;
+    Ok(Json(state.show_customer(&customer).await?))
+}
+
+/// Joins two customers into one, like `hourglass customers link A B`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/customers/link",
+    request_body = LinkRequest,
+    responses(
+        (status = 200, description = "The joined customer", body = view::Customer),
+        (status = 400, description = "a or b missing or malformed", body = ErrorBody),
+        (status = 404, description = "No such customer, thread or identity", body = ErrorBody),
+    )
+)]
+async fn link_customers(
+    State(state): State<AppState>,
+    Agent(who): Agent,
+    body: Result<Json<LinkRequest>, JsonRejection>,
+) -> Result<Json<view::Customer>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::bad_param("body", e.body_text()))?;
+    Ok(Json(state.link_customers(&who, &request).await?))
+}
+
+/// Splits identity `b` off `a`'s customer (or `a` off all others), like
+/// `hourglass customers unlink A [B]`; automatic links never undo it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/customers/unlink",
+    request_body = LinkRequest,
+    responses(
+        (status = 200, description = "The customer the split identity now is", body = view::Customer),
+        (status = 400, description = "a or b malformed", body = ErrorBody),
+        (status = 404, description = "No such thread or identity", body = ErrorBody),
+        (status = 422, description = "Nothing to split (not linked, the same identity, the only one)", body = ErrorBody),
+    )
+)]
+async fn unlink_customers(
+    State(state): State<AppState>,
+    Agent(who): Agent,
+    body: Result<Json<LinkRequest>, JsonRejection>,
+) -> Result<Json<view::Customer>, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::bad_param("body", e.body_text()))?;
+    Ok(Json(state.unlink_customers(&who, &request).await?))
 }
 
 /// Response times, breach rate and volume, the shape of `hourglass stats --json`.

@@ -86,6 +86,7 @@ impl From<crate::store::StoreError> for ApiError {
             crate::store::StoreError::ThreadNotFound(id) => {
                 ApiError::not_found(format!("thread {id} not found"))
             }
+            crate::store::StoreError::NotFound(what) => ApiError::not_found(what),
             other => ApiError::internal(other),
         }
     }

@@ -50,7 +50,75 @@ pub struct MarkRequest {
     pub snooze: Option<String>,
 }
 
+/// Two customers to link, or an identity to split off (`b` from `a`'s
+/// customer, or `a` from all the others without `b`). Each is a customer
+/// id (`"42"`), `"thread:17"` or `"CHANNEL:HANDLE"`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    pub a: String,
+    #[serde(default)]
+    pub b: Option<String>,
+}
+
+fn customer_ref(param: &str, s: &str) -> Result<crate::customers::CustomerRef, ApiError> {
+    crate::customers::CustomerRef::parse(s).map_err(|e| ApiError::bad_param(param, e))
+}
+
+fn link_error(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::Invalid(m) => {
+            ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "refused", m)
+        }
+        other => other.into(),
+    }
+}
+
 impl AppState {
+    /// One customer across channels, or 404.
+    pub async fn show_customer(&self, r: &str) -> Result<view::Customer, ApiError> {
+        let r = customer_ref("customer", r)?;
+        view::customer(self.store.as_ref(), &r, Utc::now())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no such customer: {r}")))
+    }
+
+    /// Joins two customers; returns the joined one.
+    pub async fn link_customers(
+        &self,
+        who: &Principal,
+        request: &LinkRequest,
+    ) -> Result<view::Customer, ApiError> {
+        let a = customer_ref("a", &request.a)?;
+        let b = customer_ref("b", request.b.as_deref().unwrap_or_default())?;
+        let id = self
+            .store
+            .link_customers(&a, &b, &who.name)
+            .await
+            .map_err(link_error)?;
+        self.show_customer(&id.to_string()).await
+    }
+
+    /// Splits an identity off its customer; returns its new customer.
+    pub async fn unlink_customers(
+        &self,
+        who: &Principal,
+        request: &LinkRequest,
+    ) -> Result<view::Customer, ApiError> {
+        let a = customer_ref("a", &request.a)?;
+        let b = request
+            .b
+            .as_deref()
+            .map(|b| customer_ref("b", b))
+            .transpose()?;
+        let id = self
+            .store
+            .unlink_customers(&a, b.as_ref(), &who.name)
+            .await
+            .map_err(link_error)?;
+        self.show_customer(&id.to_string()).await
+    }
+
     /// Threads by deadline.
     pub async fn list_threads(&self, filter: &ThreadFilter) -> Result<Vec<view::Thread>, ApiError> {
         Ok(view::threads(self.store.as_ref(), filter, Utc::now()).await?)

@@ -99,6 +99,7 @@ pub fn routes() -> Router<AppState> {
         .route("/threads/{id}/preview", get(thread_preview))
         .route("/threads/{id}/reply", post(reply))
         .route("/threads/{id}/mark", post(mark))
+        .route("/threads/{id}/customer", post(customer_link))
         .route("/assets/{name}", get(asset))
         .route(
             "/favicon.ico",
@@ -808,6 +809,8 @@ fn done_notice(done: Option<&str>) -> Option<&'static str> {
         "queued" => "Reply queued. It is sent in the background; its state shows below.",
         "no_response_needed" => "Marked: No response needed.",
         "snoozed" => "Snoozed. The thread comes back when the snooze ends or the customer writes.",
+        "linked" => "Linked: the other thread's customer is this customer now.",
+        "unlinked" => "Split: that thread's customer stays apart from this one, also when new messages would link them.",
         _ => return None,
     })
 }
@@ -835,6 +838,8 @@ struct MessageRow {
     thread_id: i64,
     channel: String,
     order_id: Option<String>,
+    /// Why the platform did not deliver this reply, when it did not.
+    undelivered: Option<String>,
 }
 
 fn outbox_label(state: &str) -> &'static str {
@@ -893,6 +898,7 @@ async fn thread_data(
         }
         other_threads.push(context! {
             id => r.id, channel => &r.channel, instance => &r.instance, order_id => &r.order_id,
+            status => r.status.as_str(),
         });
     }
     messages.sort_by(|a, b| a.sent_at.cmp(&b.sent_at));
@@ -1020,6 +1026,11 @@ fn message_row(m: &view::Message, t: &view::Thread, other: bool) -> MessageRow {
         thread_id: t.id,
         channel: t.channel.clone(),
         order_id: t.order_id.clone(),
+        undelivered: m.delivery_failed_at.map(|_| {
+            m.delivery_error
+                .clone()
+                .unwrap_or_else(|| "the platform refused it".into())
+        }),
     }
 }
 
@@ -1179,9 +1190,9 @@ async fn thread_live(
     uri: axum::http::Uri,
     Path(id): Path<i64>,
 ) -> Response {
-    if session_of(&state, &headers).is_none() {
+    let Some(s) = session_of(&state, &headers) else {
         return sign_in_first(&uri, true);
-    }
+    };
     let data = match thread_data(&state, id).await {
         Ok(Some(d)) => d,
         Ok(None) => return StatusCode::NOT_FOUND.into_response(),
@@ -1190,7 +1201,9 @@ async fn thread_live(
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
     };
-    let live = match render_str("live.html", data.ctx_live.clone()) {
+    // The split buttons in the conversation are forms: they need the token.
+    let live_ctx = context! { csrf => &s.csrf, ..data.ctx_live.clone() };
+    let live = match render_str("live.html", live_ctx) {
         Ok(h) => h,
         Err(r) => return r.into_response(),
     };
@@ -1345,6 +1358,71 @@ async fn mark(
         Err(e) if e.status.is_client_error() => {
             error_page(e.status, "Cannot mark this thread", &plain(&e), Some(&s))
         }
+        Err(e) => store_failed(e.message, &s),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CustomerForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+    /// The other side: a thread number, `thread:ID` or `CHANNEL:HANDLE`.
+    #[serde(default)]
+    other: String,
+}
+
+/// The thread page's customer forms: link this thread's customer with
+/// another one, or split another thread's identity off it.
+async fn customer_link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Path(id): Path<i64>,
+    Form(form): Form<CustomerForm>,
+) -> Response {
+    let Some(s) = session_of(&state, &headers) else {
+        return sign_in_first(&uri, false);
+    };
+    if !s.check_csrf(&form.csrf) || !same_origin(&headers) {
+        return forbidden();
+    }
+    let other = form.other.trim().trim_start_matches('#');
+    // A plain number here is a thread: agents see thread numbers.
+    let other = match other.parse::<i64>() {
+        Ok(n) => format!("thread:{n}"),
+        Err(_) => other.to_owned(),
+    };
+    let request = super::service::LinkRequest {
+        a: format!("thread:{id}"),
+        b: Some(other),
+    };
+    let who = principal(&state, &s.name);
+    let (done, result) = match form.action.as_str() {
+        "link" => ("linked", state.link_customers(&who, &request).await),
+        "unlink" => ("unlinked", state.unlink_customers(&who, &request).await),
+        other => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "Unknown action",
+                &format!("{other:?} is neither link nor unlink."),
+                Some(&s),
+            )
+        }
+    };
+    match result {
+        Ok(_) => Redirect::to(&format!("/threads/{id}?done={done}")).into_response(),
+        Err(e) if e.status.is_client_error() => error_page(
+            e.status,
+            if done == "linked" {
+                "Cannot link these customers"
+            } else {
+                "Cannot split these customers"
+            },
+            &plain(&e),
+            Some(&s),
+        ),
         Err(e) => store_failed(e.message, &s),
     }
 }
@@ -1676,6 +1754,8 @@ mod tests {
                 author: None,
                 subject: None,
                 text: "Hallo".into(),
+                delivery_failed_at: None,
+                delivery_error: None,
                 meta,
                 reply_to: None,
             }],

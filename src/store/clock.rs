@@ -116,11 +116,23 @@ const CLOCK_ROW: &str = "SELECT id, awaiting_since, handled_at, snoozed_at, snoo
 /// allows 32,766, PostgreSQL 65,535).
 const RECLOCK_CHUNK: usize = 500;
 
-/// A message as the clock sees it, from `direction, automatic, sent_at`.
+/// The message columns [`fact_from_row`] reads.
+const FACT_COLUMNS: &str = "direction, automatic, sent_at, delivery_failed_at";
+
+/// A message as the clock sees it, from [`FACT_COLUMNS`]. A reply the
+/// platform reported undelivered answers nothing: the clock sees it as a
+/// notice.
 fn fact_from_row(row: &AnyRow) -> Result<Fact> {
     let dir: String = row.try_get("direction")?;
+    let undelivered = row
+        .try_get::<Option<i64>, _>("delivery_failed_at")?
+        .is_some();
     Ok(Fact {
-        direction: Direction::parse(&dir).unwrap_or(Direction::System),
+        direction: match Direction::parse(&dir) {
+            Some(Direction::Outbound) if undelivered => Direction::System,
+            Some(d) => d,
+            None => Direction::System,
+        },
         automatic: row.try_get::<i64, _>("automatic")? != 0,
         sent_at: from_ms(row.try_get("sent_at")?),
     })
@@ -134,11 +146,12 @@ pub(super) async fn reclock(
     clocking: &Clocking,
     now: i64,
 ) -> Result<()> {
-    let rows =
-        sqlx::query("SELECT direction, automatic, sent_at FROM messages WHERE thread_id = $1")
-            .bind(thread_id)
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {FACT_COLUMNS} FROM messages WHERE thread_id = $1"
+    ))
+    .bind(thread_id)
+    .fetch_all(&mut *conn)
+    .await?;
     let facts = rows.iter().map(fact_from_row).collect::<Result<Vec<_>>>()?;
     let t = sqlx::query(&format!("{CLOCK_ROW} WHERE id = $1"))
         .bind(thread_id)
@@ -159,7 +172,7 @@ pub(super) async fn reclock_many(
     for chunk in ids.chunks(RECLOCK_CHUNK) {
         let list = placeholders(chunk.len());
         let sql = format!(
-            "SELECT thread_id, direction, automatic, sent_at FROM messages
+            "SELECT thread_id, {FACT_COLUMNS} FROM messages
              WHERE thread_id IN ({list})"
         );
         let mut q = sqlx::query(&sql);

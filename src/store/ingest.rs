@@ -10,17 +10,19 @@ use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use hourglass_connector::{Batch, DeliveryState, DeliveryStatus, Message};
+use hourglass_connector::{Batch, DeliveryState, DeliveryStatus, Direction, Message};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use super::alerts::set_thread_error;
 use super::clock::reclock_many;
+use super::customers::link_batch;
 use super::instances::save_cursors;
 use super::leases::{check_fence, Fence};
 use super::quarantine::insert_quarantined;
 use super::sql::insert_audit;
 use super::{ms, Clocking, Result, SqlStore};
+use crate::customers::keys_of;
 
 /// What one ingest did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -74,11 +76,15 @@ impl IngestStore for SqlStore {
         }
         let mut touched = BTreeSet::new();
         let mut customers = HashMap::new();
+        let mut keys = BTreeSet::new();
         let mut rows = Vec::with_capacity(batch.messages.len());
         for m in &batch.messages {
-            let customer_id = customer_for(&mut tx, m, now, &mut customers).await?;
+            let identity = customer_for(&mut tx, m, now, &mut customers).await?;
+            if let Some((identity_id, _)) = identity {
+                keys.extend(keys_of(m).into_iter().map(|k| (identity_id, k)));
+            }
             let thread_id =
-                thread_for(&mut tx, instance, &clocking.channel, m, customer_id, now).await?;
+                thread_for(&mut tx, instance, &clocking.channel, m, identity, now).await?;
             rows.push((thread_id, m));
         }
         let mut inserted = HashMap::new();
@@ -92,15 +98,10 @@ impl IngestStore for SqlStore {
                 report.inserted += 1;
                 touched.insert(thread_id);
                 // A platform notice that our reply did not arrive (Amazon's
-                // relay bounced it): an error on the thread, alerted once.
+                // relay bounced it): the reply no longer answers, the
+                // error is on the thread, alerted once.
                 if let Some(reason) = m.meta.get("delivery_failure").and_then(|v| v.as_str()) {
-                    set_thread_error(
-                        &mut tx,
-                        thread_id,
-                        &format!("A reply bounced: {reason}"),
-                        now,
-                    )
-                    .await?;
+                    reply_undelivered(&mut tx, instance, thread_id, m, reason, now).await?;
                 }
             } else {
                 if m.edit {
@@ -118,12 +119,103 @@ impl IngestStore for SqlStore {
                 touched.insert(thread_id);
             }
         }
+        link_batch(&mut tx, &keys, now).await?;
         reclock_many(&mut tx, &touched, clocking, now).await?;
         save_cursors(&mut tx, instance, &batch.cursors, now).await?;
         tx.commit().await?;
         report.threads_touched = touched.len();
         Ok(report)
     }
+}
+
+/// A platform's notice that a reply did not reach the customer (Amazon's
+/// "delivery failure" relay mail). The reply it names (by the returned
+/// mail's Message-ID, else the latest reply sent before the notice) is
+/// marked undelivered: it stays in the conversation, its outbox entry is
+/// `failed`, and it no longer stops the clock, so a thread it had
+/// answered awaits again from the buyer's unanswered message, as Amazon
+/// counts it (DESIGN §3; README "Customers across channels").
+async fn reply_undelivered(
+    conn: &mut AnyConnection,
+    instance: &str,
+    thread_id: i64,
+    notice: &Message,
+    reason: &str,
+    now: i64,
+) -> Result<()> {
+    let named = notice
+        .meta
+        .get("original_message_id")
+        .and_then(|v| v.as_str())
+        .map(|s| {
+            s.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty());
+    let mut reply = None;
+    if let Some(id) = named {
+        reply = sqlx::query(
+            "SELECT id, external_id, sent_at FROM messages
+             WHERE thread_id = $1 AND direction = 'outbound' AND external_id = $2
+               AND delivery_failed_at IS NULL",
+        )
+        .bind(thread_id)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    }
+    if reply.is_none() {
+        reply = sqlx::query(
+            "SELECT id, external_id, sent_at FROM messages
+             WHERE thread_id = $1 AND direction = 'outbound' AND automatic = 0
+               AND delivery_failed_at IS NULL AND sent_at <= $2
+             ORDER BY sent_at DESC, id DESC LIMIT 1",
+        )
+        .bind(thread_id)
+        .bind(ms(notice.sent_at))
+        .fetch_optional(&mut *conn)
+        .await?;
+    }
+    let Some(reply) = reply else {
+        // A reply sent before hourglass saw this mailbox: the error alone.
+        let error = format!("A reply bounced: {reason}");
+        return set_thread_error(conn, thread_id, &error, now).await;
+    };
+    let message_id: i64 = reply.try_get("id")?;
+    let external_id: String = reply.try_get("external_id")?;
+    let sent_at = super::from_ms(reply.try_get("sent_at")?);
+    sqlx::query("UPDATE messages SET delivery_failed_at = $1, delivery_error = $2 WHERE id = $3")
+        .bind(ms(notice.sent_at))
+        .bind(reason)
+        .bind(message_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE outbox SET state = 'failed', error = $1, updated_at = $2
+         WHERE instance = $3 AND external_id = $4 AND state = 'sent'",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(instance)
+    .bind(&external_id)
+    .execute(&mut *conn)
+    .await?;
+    let error = format!(
+        "Your reply of {} could not be delivered: {reason}",
+        sent_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    set_thread_error(conn, thread_id, &error, now).await?;
+    insert_audit(
+        conn,
+        now,
+        "platform",
+        "reply_undelivered",
+        Some(thread_id),
+        &format!("{external_id}: {reason}"),
+    )
+    .await
 }
 
 /// A platform's report that a reply it had accepted was not delivered
@@ -183,63 +275,51 @@ async fn apply_status(
     Ok(Some(thread_id))
 }
 
-/// Finds or creates the customer behind an identity. Identities that share
-/// an e-mail address are linked to one customer.
+/// Finds or creates the identity behind a message and its customer:
+/// `(identity_id, customer_id)`. A new identity starts as a customer of
+/// its own; the keys it shares with others join it to theirs at the end
+/// of the batch ([`link_batch`]).
 async fn customer_for(
     conn: &mut AnyConnection,
     m: &Message,
     now: i64,
-    known: &mut HashMap<(String, String), i64>,
-) -> Result<Option<i64>> {
+    known: &mut HashMap<(String, String), (i64, i64)>,
+) -> Result<Option<(i64, i64)>> {
     let Some(ident) = &m.customer else {
         return Ok(None);
     };
     // Within one ingest, an identity resolves to the same customer each
     // time: ask the database once.
     let key = (ident.channel.clone(), ident.handle.clone());
-    if let Some(id) = known.get(&key) {
-        return Ok(Some(*id));
+    if let Some(ids) = known.get(&key) {
+        return Ok(Some(*ids));
     }
     let found =
-        sqlx::query("SELECT customer_id FROM identities WHERE channel = $1 AND handle = $2")
+        sqlx::query("SELECT id, customer_id FROM identities WHERE channel = $1 AND handle = $2")
             .bind(&ident.channel)
             .bind(&ident.handle)
             .fetch_optional(&mut *conn)
             .await?;
     if let Some(row) = found {
-        let id: i64 = row.try_get("customer_id")?;
-        known.insert(key, id);
-        return Ok(Some(id));
+        let ids = (row.try_get("id")?, row.try_get("customer_id")?);
+        known.insert(key, ids);
+        return Ok(Some(ids));
     }
-    let mut customer_id: Option<i64> = None;
-    if let Some(email) = &ident.email {
-        let linked =
-            sqlx::query("SELECT customer_id FROM identities WHERE email = $1 ORDER BY id LIMIT 1")
-                .bind(email.to_lowercase())
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(row) = linked {
-            customer_id = Some(row.try_get("customer_id")?);
-        }
-    }
-    let customer_id = match customer_id {
-        Some(id) => id,
-        None => sqlx::query(
-            "INSERT INTO customers (display_name, created_at) VALUES ($1, $2) RETURNING id",
-        )
-        .bind(ident.display_name.clone().or_else(|| m.author.clone()))
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("id")?,
-    };
+    let customer_id: i64 = sqlx::query(
+        "INSERT INTO customers (display_name, created_at) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(ident.display_name.clone().or_else(|| m.author.clone()))
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("id")?;
     // Another daemon may have won the race: its row is the one that counts,
     // and the no-op update makes RETURNING give it.
     let row = sqlx::query(
         "INSERT INTO identities (customer_id, channel, handle, display_name, email, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (channel, handle) DO UPDATE SET handle = excluded.handle
-         RETURNING customer_id",
+         RETURNING id, customer_id",
     )
     .bind(customer_id)
     .bind(&ident.channel)
@@ -249,9 +329,9 @@ async fn customer_for(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    let id: i64 = row.try_get("customer_id")?;
-    known.insert(key, id);
-    Ok(Some(id))
+    let ids = (row.try_get("id")?, row.try_get("customer_id")?);
+    known.insert(key, ids);
+    Ok(Some(ids))
 }
 
 /// The thread a message belongs to, created on its first message.
@@ -260,20 +340,63 @@ async fn thread_for(
     instance: &str,
     channel: &str,
     m: &Message,
-    customer_id: Option<i64>,
+    identity: Option<(i64, i64)>,
     now: i64,
 ) -> Result<i64> {
+    // A platform notice returning one of our messages (a bounce, Amazon's
+    // delivery failure) belongs on that message's thread; one naming an
+    // order ("your message to the buyer for order 302-… could not be
+    // delivered") on that order's buyer thread, also when it does not
+    // name the buyer.
+    if m.direction == Direction::System {
+        let original = m
+            .meta
+            .get("original_message_id")
+            .and_then(|v| v.as_str())
+            .map(|s| s.trim().trim_start_matches('<').trim_end_matches('>'))
+            .filter(|s| !s.is_empty());
+        if let Some(original) = original {
+            let found = sqlx::query(
+                "SELECT thread_id FROM messages WHERE instance = $1 AND external_id = $2",
+            )
+            .bind(instance)
+            .bind(original)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = found {
+                return Ok(row.try_get("thread_id")?);
+            }
+        }
+        if let Some(order) = &m.order_id {
+            let found = sqlx::query(
+                "SELECT id FROM threads
+                 WHERE instance = $1 AND (thread_key = $2 OR (order_id = $3 AND customer_id IS NOT NULL))
+                 ORDER BY (thread_key = $4) DESC, updated_at DESC, id DESC LIMIT 1",
+            )
+            .bind(instance)
+            .bind(&m.thread_key)
+            .bind(order)
+            .bind(&m.thread_key)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = found {
+                return Ok(row.try_get("id")?);
+            }
+        }
+    }
+    let (identity_id, customer_id) = identity.unzip();
     // One statement: a new thread takes the message's facts; a known one
     // fills what its first messages did not know. Replies go to the
     // customer's latest address.
     let row = sqlx::query(
         "INSERT INTO threads (instance, thread_key, channel, customer_id, subject, order_id,
-            marketplace, language, reply_to, created_at, updated_at)
+            marketplace, language, reply_to, created_at, updated_at, identity_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-            CASE WHEN $10 = 'inbound' THEN $11 ELSE NULL END, $9, $9)
+            CASE WHEN $10 = 'inbound' THEN $11 ELSE NULL END, $9, $9, $12)
          ON CONFLICT (instance, thread_key) DO UPDATE SET
             updated_at = excluded.updated_at,
             customer_id = COALESCE(threads.customer_id, excluded.customer_id),
+            identity_id = COALESCE(threads.identity_id, excluded.identity_id),
             subject = COALESCE(threads.subject, excluded.subject),
             order_id = COALESCE(threads.order_id, excluded.order_id),
             marketplace = COALESCE(threads.marketplace, excluded.marketplace),
@@ -297,6 +420,7 @@ async fn thread_for(
             .clone()
             .or_else(|| m.customer.as_ref().map(|c| c.handle.clone())),
     )
+    .bind(identity_id)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get("id")?)

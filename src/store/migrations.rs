@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0009_instance_alerts.sql"),
         postgres: include_str!("../../migrations/postgres/0009_instance_alerts.sql"),
     },
+    Migration {
+        version: 14,
+        name: "customers",
+        sqlite: include_str!("../../migrations/sqlite/0014_customers.sql"),
+        postgres: include_str!("../../migrations/postgres/0014_customers.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

@@ -12,6 +12,7 @@
 //! | `ingest.rs`      | a fetched batch, written in one transaction                |
 //! | `threads.rs`     | reading threads: listings and one conversation             |
 //! | `clock.rs`       | re-deriving a thread's reply clock; no-response and snooze |
+//! | `customers.rs`   | one customer across channels: keys, links, splits          |
 //! | `outbox.rs`      | queueing, claiming and completing replies                  |
 //! | `alerts.rs`      | alert points, error alerts and the delivery queue          |
 //! | `stats.rs`       | response samples for `stats`                               |
@@ -30,6 +31,7 @@
 
 mod alerts;
 mod clock;
+mod customers;
 mod dialect;
 mod ingest;
 mod instances;
@@ -48,6 +50,7 @@ use chrono::{DateTime, Utc};
 
 pub use alerts::{AlertCandidate, AlertDelivery, AlertStore};
 pub use clock::{ClockStore, Clocking};
+pub use customers::{CustomerDetail, CustomerStore, IdentityView, SplitView};
 pub use dialect::Backend;
 pub use ingest::{IngestReport, IngestStore};
 pub use instances::{InstanceStatus, InstanceStore, PollOutcome};
@@ -67,8 +70,8 @@ pub use transfer::{copy_store, BackupReport, CopyReport, TableCopy};
 /// `use crate::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        AlertStore, ClockStore, IngestStore, InstanceStore, LeaseStore, MigrationStore,
-        OutboxStore, QuarantineStore, StatsStore, Store, ThreadStore,
+        AlertStore, ClockStore, CustomerStore, IngestStore, InstanceStore, LeaseStore,
+        MigrationStore, OutboxStore, QuarantineStore, StatsStore, Store, ThreadStore,
     };
 }
 
@@ -79,6 +82,7 @@ pub trait Store:
     + IngestStore
     + ThreadStore
     + ClockStore
+    + CustomerStore
     + OutboxStore
     + AlertStore
     + StatsStore
@@ -109,6 +113,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("Thread {0} not found")]
     ThreadNotFound(i64),
+    /// A customer, thread or identity named by an agent does not exist.
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Invalid(String),
     #[error(

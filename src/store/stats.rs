@@ -35,7 +35,8 @@ impl StatsStore for SqlStore {
             "SELECT t.channel AS channel, m.sent_at AS inbound_at,
                 (SELECT MIN(o.sent_at) FROM messages o
                   WHERE o.thread_id = m.thread_id AND o.direction = 'outbound'
-                    AND o.automatic = 0 AND o.sent_at >= m.sent_at) AS first_response_at
+                    AND o.automatic = 0 AND o.delivery_failed_at IS NULL
+                    AND o.sent_at >= m.sent_at) AS first_response_at
              FROM messages m JOIN threads t ON t.id = m.thread_id
              WHERE m.direction = 'inbound' AND m.sent_at >= $1
                AND NOT EXISTS (
@@ -45,7 +46,8 @@ impl StatsStore for SqlStore {
                     AND NOT EXISTS (
                       SELECT 1 FROM messages r
                        WHERE r.thread_id = m.thread_id AND r.direction = 'outbound'
-                         AND r.automatic = 0 AND r.sent_at >= p.sent_at AND r.sent_at <= m.sent_at))
+                         AND r.automatic = 0 AND r.delivery_failed_at IS NULL
+                         AND r.sent_at >= p.sent_at AND r.sent_at <= m.sent_at))
              ORDER BY m.sent_at",
         )
         .bind(ms(since))

@@ -62,6 +62,9 @@ pub struct MessageView {
     pub author: Option<String>,
     pub subject: Option<String>,
     pub text: String,
+    /// When the platform reported this reply undelivered, and why.
+    pub delivery_failed_at: Option<DateTime<Utc>>,
+    pub delivery_error: Option<String>,
     #[serde(skip)]
     pub meta: serde_json::Value,
     #[serde(skip)]
@@ -364,7 +367,8 @@ impl ThreadStore for SqlStore {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "id, external_id, direction, automatic, sent_at, author, subject, body, meta, reply_to";
+    "id, external_id, direction, automatic, sent_at, author, subject, body, meta, reply_to, \
+    delivery_failed_at, delivery_error";
 
 fn message_from_row(r: &AnyRow) -> Result<MessageView> {
     let meta: String = r.try_get("meta")?;
@@ -377,6 +381,8 @@ fn message_from_row(r: &AnyRow) -> Result<MessageView> {
         author: r.try_get("author")?,
         subject: r.try_get("subject")?,
         text: r.try_get("body")?,
+        delivery_failed_at: opt_time(r, "delivery_failed_at")?,
+        delivery_error: r.try_get("delivery_error")?,
         meta: serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null),
         reply_to: r.try_get("reply_to")?,
     })

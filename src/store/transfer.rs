@@ -29,6 +29,8 @@ const COPIED: &[&str] = &[
     "cursors",
     "customers",
     "identities",
+    "identity_keys",
+    "customer_splits",
     "threads",
     "messages",
     "attachments",

@@ -88,6 +88,12 @@ pub struct Message {
     pub author: Option<String>,
     pub subject: Option<String>,
     pub text: String,
+    /// When the platform reported this reply undelivered (Amazon's
+    /// delivery-failure notice); null otherwise. An undelivered reply
+    /// does not stop the reply clock.
+    pub delivery_failed_at: Option<DateTime<Utc>>,
+    /// Why it was not delivered, in the platform's words.
+    pub delivery_error: Option<String>,
 }
 
 /// A reply in the outbox and its state.
@@ -139,6 +145,8 @@ impl From<&store::ThreadDetail> for ThreadDetail {
                     author: m.author.clone(),
                     subject: m.subject.clone(),
                     text: m.text.clone(),
+                    delivery_failed_at: m.delivery_failed_at,
+                    delivery_error: m.delivery_error.clone(),
                 })
                 .collect(),
             outbox: d
@@ -166,6 +174,85 @@ impl From<&store::ThreadDetail> for ThreadDetail {
                 .collect(),
         }
     }
+}
+
+/// One identity of a customer: a channel's handle and the keys that link
+/// it to the others (`email:…`, `relay:…`, `order:…`, `phone:…`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Identity {
+    pub id: i64,
+    /// `amazon`, `email`, `whatsapp`, ...
+    pub channel: String,
+    /// The handle on that channel; `CHANNEL:HANDLE` names it in
+    /// `customers link` and `unlink`.
+    pub handle: String,
+    pub display_name: Option<String>,
+    pub keys: Vec<String>,
+}
+
+/// A split an agent made: no automatic rule joins these two again.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Split {
+    /// `CHANNEL:HANDLE` of this customer's identity.
+    pub identity: String,
+    /// `CHANNEL:HANDLE` of the identity it was split from.
+    pub other: String,
+    pub other_customer_id: i64,
+    pub actor: String,
+    pub at: DateTime<Utc>,
+}
+
+/// One customer across channels (`customers show --json`,
+/// `GET /api/v1/customers/{ref}`): identities, threads on every channel
+/// (most recent first), and the splits agents made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Customer {
+    pub id: i64,
+    pub display_name: Option<String>,
+    pub identities: Vec<Identity>,
+    pub threads: Vec<Thread>,
+    pub splits: Vec<Split>,
+}
+
+impl From<&store::CustomerDetail> for Customer {
+    fn from(c: &store::CustomerDetail) -> Customer {
+        Customer {
+            id: c.id,
+            display_name: c.display_name.clone(),
+            identities: c
+                .identities
+                .iter()
+                .map(|i| Identity {
+                    id: i.id,
+                    channel: i.channel.clone(),
+                    handle: i.handle.clone(),
+                    display_name: i.display_name.clone(),
+                    keys: i.keys.clone(),
+                })
+                .collect(),
+            threads: c.threads.iter().map(Thread::from).collect(),
+            splits: c
+                .splits
+                .iter()
+                .map(|s| Split {
+                    identity: s.identity.clone(),
+                    other: s.other.clone(),
+                    other_customer_id: s.other_customer_id,
+                    actor: s.actor.clone(),
+                    at: s.at,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The customer `r` names; `None` when there is none.
+pub async fn customer(
+    store: &dyn Store,
+    r: &crate::customers::CustomerRef,
+    now: DateTime<Utc>,
+) -> store::Result<Option<Customer>> {
+    Ok(store.customer(r, now).await?.as_ref().map(Customer::from))
 }
 
 /// A configured instance and its state (`connectors list --json`,

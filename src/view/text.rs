@@ -86,6 +86,15 @@ pub fn thread(detail: &ThreadDetail) -> String {
             if m.automatic { " (automatic)" } else { "" }
         ));
         line(m.text.trim_end().to_owned());
+        if let Some(at) = m.delivery_failed_at {
+            line(format!(
+                "[not delivered: {} (reported {})]",
+                m.delivery_error
+                    .as_deref()
+                    .unwrap_or("the platform refused it"),
+                at.format("%Y-%m-%d %H:%M UTC")
+            ));
+        }
     }
     for o in &detail.outbox {
         line(format!(
@@ -107,6 +116,40 @@ pub fn thread(detail: &ThreadDetail) -> String {
             a.detail
         ));
     }
+    out
+}
+
+/// `hourglass customers show`: who the customer is on each channel, and
+/// their threads on all of them.
+pub fn customer(c: &super::Customer) -> String {
+    let mut out = format!(
+        "Customer {} · {}\n",
+        c.id,
+        c.display_name.as_deref().unwrap_or("-")
+    );
+    for i in &c.identities {
+        out.push_str(&format!(
+            "  {}:{}{}  [{}]\n",
+            i.channel,
+            i.handle,
+            i.display_name
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
+            i.keys.join(", ")
+        ));
+    }
+    for s in &c.splits {
+        out.push_str(&format!(
+            "  split from {} (customer {}) by {} on {}\n",
+            s.other,
+            s.other_customer_id,
+            s.actor,
+            s.at.format("%Y-%m-%d %H:%M UTC")
+        ));
+    }
+    out.push('\n');
+    out.push_str(&threads(&c.threads));
     out
 }
 

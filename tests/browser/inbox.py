@@ -8,7 +8,8 @@ the environment:
   HG_TOKEN      an agent token
   HG_ALERT_LINK the link an alert carried ({public_url}/threads/ID)
   HG_EXPECT     JSON: customers in deadline order, thread ids (breached,
-                alerted, related, mark), the reply, the template preview
+                alerted, related, the linked e-mail thread, mark), the
+                reply, the template preview
   HG_ARTIFACTS  a directory for screenshots
 
 Prints one line per step; exits non-zero with the reason on the first
@@ -146,15 +147,38 @@ def main():
         expect(names.first).to_have_text(EXPECT["breached"])
         page.goto(URL + "/threads")
 
-        step("a customer's other threads are part of the conversation")
+        step("a customer's other threads, on every channel, are part of the conversation")
         page.goto(f"{URL}/threads/{EXPECT['breached_id']}")
-        related = page.locator("#live p.hint a", has_text=EXPECT["related_order"])
+        related = page.locator("#related a", has_text=EXPECT["related_order"])
         expect(related).to_have_attribute("href", f"/threads/{EXPECT['related_id']}")
-        expect(page.locator(".messages .msg.other a.badge")).to_have_attribute(
-            "href", f"/threads/{EXPECT['related_id']}"
-        )
-        expect(page.locator(".messages .msg")).to_have_count(2)
+        email_id = EXPECT["linked_email_id"]
+        expect(page.locator(f"#related a[href='/threads/{email_id}']")).to_contain_text("email")
+        expect(
+            page.locator(f".messages .msg.other a.badge[href='/threads/{EXPECT['related_id']}']")
+        ).to_have_count(1)
+        by_mail = page.locator(f".messages .msg.other:has(a.badge[href='/threads/{email_id}'])")
+        expect(by_mail).to_contain_text("Ich habe auch auf Amazon geschrieben")
+        expect(page.locator(".messages .msg")).to_have_count(3)
+        expect(page.locator(".messages .msg.other")).to_have_count(2)
+        no_horizontal_scroll(page, "the linked history")
+        shot(page, "customer-linked-desktop")
+        page.set_viewport_size(PHONE)
+        no_horizontal_scroll(page, "the linked history")
+        shot(page, "customer-linked-360")
+        page.set_viewport_size(DESKTOP)
+
+        step("an agent splits the e-mail customer off; the history shows the Amazon threads only")
+        page.get_by_role("button", name=f"Not the same customer as thread {email_id}").click()
+        expect(page.get_by_role("status").first).to_contain_text("Split")
+        expect(page.locator(f"#related a[href='/threads/{email_id}']")).to_have_count(0)
         expect(page.locator(".messages .msg.other")).to_have_count(1)
+
+        step("and links them again by the thread number")
+        page.get_by_label("Thread number or CHANNEL:HANDLE").fill(str(email_id))
+        page.get_by_role("button", name="Link customers").click()
+        expect(page.get_by_role("status").first).to_contain_text("Linked")
+        expect(page.locator(f"#related a[href='/threads/{email_id}']")).to_have_count(1)
+        expect(page.locator(".messages .msg.other")).to_have_count(2)
         page.set_viewport_size(PHONE)
         shot(page, "thread-related-360")
         page.set_viewport_size(DESKTOP)

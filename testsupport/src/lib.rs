@@ -13,5 +13,6 @@ pub mod pids;
 pub mod postgres;
 mod rawimap;
 pub mod smtp;
+pub mod spapi;
 pub mod telegram;
 pub mod x;

@@ -1,7 +1,9 @@
 //! Optional order enrichment through the Selling Partner API: a
 //! Login-with-Amazon refresh token buys a one-hour access token (sent as
 //! `x-amz-access-token`, no SigV4), and Orders API `getOrder` adds the
-//! order's status, dates and total to buyer messages' `meta.order`.
+//! order's status, dates, total and buyer e-mail (`BuyerInfo.BuyerEmail`,
+//! by which the daemon links a customer's identities) to buyer messages'
+//! `meta.order`.
 //!
 //! Enrichment is best effort: a poll never fails because of it, and it
 //! never exceeds the operation's usage plan (getOrder: 0.5 requests/s,
@@ -275,6 +277,10 @@ pub fn summarize(body: &Value) -> Option<Value> {
         })),
         "is_prime": s("IsPrime"),
         "is_business_order": s("IsBusinessOrder"),
+        // The buyer's (usually anonymized relay) address: the daemon links
+        // the identities that wrote about this order by it. Restricted
+        // data: absent unless the app holds the role.
+        "buyer_email": p.get("BuyerInfo").and_then(|b| b.get("BuyerEmail")).cloned().unwrap_or(Value::Null),
     }))
 }
 
@@ -291,8 +297,10 @@ mod tests {
             "OrderStatus": "Shipped",
             "OrderTotal": {"CurrencyCode": "EUR", "Amount": "49.90"},
             "MarketplaceId": "A1PA6795UKMFR9",
+            "BuyerInfo": {"BuyerEmail": "q7w8e9r0t1y2uio@marketplace.amazon.de"},
         }});
         let s = summarize(&body).unwrap();
+        assert_eq!(s["buyer_email"], "q7w8e9r0t1y2uio@marketplace.amazon.de");
         assert_eq!(s["status"], "Shipped");
         assert_eq!(s["total"]["amount"], "49.90");
         assert_eq!(s["total"]["currency"], "EUR");
