@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/threads/{id}", get(show_thread))
         .route("/api/v1/threads/{id}/reply", post(reply))
         .route("/api/v1/threads/{id}/mark", post(mark))
+        .route("/api/v1/threads/{id}/ack", post(ack))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/connectors", get(connectors))
         .route("/api/v1/openapi.json", get(openapi))
@@ -39,7 +40,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hourglass API", description = "Threads by reply deadline, replies, marks, stats and connectors. Authenticate with `Authorization: Bearer <token>` (a `[[http.tokens]]` entry)."),
-    paths(list_threads, show_thread, reply, mark, stats, connectors),
+    paths(list_threads, show_thread, reply, mark, ack, stats, connectors),
     components(schemas(
         view::Thread, view::ThreadDetail, view::Message, view::OutboxEntry, view::AuditEntry,
         view::ConnectorStatus, view::Stats, view::Figures,
@@ -228,6 +229,28 @@ async fn mark(
     let id = thread_id(id)?;
     let Json(request) = body.map_err(|e| ApiError::bad_param("body", e.body_text()))?;
     Ok(Json(state.mark(&who, id, &request).await?))
+}
+
+/// Takes a thread (acknowledges its alert) as the token's agent: its
+/// later alerts in this awaiting cycle are not sent, and the others see
+/// `taken_by`. The first taker keeps it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/threads/{id}/ack",
+    params(("id" = i64, Path, description = "thread id")),
+    responses(
+        (status = 200, description = "The thread as it is now, with taken_by", body = view::Thread),
+        (status = 404, description = "No such thread", body = ErrorBody),
+        (status = 409, description = "The thread is not awaiting a reply", body = ErrorBody),
+    )
+)]
+async fn ack(
+    State(state): State<AppState>,
+    Agent(who): Agent,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<view::Thread>, ApiError> {
+    let id = thread_id(id)?;
+    Ok(Json(state.take(&who, id).await?))
 }
 
 /// Response times, breach rate and volume, the shape of `hourglass stats --json`.

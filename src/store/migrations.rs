@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0009_instance_alerts.sql"),
         postgres: include_str!("../../migrations/postgres/0009_instance_alerts.sql"),
     },
+    Migration {
+        version: 13,
+        name: "watchdog_acks_quiet",
+        sqlite: include_str!("../../migrations/sqlite/0013_watchdog_acks_quiet.sql"),
+        postgres: include_str!("../../migrations/postgres/0013_watchdog_acks_quiet.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no
