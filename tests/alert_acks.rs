@@ -255,3 +255,103 @@ except = ["breach"]
     assert!(Utc::now() >= end);
     assert_eq!(held_rows(&app), 0);
 }
+
+#[test]
+fn the_telegram_alert_has_a_take_button_that_takes_the_thread() {
+    let bot = hourglass_testsupport::telegram::MockBotApi::start("123:alert-bot").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mail = maildir(dir.path());
+    deliver_mail(&mail, &buyer_mail(1, "Jana Novak", 23 * 3600 + 1800));
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            r#"{}
+[[alerts.sinks]]
+name = "agents"
+type = "telegram"
+bot_token = "env:HG_ALERT_BOT"
+chat_id = "-1001234567890"
+api_url = "{}"
+"#,
+            instance(&mail),
+            bot.url(),
+        ),
+    );
+    app.env
+        .push(("HG_ALERT_BOT".into(), "123:alert-bot".into()));
+    let mut daemon = app.spawn_daemon();
+    wait_until(Duration::from_secs(20), || !bot.sent().is_empty())
+        .unwrap_or_else(|_| panic!("no Telegram alert; log:\n{}", daemon.log()));
+    let alert = bot.sent()[0].clone();
+    assert_eq!(alert.chat_id, -1001234567890);
+    assert!(alert.text.contains("Jana Novak"), "{}", alert.text);
+    let button = &alert.reply_markup.expect("an inline keyboard")["inline_keyboard"][0][0];
+    assert_eq!(button["text"], "Take this thread");
+    let data = button["callback_data"].as_str().unwrap().to_owned();
+    let id = data.strip_prefix("take:").unwrap().to_owned();
+
+    // A press from another chat is refused; one in the agents' chat takes it.
+    bot.push_callback(-42, (77, "Mallory", "mallory"), alert.message_id, &data);
+    bot.push_callback(-1001234567890, (5, "Ana", "ana_s"), alert.message_id, &data);
+    wait_until(Duration::from_secs(20), || bot.answered().len() == 2)
+        .unwrap_or_else(|_| panic!("presses not answered; log:\n{}", daemon.log()));
+    let answers: Vec<String> = bot
+        .answered()
+        .into_iter()
+        .map(|a| a.text.unwrap_or_default())
+        .collect();
+    assert!(
+        answers[0].contains("only works in the agents' alert chat"),
+        "{answers:?}"
+    );
+    assert!(
+        answers[1].contains(&format!("Thread #{id} is yours, ana_s")),
+        "{answers:?}"
+    );
+    daemon.stop_cleanly();
+    let shown = app.json(&["show", &id, "--json"]);
+    assert_eq!(shown["taken_by"], "ana_s", "{shown}");
+}
+
+#[test]
+fn the_api_takes_a_thread_with_the_cli_shape() {
+    use common::http::{assert_error, base_url, post, token_env, ADMIN, AGENT, HTTP_CONFIG};
+    let dir = tempfile::tempdir().unwrap();
+    let mail = maildir(dir.path());
+    deliver_mail(&mail, &buyer_mail(1, "Jana Novak", 3600));
+    let mut app = TestApp::new(None, &format!("{}{HTTP_CONFIG}", instance(&mail)));
+    app.env.extend(token_env());
+    let daemon = app.spawn_daemon_with(&["--log-format", "json"]);
+    let base = base_url(&daemon);
+    wait_until(Duration::from_secs(20), || {
+        app.json(&["threads", "--json"])
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .unwrap_or_else(|_| panic!("no thread; log:\n{}", daemon.log()));
+    let id = app.json(&["threads", "--json"])[0]["id"].as_i64().unwrap();
+
+    let path = format!("/api/v1/threads/{id}/ack");
+    let (status, body) = post(&base, &path, Some(AGENT), &[], &serde_json::json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["taken_by"], "ana");
+    assert_eq!(body["id"], id);
+    // The same shape as the CLI's.
+    let cli = app.json(&["threads", "--json"])[0].clone();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&body), keys(&cli));
+    // The admin, later, sees who has it.
+    let (status, body) = post(&base, &path, Some(ADMIN), &[], &serde_json::json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["taken_by"], "ana");
+    let missing = post(
+        &base,
+        "/api/v1/threads/999/ack",
+        Some(AGENT),
+        &[],
+        &serde_json::json!({}),
+    );
+    assert_error(&missing, 404, "not_found", "thread 999");
+    let anonymous = post(&base, &path, None, &[], &serde_json::json!({}));
+    assert_eq!(anonymous.0, 401);
+}
