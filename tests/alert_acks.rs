@@ -184,7 +184,10 @@ fn quiet_hours_hold_threshold_alerts_for_one_summary_but_not_a_breach() {
     // table in src/alerts/quiet.rs covers 02:00 to 07:00 in Berlin.
     let now = Utc::now();
     let start = now - chrono::Duration::hours(1);
-    let end = now + chrono::Duration::seconds(45);
+    // Whole seconds, as the spec below writes it.
+    let end = (now + chrono::Duration::seconds(45))
+        .with_nanosecond(0)
+        .unwrap();
     let hms =
         |t: chrono::DateTime<Utc>| format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second());
     let app = TestApp::new(
