@@ -111,6 +111,18 @@ pub enum Command {
         #[arg(long, env = "USER", default_value = "cli")]
         actor: String,
     },
+    /// Take a thread (acknowledge its alert): its later alerts in this
+    /// awaiting cycle are not sent, and others see who took it. ID is the
+    /// thread id, as alerts show it ("Thread: #7").
+    Ack {
+        id: i64,
+        /// Who takes it (shown to the other agents).
+        #[arg(long = "as", env = "USER", default_value = "cli")]
+        actor: String,
+        /// Print the thread as JSON (the shape of `threads --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to
     /// stdout: `hourglass completions bash > /etc/bash_completion.d/hourglass`.
     Completions {
@@ -545,6 +557,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "Thread {id} snoozed until {}.",
                     until.format("%Y-%m-%d %H:%M UTC")
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ack { id, actor, json } => {
+            let store = daemon::open_store(&config).await?;
+            let Some(thread) = view::take(store.as_ref(), *id, actor, Utc::now())
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::ThreadNotFound(id) => {
+                        anyhow::anyhow!("Thread {id} not found")
+                    }
+                    other => anyhow::Error::from(other),
+                })?
+            else {
+                eprintln!("error: thread {id} is not awaiting a reply: there is nothing to take");
+                return Ok(ExitCode::from(1));
+            };
+            if *json {
+                print_json(&thread)?;
+            } else {
+                match &thread.taken_by {
+                    Some(by) if by == actor => println!("Thread {id} taken by {by}."),
+                    Some(by) => println!(
+                        "Thread {id} was taken already by {by}{}.",
+                        thread
+                            .taken_at
+                            .map(|t| t.format(" at %Y-%m-%d %H:%M UTC").to_string())
+                            .unwrap_or_default()
+                    ),
+                    None => println!("Thread {id} taken."),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

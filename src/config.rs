@@ -165,6 +165,10 @@ pub struct InstanceConfig {
     /// Free labels for alert routing.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The watchdog alerts when no message has arrived for this long
+    /// (`"6h"`), whatever the instance's usual rhythm.
+    #[serde(default)]
+    pub expect_within: Option<Dur>,
     /// Rate limit for sending replies (`{ per_second = 1.0, burst = 5 }`),
     /// overriding the platform's published quota that hourglass uses by
     /// default.

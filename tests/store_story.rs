@@ -347,6 +347,62 @@ async fn story(store: &dyn Store) {
         error.ends_with("could not be delivered: Links are not allowed."),
         "{error}"
     );
+    // Taking a thread: the first taker keeps it for the cycle.
+    let now = Utc::now();
+    let open = store.threads(&ThreadFilter::default(), now).await.unwrap();
+    let awaiting = open.iter().find(|t| t.awaiting_since.is_some()).unwrap().id;
+    let answered = open.iter().find(|t| t.awaiting_since.is_none()).unwrap().id;
+    let nothing = store.take_thread(answered, "ana", now).await.unwrap();
+    assert!(nothing.is_none(), "an answered thread cannot be taken");
+    let bruno = awaiting;
+    let taken = store.take_thread(bruno, "ana", now).await.unwrap();
+    assert_eq!(taken.map(|t| t.by).as_deref(), Some("ana"));
+    let again = store.take_thread(bruno, "bob", now).await.unwrap();
+    assert_eq!(again.map(|t| t.by).as_deref(), Some("ana"));
+    assert_eq!(
+        store.taken(bruno).await.unwrap().map(|t| t.by).as_deref(),
+        Some("ana")
+    );
+    let listed = store.threads(&ThreadFilter::default(), now).await.unwrap();
+    let b = listed.iter().find(|t| t.id == bruno).unwrap();
+    assert_eq!(b.taken_by.as_deref(), Some("ana"));
+
+    // The watchdog's reads: first and last arrival, and counts per hour.
+    let arrivals = store.arrivals("amazon-eu").await.unwrap();
+    let (first, last) = (arrivals.first.unwrap(), arrivals.last.unwrap());
+    assert!(first < last, "{arrivals:?}");
+    let per_hour = store
+        .arrivals_per_hour("amazon-eu", now - Duration::days(28))
+        .await
+        .unwrap();
+    assert!(per_hour.len() >= 3, "{per_hour:?}");
+    assert!(per_hour
+        .iter()
+        .all(|(h, n)| *n > 0 && h * 3_600_000 <= now.timestamp_millis()));
+
+    // A silence alerts once; held by quiet hours, it is claimed only when
+    // they end, marked as held.
+    let held = vec![hourglass::store::NewDelivery {
+        sink: "admin".into(),
+        payload: serde_json::json!({ "kind": "silence" }),
+        held_until: Some(now + Duration::hours(1)),
+    }];
+    let raised = store.raise_silence_alert("amazon-eu", last, &held, now);
+    assert_eq!(raised.await.unwrap(), Some(1));
+    let raised = store.raise_silence_alert("amazon-eu", last, &held, now);
+    assert_eq!(raised.await.unwrap(), None, "once per silence");
+    let lease = std::time::Duration::from_secs(60);
+    let early = store.claim_alert_deliveries(100, lease, now).await.unwrap();
+    assert!(early.iter().all(|d| !d.instance_alert), "{early:?}");
+    let later = now + Duration::hours(2);
+    let due = store
+        .claim_alert_deliveries(100, lease, later)
+        .await
+        .unwrap();
+    let held: Vec<_> = due.iter().filter(|d| d.instance_alert).collect();
+    assert_eq!(held.len(), 1, "{due:?}");
+    assert_eq!(held[0].threshold, "silence");
+    assert!(held[0].held_until.is_some());
 }
 
 #[tokio::test]

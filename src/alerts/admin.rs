@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{NewDelivery, Store};
 
 /// The route label and `kind` of these alerts.
 pub const AUTH: &str = "auth";
@@ -66,11 +66,6 @@ pub async fn raise_auth_alert(
     error: &str,
     now: DateTime<Utc>,
 ) -> crate::store::Result<Option<usize>> {
-    let tags = config
-        .instance(instance)
-        .map(|i| i.tags.as_slice())
-        .unwrap_or_default();
-    let sinks = config.alerts.route(instance, channel, AUTH, tags);
     let payload = auth_payload(
         instance,
         kind,
@@ -79,9 +74,34 @@ pub async fn raise_auth_alert(
         config.http.public_url.as_deref(),
         now,
     );
-    let deliveries: Vec<(String, Value)> =
-        sinks.into_iter().map(|s| (s, payload.clone())).collect();
+    let deliveries = deliveries(config, instance, channel, AUTH, &payload, now);
     store.raise_auth_alert(instance, &deliveries, now).await
+}
+
+/// The deliveries of an admin alert: its routes (`thresholds = [kind]`),
+/// each held or not by quiet hours.
+pub fn deliveries(
+    config: &Config,
+    instance: &str,
+    channel: &str,
+    kind: &str,
+    payload: &Value,
+    now: DateTime<Utc>,
+) -> Vec<NewDelivery> {
+    let tags = config
+        .instance(instance)
+        .map(|i| i.tags.as_slice())
+        .unwrap_or_default();
+    config
+        .alerts
+        .route_at(instance, channel, kind, tags, now)
+        .into_iter()
+        .map(|(sink, held_until)| NewDelivery {
+            sink,
+            payload: payload.clone(),
+            held_until,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ use hourglass_connector::secret::SecretRef;
 use hourglass_email::SmtpConfig;
 use serde::Deserialize;
 
+use super::quiet::QuietHours;
 use crate::duration::Dur;
+use chrono::{DateTime, Utc};
 
 /// `[alerts]`
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -23,6 +25,9 @@ pub struct AlertsConfig {
     /// Attempts per delivery before it is given up as failed.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The silent-channel watchdog (`[alerts.watchdog]`).
+    #[serde(default)]
+    pub watchdog: super::silence::WatchdogConfig,
 }
 
 fn default_max_attempts() -> u32 {
@@ -101,14 +106,25 @@ pub struct RouteConfig {
     #[serde(default)]
     pub channels: Vec<String>,
     /// Only these alert points: remaining times like `"1h"`, `"breach"`,
-    /// `"error"` (a reply refused or bounced), or `"auth"` (an instance's
-    /// credentials were refused: the admin's alert). A route with `["breach"]` to
+    /// `"error"` (a reply refused or bounced), `"auth"` (an instance's
+    /// credentials were refused: the admin's alert), or `"silence"` (the
+    /// watchdog: an instance stopped delivering messages). A route with `["breach"]` to
     /// other recipients is an escalation.
     #[serde(default)]
     pub thresholds: Vec<String>,
     /// Only instances carrying one of these tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Quiet hours, `"22:00-07:00"` in `timezone`: this route's alerts are
+    /// held in the store and sent as one summary per sink when they end.
+    #[serde(default)]
+    pub quiet: Option<String>,
+    /// IANA time zone of `quiet` (`Europe/Berlin`); UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Alert points that still go out during quiet hours (`["breach"]`).
+    #[serde(default)]
+    pub except: Vec<String>,
 }
 
 /// A digest: on a cron schedule, what is due soon and what is breached.
@@ -132,7 +148,7 @@ fn default_digest_window() -> Dur {
 
 /// The canonical label of a route threshold (`"60m"` → `"1h"`).
 pub fn normalize_threshold(label: &str) -> Result<String, String> {
-    for special in ["breach", "error", "auth"] {
+    for special in ["breach", "error", "auth", "silence"] {
         if label.eq_ignore_ascii_case(special) {
             return Ok(special.into());
         }
@@ -142,6 +158,25 @@ pub fn normalize_threshold(label: &str) -> Result<String, String> {
 }
 
 impl RouteConfig {
+    /// The route's quiet hours, if any (checked by [`AlertsConfig::problems`]).
+    pub fn quiet_hours(&self) -> Option<QuietHours> {
+        let spec = self.quiet.as_deref()?;
+        QuietHours::parse(spec, self.timezone.as_deref()).ok()
+    }
+
+    /// When this route holds an alert at `threshold` fired at `now`: the
+    /// end of its quiet hours; `None` to send now.
+    pub fn held_until(&self, threshold: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let excepted = self
+            .except
+            .iter()
+            .any(|e| normalize_threshold(e).is_ok_and(|e| e == threshold));
+        if excepted {
+            return None;
+        }
+        self.quiet_hours()?.ends_after(now)
+    }
+
     pub fn matches(&self, instance: &str, channel: &str, threshold: &str, tags: &[String]) -> bool {
         (self.instances.is_empty() || self.instances.iter().any(|i| i == instance))
             && (self.channels.is_empty() || self.channels.iter().any(|c| c == channel))
@@ -155,6 +190,43 @@ impl RouteConfig {
 }
 
 impl AlertsConfig {
+    /// The sinks an alert goes to, each with the time until which quiet
+    /// hours hold it (`None`: send now). A sink is held only when every
+    /// matching route that names it holds the alert; then until the
+    /// latest of their ends.
+    pub fn route_at(
+        &self,
+        instance: &str,
+        channel: &str,
+        threshold: &str,
+        tags: &[String],
+        now: DateTime<Utc>,
+    ) -> Vec<(String, Option<DateTime<Utc>>)> {
+        if self.routes.is_empty() {
+            return self.sinks.iter().map(|s| (s.name.clone(), None)).collect();
+        }
+        let mut out: Vec<(String, Option<DateTime<Utc>>)> = Vec::new();
+        for r in self
+            .routes
+            .iter()
+            .filter(|r| r.matches(instance, channel, threshold, tags))
+        {
+            let held = r.held_until(threshold, now);
+            for s in &r.sinks {
+                match out.iter_mut().find(|(name, _)| name == s) {
+                    None => out.push((s.clone(), held)),
+                    Some((_, until)) => {
+                        *until = match (*until, held) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            _ => None,
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The sinks an alert goes to.
     pub fn route(
         &self,
@@ -251,10 +323,28 @@ impl AlertsConfig {
             for s in r.sinks.iter().filter(|s| !known(s)) {
                 out.push((s.clone(), format!("route names unknown sink {s:?}")));
             }
-            for t in &r.thresholds {
+            for t in r.thresholds.iter().chain(&r.except) {
                 if let Err(e) = normalize_threshold(t) {
                     out.push((t.clone(), e));
                 }
+            }
+            match &r.quiet {
+                Some(q) => {
+                    if let Err(e) = QuietHours::parse(q, r.timezone.as_deref()) {
+                        let at = if e.starts_with("unknown time zone") {
+                            r.timezone.clone().unwrap_or_default()
+                        } else {
+                            q.clone()
+                        };
+                        out.push((at, e));
+                    }
+                }
+                None if r.timezone.is_some() || !r.except.is_empty() => out.push((
+                    r.sinks.first().cloned().unwrap_or_default(),
+                    "a route's `timezone` and `except` only apply with `quiet = \"22:00-07:00\"`"
+                        .into(),
+                )),
+                None => {}
             }
         }
         for d in &self.digests {
@@ -340,6 +430,100 @@ mod tests {
         );
         assert!(
             p.iter().any(|m| m.contains("invalid duration \"soon\"")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn quiet_hours_hold_a_sink_unless_excepted_or_routed_loudly_elsewhere() {
+        let cfg: AlertsConfig = toml::from_str(
+            r#"
+            [[sinks]]
+            name = "agents"
+            type = "webhook"
+            url = "http://127.0.0.1:1/a"
+            [[sinks]]
+            name = "oncall"
+            type = "webhook"
+            url = "http://127.0.0.1:1/o"
+            [[routes]]
+            sinks = ["agents"]
+            quiet = "22:00-07:00"
+            timezone = "Europe/Berlin"
+            except = ["breach"]
+            [[routes]]
+            channels = ["ebay"]
+            sinks = ["agents"]
+            [[routes]]
+            thresholds = ["auth"]
+            sinks = ["oncall"]
+            quiet = "23:00-06:00"
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let two_am = at("2026-12-01T01:00:00Z");
+        let seven = Some(at("2026-12-01T06:00:00Z"));
+        assert_eq!(
+            cfg.route_at("a", "amazon", "1h", &[], two_am),
+            [("agents".to_string(), seven)]
+        );
+        // A breach still pages.
+        assert_eq!(
+            cfg.route_at("a", "amazon", "breach", &[], two_am),
+            [("agents".to_string(), None)]
+        );
+        // Another route without quiet hours sends to the same sink now.
+        assert_eq!(
+            cfg.route_at("e", "ebay", "1h", &[], two_am),
+            [("agents".to_string(), None)]
+        );
+        // Daytime: nothing held.
+        assert_eq!(
+            cfg.route_at("a", "amazon", "1h", &[], at("2026-12-01T10:00:00Z")),
+            [("agents".to_string(), None)]
+        );
+        // Admin alerts follow their own route's quiet hours (UTC).
+        assert_eq!(
+            cfg.route_at("a", "amazon", "auth", &[], two_am),
+            [
+                ("agents".to_string(), seven),
+                ("oncall".to_string(), Some(at("2026-12-01T06:00:00Z")))
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_quiet_hours_are_problems() {
+        let cfg: AlertsConfig = toml::from_str(
+            r#"
+            [[sinks]]
+            name = "agents"
+            type = "webhook"
+            url = "http://127.0.0.1:1/a"
+            [[routes]]
+            sinks = ["agents"]
+            quiet = "22:00-07:00"
+            timezone = "Europe/Berlln"
+            except = ["braech"]
+            [[routes]]
+            sinks = ["agents"]
+            except = ["breach"]
+            "#,
+        )
+        .unwrap();
+        let p = cfg.problems();
+        assert!(
+            p.contains(&(
+                "Europe/Berlln".into(),
+                "unknown time zone \"Europe/Berlln\"".into()
+            )),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|(v, _)| v == "braech"), "{p:?}");
+        assert!(
+            p.iter().any(|(_, m)| m.contains("only apply with `quiet")),
             "{p:?}"
         );
     }

@@ -24,7 +24,7 @@ use crate::clock::{self, Threshold};
 use crate::daemon::Context;
 use crate::deadline::{before, Late};
 use crate::duration::format_left;
-use crate::store::{AlertCandidate, Store, ThreadSummary};
+use crate::store::{AlertCandidate, AlertDelivery, NewDelivery, Store, ThreadSummary};
 
 /// Longest sleep between checks: bounds how late an alert can be when its
 /// thread was changed outside this process (another daemon on the same
@@ -72,7 +72,6 @@ pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let mut queued = 0;
     // Errors first: a refused or bounced reply needs a human now.
     for (t, at) in ctx.store.error_alert_candidates(now, BATCH).await? {
-        let sinks = route(ctx, &t, "error");
         let mut payload = alert_payload(
             &t,
             Threshold::BREACH,
@@ -82,8 +81,7 @@ pub async fn tick(ctx: &Context, now: DateTime<Utc>) -> anyhow::Result<usize> {
         payload["kind"] = json!("error");
         payload["threshold"] = json!("error");
         payload["error"] = json!(t.last_error);
-        let deliveries: Vec<(String, Value)> =
-            sinks.iter().map(|s| (s.clone(), payload.clone())).collect();
+        let deliveries = route(ctx, &t, "error", &payload, now);
         queued += ctx
             .store
             .fire_error_alert(t.id, at, &deliveries, now)
@@ -126,25 +124,33 @@ async fn consider(ctx: &Context, c: &AlertCandidate, now: DateTime<Utc>) -> anyh
         }
         Some(threshold) => {
             let label = threshold.label();
-            let sinks = route(ctx, t, &label);
             let payload = alert_payload(t, threshold, ctx.config.http.public_url.as_deref(), now);
+            // A thread an agent has taken does not page anyone again in
+            // this cycle: the point is recorded as passed, sent nowhere.
+            let deliveries = match &t.taken_by {
+                Some(_) => Vec::new(),
+                None => route(ctx, t, &label, &payload, now),
+            };
             let next = clock::next_alert_at(
                 Some(due),
                 &points,
                 Some(threshold.remaining_ms),
                 t.snoozed_until,
             );
-            let deliveries: Vec<(String, Value)> =
-                sinks.iter().map(|s| (s.clone(), payload.clone())).collect();
             let queued = ctx
                 .store
                 .fire_alert(t.id, cycle, threshold, &deliveries, next, now)
                 .await?;
+            if let Some(by) = &t.taken_by {
+                info!(thread = t.id, threshold = %label, taken_by = %by, "Alert not sent: the thread is taken.");
+                return Ok(queued);
+            }
             info!(
                 thread = t.id,
                 instance = %t.instance,
                 threshold = %label,
-                sinks = sinks.len(),
+                sinks = deliveries.len(),
+                held = deliveries.iter().filter(|d| d.held_until.is_some()).count(),
                 late_ms = (now - (due - chrono::Duration::milliseconds(threshold.remaining_ms))).num_milliseconds(),
                 "Alert fired."
             );
@@ -153,8 +159,15 @@ async fn consider(ctx: &Context, c: &AlertCandidate, now: DateTime<Utc>) -> anyh
     }
 }
 
-/// The sinks an alert on thread `t` goes to, by the instance's tags.
-fn route(ctx: &Context, t: &ThreadSummary, label: &str) -> Vec<String> {
+/// The deliveries of an alert on thread `t`: its sinks by the instance's
+/// tags, each held or not by its routes' quiet hours.
+fn route(
+    ctx: &Context,
+    t: &ThreadSummary,
+    label: &str,
+    payload: &Value,
+    now: DateTime<Utc>,
+) -> Vec<NewDelivery> {
     let tags = ctx
         .config
         .instance(&t.instance)
@@ -162,7 +175,14 @@ fn route(ctx: &Context, t: &ThreadSummary, label: &str) -> Vec<String> {
         .unwrap_or_default();
     ctx.config
         .alerts
-        .route(&t.instance, &t.channel, label, tags)
+        .route_at(&t.instance, &t.channel, label, tags, now)
+        .into_iter()
+        .map(|(sink, held_until)| NewDelivery {
+            sink,
+            payload: payload.clone(),
+            held_until,
+        })
+        .collect()
 }
 
 /// The alert as JSON: kept with the queued delivery and sent as-is to
@@ -187,7 +207,10 @@ pub fn alert_payload(
         "due_at": t.due_at,
         "fired_at": now,
         "reply_window_closes_at": t.reply_window_closes_at,
-        "link": public_url.map(|u| format!("{}/threads/{}", u.trim_end_matches('/'), t.id)),
+        // Opens the thread in the web inbox (sign-in required) with its
+        // "Take this thread" button at hand.
+        "link": public_url.map(|u| format!("{}/threads/{}?ack=1", u.trim_end_matches('/'), t.id)),
+        "taken_by": t.taken_by,
     })
 }
 
@@ -200,6 +223,9 @@ fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
     if s(payload, "kind") == Some(super::admin::AUTH) {
         return render_auth(payload);
+    }
+    if s(payload, "kind") == Some(super::silence::SILENCE) {
+        return render_silence(payload);
     }
     let customer = s(payload, "customer").unwrap_or("a customer");
     let channel = s(payload, "channel").unwrap_or("?");
@@ -248,6 +274,85 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
     }
     if let Some(link) = s(payload, "link") {
         row("Open", link.to_owned());
+    }
+    html.push_str("</table>");
+    Rendered {
+        title,
+        text: lines.join("\n"),
+        html,
+        json: payload.clone(),
+    }
+}
+
+/// One alert, or the summary of those quiet hours held for one sink.
+fn render_unit(unit: &[AlertDelivery], now: DateTime<Utc>) -> Rendered {
+    match unit {
+        [d] if d.held_until.is_none() => render(&d.payload, now),
+        _ => {
+            let payloads: Vec<Value> = unit.iter().map(|d| d.payload.clone()).collect();
+            render_summary(&payloads, now)
+        }
+    }
+}
+
+/// The summary sent when quiet hours end: every held alert, one line each,
+/// as it reads now (time left is counted at delivery).
+pub fn render_summary(payloads: &[Value], now: DateTime<Utc>) -> Rendered {
+    let n = payloads.len();
+    let title = format!(
+        "Quiet hours ended: {n} alert{} held",
+        if n == 1 { "" } else { "s" }
+    );
+    let mut lines = vec![title.clone()];
+    let mut html = format!("<p><strong>{}</strong></p><ul>", escape(&title));
+    for p in payloads {
+        let one = render(p, now);
+        let link = s(p, "link").map(|l| format!(" {l}")).unwrap_or_default();
+        let thread = p
+            .get("thread_id")
+            .and_then(Value::as_i64)
+            .map(|id| format!(" (thread #{id})"))
+            .unwrap_or_default();
+        lines.push(format!("- {}{thread}{link}", one.title));
+        html.push_str(&format!(
+            "<li>{}{}{}</li>",
+            escape(&one.title),
+            escape(&thread),
+            escape(&link)
+        ));
+    }
+    html.push_str("</ul>");
+    Rendered {
+        title,
+        text: lines.join("\n"),
+        html,
+        json: json!({ "kind": "summary", "count": n, "alerts": payloads, "sent_at": now }),
+    }
+}
+
+/// An instance stopped delivering (see `silence.rs`).
+fn render_silence(payload: &Value) -> Rendered {
+    let instance = s(payload, "instance").unwrap_or("?");
+    let kind = s(payload, "type").unwrap_or("?");
+    let silent_for = s(payload, "silent_for").unwrap_or("?");
+    let title = format!("Silent: {instance} ({kind}) has received nothing for {silent_for}");
+    let mut lines = vec![title.clone()];
+    let mut html = format!("<p><strong>{}</strong></p><table>", escape(&title));
+    for (label, key) in [
+        ("Last message", "last_message_at"),
+        ("Usually", "usual"),
+        ("Polls", "polls"),
+        ("What to check", "action"),
+        ("Open", "link"),
+    ] {
+        if let Some(v) = s(payload, key).filter(|v| !v.is_empty()) {
+            lines.push(format!("{label}: {v}"));
+            html.push_str(&format!(
+                "<tr><th align=left>{}</th><td>{}</td></tr>",
+                escape(label),
+                escape(v)
+            ));
+        }
     }
     html.push_str("</table>");
     Rendered {
@@ -323,9 +428,17 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
             Ok(batch) => {
                 // Group by sink: each sink works through its own list, so a
                 // sink that times out delays only itself.
-                let mut by_sink: HashMap<String, Vec<_>> = HashMap::new();
+                let mut by_sink: HashMap<String, Vec<Vec<AlertDelivery>>> = HashMap::new();
                 for d in batch {
-                    by_sink.entry(d.sink.clone()).or_default().push(d);
+                    let units = by_sink.entry(d.sink.clone()).or_default();
+                    // What quiet hours held for this sink goes out as one
+                    // summary; everything else one by one.
+                    match units.iter_mut().find(|u| {
+                        d.held_until.is_some() && u.first().is_some_and(|f| f.held_until.is_some())
+                    }) {
+                        Some(summary) => summary.push(d),
+                        None => units.push(vec![d]),
+                    }
                 }
                 for (name, list) in by_sink {
                     let store = ctx.store.clone();
@@ -336,13 +449,13 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
                         // downtime, many deadlines at 09:00) must not queue
                         // behind one slow request.
                         futures::stream::iter(list)
-                            .for_each_concurrent(PER_SINK_CONCURRENCY, |d| {
+                            .for_each_concurrent(PER_SINK_CONCURRENCY, |unit| {
                                 let (store, sinks, name) =
                                     (store.clone(), sinks.clone(), name.clone());
                                 async move {
                                     let result = match sinks.get(&name) {
                                         Some(sink) => {
-                                            let message = render(&d.payload, Utc::now());
+                                            let message = render_unit(&unit, Utc::now());
                                             match before(send_by, sink.send(&message)).await {
                                                 Ok(sent) => sent,
                                                 Err(Late::BeforeStart) => return,
@@ -361,7 +474,9 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
                                             permanent: false,
                                         }),
                                     };
-                                    finish(store.as_ref(), &d, result, max_attempts).await;
+                                    for d in &unit {
+                                        finish(store.as_ref(), d, result.clone(), max_attempts).await;
+                                    }
                                 }
                             })
                             .await;

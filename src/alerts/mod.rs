@@ -4,7 +4,10 @@ pub mod admin;
 pub mod config;
 pub mod digest;
 pub mod engine;
+pub mod quiet;
+pub mod silence;
 pub mod sinks;
+pub mod telegram_take;
 
 pub use config::AlertsConfig;
 
@@ -39,4 +42,9 @@ pub async fn test_all(config: &AlertsConfig) -> Result<Vec<(String, Result<(), S
 }
 
 /// The workers alerting adds to the daemon.
-pub const WORKERS: [crate::daemon::Worker; 2] = [engine::engine, digest::worker];
+pub const WORKERS: [crate::daemon::Worker; 4] = [
+    engine::engine,
+    digest::worker,
+    silence::worker,
+    telegram_take::worker,
+];

@@ -219,16 +219,34 @@ impl Sink {
                 client,
             } => {
                 let url = format!("{api_url}/bot{}/sendMessage", token.expose_secret());
-                let resp = client
-                    .post(url)
-                    .json(&json!({ "chat_id": chat_id, "text": alert.text }))
-                    .send()
-                    .await
-                    .map_err(|e| SendError::transient(format!("telegram: {}", e.without_url())))?;
+                let mut body = json!({ "chat_id": chat_id, "text": alert.text });
+                if let Some(markup) = take_button(&alert.json) {
+                    body["reply_markup"] = markup;
+                }
+                let resp =
+                    client.post(url).json(&body).send().await.map_err(|e| {
+                        SendError::transient(format!("telegram: {}", e.without_url()))
+                    })?;
                 check_status(resp, "telegram").await
             }
         }
     }
+}
+
+/// The `callback_data` of the "Take this thread" button: `take:<thread id>`.
+pub const TAKE_PREFIX: &str = "take:";
+
+/// An inline keyboard with "Take this thread" for an alert about a thread
+/// (a deadline, a breach or an error), answered by the Telegram sink's
+/// update poller (see `telegram_take.rs`).
+pub fn take_button(payload: &Value) -> Option<Value> {
+    let kind = payload.get("kind").and_then(Value::as_str)?;
+    let id = payload.get("thread_id").and_then(Value::as_i64)?;
+    (matches!(kind, "deadline" | "breach" | "error") && id > 0).then(|| {
+        json!({ "inline_keyboard": [[
+            { "text": "Take this thread", "callback_data": format!("{TAKE_PREFIX}{id}") }
+        ]] })
+    })
 }
 
 async fn check_status(resp: reqwest::Response, what: &str) -> Result<(), SendError> {

@@ -32,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/customers/link", post(link_customers))
         .route("/api/v1/customers/unlink", post(unlink_customers))
         .route("/api/v1/customers/{customer}", get(show_customer))
+        .route("/api/v1/threads/{id}/ack", post(ack))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/connectors", get(connectors))
         .route("/api/v1/openapi.json", get(openapi))
@@ -42,7 +43,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "hourglass API", description = "Threads by reply deadline, replies, marks, stats and connectors. Authenticate with `Authorization: Bearer <token>` (a `[[http.tokens]]` entry)."),
-    paths(list_threads, show_thread, reply, mark, show_customer, link_customers, unlink_customers, stats, connectors),
+    paths(list_threads, show_thread, reply, mark, ack, show_customer, link_customers, unlink_customers, stats, connectors),
     components(schemas(
         view::Thread, view::ThreadDetail, view::Message, view::OutboxEntry, view::AuditEntry,
         view::ConnectorStatus, view::Stats, view::Figures,
@@ -296,6 +297,28 @@ async fn unlink_customers(
 ) -> Result<Json<view::Customer>, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::bad_param("body", e.body_text()))?;
     Ok(Json(state.unlink_customers(&who, &request).await?))
+}
+
+/// Takes a thread (acknowledges its alert) as the token's agent: its
+/// later alerts in this awaiting cycle are not sent, and the others see
+/// `taken_by`. The first taker keeps it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/threads/{id}/ack",
+    params(("id" = i64, Path, description = "thread id")),
+    responses(
+        (status = 200, description = "The thread as it is now, with taken_by", body = view::Thread),
+        (status = 404, description = "No such thread", body = ErrorBody),
+        (status = 409, description = "The thread is not awaiting a reply", body = ErrorBody),
+    )
+)]
+async fn ack(
+    State(state): State<AppState>,
+    Agent(who): Agent,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<view::Thread>, ApiError> {
+    let id = thread_id(id)?;
+    Ok(Json(state.take(&who, id).await?))
 }
 
 /// Response times, breach rate and volume, the shape of `hourglass stats --json`.

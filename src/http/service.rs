@@ -245,6 +245,20 @@ impl AppState {
         })
     }
 
+    /// `who` takes the thread (acknowledges its alert); returns it as it
+    /// is now. 409 when it is not awaiting a reply.
+    pub async fn take(&self, who: &Principal, id: i64) -> Result<view::Thread, ApiError> {
+        view::take(self.store.as_ref(), id, &who.name, Utc::now())
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "conflict",
+                    format!("thread {id} is not awaiting a reply: there is nothing to take"),
+                )
+            })
+    }
+
     /// Marks a thread; returns it as it is now.
     pub async fn mark(
         &self,

@@ -503,6 +503,11 @@ struct ThreadRow {
     reply_window_text: Option<String>,
     last_error: Option<String>,
     message_count: i64,
+    /// Awaiting a reply: the thread can be taken.
+    awaiting: bool,
+    taken_by: Option<String>,
+    taken_at: Option<String>,
+    taken_text: Option<String>,
 }
 
 impl ThreadRow {
@@ -541,6 +546,10 @@ impl ThreadRow {
             reply_window_text: t.reply_window_closes_at.map(when),
             last_error: t.last_error.clone(),
             message_count: t.message_count,
+            awaiting: t.awaiting_since.is_some(),
+            taken_by: t.taken_by.clone(),
+            taken_at: t.taken_at.map(|d| d.to_rfc3339()),
+            taken_text: t.taken_at.map(when),
         }
     }
 }
@@ -800,6 +809,9 @@ async fn choices(state: &AppState) -> (Vec<String>, Vec<String>) {
 struct ThreadQuery {
     template: Option<String>,
     done: Option<String>,
+    /// `?ack=1`: the page was opened from an alert's link; the "Take this
+    /// thread" button has the focus.
+    ack: Option<String>,
 }
 
 /// Fixed confirmation texts (a query parameter never puts its own words on
@@ -811,6 +823,9 @@ fn done_notice(done: Option<&str>) -> Option<&'static str> {
         "snoozed" => "Snoozed. The thread comes back when the snooze ends or the customer writes.",
         "linked" => "Linked: the other thread's customer is this customer now.",
         "unlinked" => "Split: that thread's customer stays apart from this one, also when new messages would link them.",
+        "taken" => {
+            "Taken: the others see that you have this thread, and its later alerts are not sent."
+        }
         _ => return None,
     })
 }
@@ -1095,6 +1110,8 @@ fn summary_for_template(t: &view::Thread) -> crate::store::ThreadSummary {
         snoozed_until: t.snoozed_until,
         message_count: t.message_count,
         last_error: t.last_error.clone(),
+        taken_by: t.taken_by.clone(),
+        taken_at: t.taken_at,
         thread_key: String::new(),
         reply_to: None,
     }
@@ -1106,6 +1123,7 @@ struct PageExtras {
     problem: Option<String>,
     reply_text: String,
     preview: Option<minijinja::Value>,
+    take_focus: bool,
 }
 
 fn thread_page_response(
@@ -1133,7 +1151,7 @@ fn thread_page_response(
             notice => extras.notice, problem => extras.problem,
             templates => template_names(state), preview => extras.preview,
             reply_text, idempotency_key => crate::outbox::new_outbox_id(),
-            snooze_options => SNOOZE_OPTIONS,
+            snooze_options => SNOOZE_OPTIONS, take_focus => extras.take_focus,
             ..data.ctx_live
         },
     )
@@ -1178,6 +1196,7 @@ async fn thread_page(
             problem: None,
             reply_text: String::new(),
             preview,
+            take_focus: q.ack.is_some(),
         },
     )
 }
@@ -1297,6 +1316,7 @@ async fn reply(
                     problem: Some(format!("Nothing was sent: {reason}")),
                     reply_text: form.body,
                     preview: None,
+                    take_focus: false,
                 },
             )
         }
@@ -1325,6 +1345,16 @@ async fn mark(
     };
     if !s.check_csrf(&form.csrf) || !same_origin(&headers) {
         return forbidden();
+    }
+    if form.action == "take" {
+        return match state.take(&principal(&state, &s.name), id).await {
+            Ok(_) => Redirect::to(&format!("/threads/{id}?done=taken")).into_response(),
+            Err(e) if e.status == StatusCode::NOT_FOUND => no_such_thread(id, &s),
+            Err(e) if e.status.is_client_error() => {
+                error_page(e.status, "Cannot take this thread", &plain(&e), Some(&s))
+            }
+            Err(e) => store_failed(e.message, &s),
+        };
     }
     let how = match form.action.as_str() {
         "no_response_needed" => Mark::NoResponseNeeded,
@@ -1742,6 +1772,8 @@ mod tests {
             snoozed_until: None,
             message_count: 1,
             last_error: None,
+            taken_by: None,
+            taken_at: None,
         };
         crate::store::ThreadDetail {
             thread: summary_for_template(&thread),

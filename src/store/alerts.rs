@@ -27,6 +27,22 @@ pub struct AlertCandidate {
     pub next_alert_at: DateTime<Utc>,
 }
 
+/// A delivery to queue: the sink, the alert, and until when a route's
+/// quiet hours hold it (`None`: send now).
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub sink: String,
+    pub payload: serde_json::Value,
+    pub held_until: Option<DateTime<Utc>>,
+}
+
+/// Who took a thread (acknowledged its alert), for its current cycle.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Taken {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
 /// A queued alert delivery.
 #[derive(Debug, Clone)]
 pub struct AlertDelivery {
@@ -40,6 +56,9 @@ pub struct AlertDelivery {
     pub sink: String,
     pub attempts: i64,
     pub payload: serde_json::Value,
+    /// Held by quiet hours until then: sent in one summary with the
+    /// others held for the same sink.
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 /// Deciding, queueing and delivering alerts.
@@ -58,7 +77,7 @@ pub trait AlertStore: Send + Sync {
         thread_id: i64,
         cycle: DateTime<Utc>,
         threshold: Threshold,
-        sinks: &[(String, serde_json::Value)],
+        sinks: &[NewDelivery],
         next_alert_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<usize>;
@@ -75,7 +94,7 @@ pub trait AlertStore: Send + Sync {
         &self,
         thread_id: i64,
         error_at: DateTime<Utc>,
-        sinks: &[(String, serde_json::Value)],
+        sinks: &[NewDelivery],
         now: DateTime<Utc>,
     ) -> Result<usize>;
     /// Moves a thread's next alert point without firing (snooze ended, ...).
@@ -88,9 +107,36 @@ pub trait AlertStore: Send + Sync {
     async fn raise_auth_alert(
         &self,
         instance: &str,
-        sinks: &[(String, serde_json::Value)],
+        sinks: &[NewDelivery],
         now: DateTime<Utc>,
     ) -> Result<Option<usize>>;
+    /// Queues one admin alert per sink saying that `instance` has been
+    /// silent since `last_inbound` (its last inbound message), once per
+    /// silence: `None` when this silence was alerted on already. A new
+    /// message starts a new silence.
+    async fn raise_silence_alert(
+        &self,
+        instance: &str,
+        last_inbound: DateTime<Utc>,
+        sinks: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>>;
+    /// Records that `actor` took thread `id` for its current awaiting
+    /// cycle: its later alert points are not sent and queued escalations
+    /// are dropped. Returns who holds it now (an earlier taker keeps it),
+    /// `None` when the thread is not awaiting.
+    async fn take_thread(&self, id: i64, actor: &str, now: DateTime<Utc>) -> Result<Option<Taken>>;
+    /// Who took thread `id` in its current cycle.
+    async fn taken(&self, id: i64) -> Result<Option<Taken>>;
+    /// Inbound messages of `instance` per hour since the epoch
+    /// (`sent_at / 3600000`, count), from `since` on: the watchdog's rhythm.
+    async fn arrivals_per_hour(
+        &self,
+        instance: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(i64, i64)>>;
+    /// The first and last inbound message of `instance`.
+    async fn arrivals(&self, instance: &str) -> Result<crate::alerts::silence::Arrivals>;
     /// Claims up to `limit` deliveries due now (of threads, then of
     /// instances), leased until `now + lease`.
     async fn claim_alert_deliveries(
@@ -162,7 +208,7 @@ impl AlertStore for SqlStore {
         thread_id: i64,
         cycle: DateTime<Utc>,
         threshold: Threshold,
-        sinks: &[(String, serde_json::Value)],
+        sinks: &[NewDelivery],
         next_alert_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<usize> {
@@ -219,7 +265,7 @@ impl AlertStore for SqlStore {
         &self,
         thread_id: i64,
         error_at: DateTime<Utc>,
-        sinks: &[(String, serde_json::Value)],
+        sinks: &[NewDelivery],
         now: DateTime<Utc>,
     ) -> Result<usize> {
         let mut conn = self.pool.acquire().await?;
@@ -254,7 +300,7 @@ impl AlertStore for SqlStore {
     async fn raise_auth_alert(
         &self,
         instance: &str,
-        sinks: &[(String, serde_json::Value)],
+        sinks: &[NewDelivery],
         now: DateTime<Utc>,
     ) -> Result<Option<usize>> {
         let mut conn = self.pool.acquire().await?;
@@ -271,24 +317,149 @@ impl AlertStore for SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let mut queued = 0;
-        for (sink, payload) in sinks {
-            let done = sqlx::query(
-                "INSERT INTO instance_alerts (instance, problem, episode, sink, state, attempts,
-                    next_attempt_at, payload, created_at)
-                 VALUES ($1, 'auth', $2, $3, 'queued', 0, $2, $4, $2)
-                 ON CONFLICT (instance, problem, episode, sink) DO NOTHING",
-            )
-            .bind(instance)
-            .bind(ms(now))
-            .bind(sink)
-            .bind(payload.to_string())
-            .execute(&mut *tx)
-            .await?;
-            queued += done.rows_affected() as usize;
-        }
+        let queued =
+            queue_instance_alerts(&mut tx, instance, "auth", ms(now), sinks, ms(now)).await?;
         tx.commit().await?;
         Ok(Some(queued))
+    }
+
+    async fn raise_silence_alert(
+        &self,
+        instance: &str,
+        last_inbound: DateTime<Utc>,
+        sinks: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let opened = sqlx::query(
+            "UPDATE instances SET silence_alerted_for = $1
+             WHERE name = $2 AND (silence_alerted_for IS NULL OR silence_alerted_for <> $1)",
+        )
+        .bind(ms(last_inbound))
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+        if opened.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let queued = queue_instance_alerts(
+            &mut tx,
+            instance,
+            "silence",
+            ms(last_inbound),
+            sinks,
+            ms(now),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(queued))
+    }
+
+    async fn take_thread(&self, id: i64, actor: &str, now: DateTime<Utc>) -> Result<Option<Taken>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let Some(row) = sqlx::query(
+            "SELECT awaiting_since, taken_by, taken_at, taken_cycle FROM threads WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(super::StoreError::ThreadNotFound(id));
+        };
+        let Some(cycle) = row.try_get::<Option<i64>, _>("awaiting_since")? else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        if row.try_get::<Option<i64>, _>("taken_cycle")? == Some(cycle) {
+            // Taken already in this cycle: the first taker keeps it.
+            let by: Option<String> = row.try_get("taken_by")?;
+            let at: Option<i64> = row.try_get("taken_at")?;
+            tx.rollback().await?;
+            return Ok(by.zip(at).map(|(by, at)| Taken {
+                by,
+                at: from_ms(at),
+            }));
+        }
+        sqlx::query(
+            "UPDATE threads SET taken_by = $1, taken_at = $2, taken_cycle = $3
+             WHERE id = $4 AND awaiting_since = $3",
+        )
+        .bind(actor)
+        .bind(ms(now))
+        .bind(cycle)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        // What is still waiting for this cycle (held by quiet hours, or not
+        // yet claimed) would page people about a thread someone has taken.
+        sqlx::query(
+            "UPDATE alerts SET state = 'dropped', error = $1
+             WHERE thread_id = $2 AND cycle = $3 AND state = 'queued'",
+        )
+        .bind(format!("taken by {actor}"))
+        .bind(id)
+        .bind(cycle)
+        .execute(&mut *tx)
+        .await?;
+        super::sql::insert_audit(&mut tx, ms(now), actor, "take", Some(id), "").await?;
+        tx.commit().await?;
+        Ok(Some(Taken {
+            by: actor.to_owned(),
+            at: now,
+        }))
+    }
+
+    async fn arrivals_per_hour(
+        &self,
+        instance: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT sent_at / 3600000 AS hour, COUNT(*) AS n FROM messages
+             WHERE instance = $1 AND direction = 'inbound' AND sent_at >= $2
+             GROUP BY sent_at / 3600000",
+        )
+        .bind(instance)
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("hour")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    async fn arrivals(&self, instance: &str) -> Result<crate::alerts::silence::Arrivals> {
+        let row = sqlx::query(
+            "SELECT MIN(sent_at) AS first, MAX(sent_at) AS last FROM messages
+             WHERE instance = $1 AND direction = 'inbound'",
+        )
+        .bind(instance)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(crate::alerts::silence::Arrivals {
+            first: row.try_get::<Option<i64>, _>("first")?.map(from_ms),
+            last: row.try_get::<Option<i64>, _>("last")?.map(from_ms),
+        })
+    }
+
+    async fn taken(&self, id: i64) -> Result<Option<Taken>> {
+        let row = sqlx::query(
+            "SELECT taken_by, taken_at FROM threads
+             WHERE id = $1 AND taken_cycle IS NOT NULL AND taken_cycle = awaiting_since",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let by: Option<String> = row.try_get("taken_by")?;
+        let at: Option<i64> = row.try_get("taken_at")?;
+        Ok(by.zip(at).map(|(by, at)| Taken {
+            by,
+            at: from_ms(at),
+        }))
     }
 
     async fn claim_alert_deliveries(
@@ -355,7 +526,7 @@ impl SqlStore {
                 SELECT id FROM {table}
                 WHERE state IN ('queued', 'sending') AND next_attempt_at <= $2
                 ORDER BY next_attempt_at, id LIMIT $3{lock})
-             RETURNING id, {thread}, {threshold}, sink, attempts, payload"
+             RETURNING id, {thread}, {threshold}, sink, attempts, payload, held_until"
         );
         let rows = sqlx::query(&sql)
             .bind(ms(now) + lease.as_millis() as i64)
@@ -375,6 +546,7 @@ impl SqlStore {
                     sink: r.try_get("sink")?,
                     attempts: r.try_get("attempts")?,
                     payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                    held_until: r.try_get::<Option<i64>, _>("held_until")?.map(from_ms),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -427,23 +599,60 @@ async fn queue_deliveries(
     thread_id: i64,
     cycle: i64,
     label: &str,
-    sinks: &[(String, serde_json::Value)],
+    sinks: &[NewDelivery],
     now: i64,
 ) -> Result<usize> {
     let mut queued = 0;
-    for (sink, payload) in sinks {
+    for d in sinks {
+        let held = d.held_until.map(ms);
         let done = sqlx::query(
             "INSERT INTO alerts (thread_id, cycle, threshold, sink, state, attempts,
-                next_attempt_at, payload, created_at)
-             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $5)
+                next_attempt_at, payload, created_at, held_until)
+             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8)
              ON CONFLICT (thread_id, cycle, threshold, sink) DO NOTHING",
         )
         .bind(thread_id)
         .bind(cycle)
         .bind(label)
-        .bind(sink)
+        .bind(&d.sink)
+        .bind(held.unwrap_or(now))
+        .bind(d.payload.to_string())
         .bind(now)
-        .bind(payload.to_string())
+        .bind(held)
+        .execute(&mut *conn)
+        .await?;
+        queued += done.rows_affected() as usize;
+    }
+    Ok(queued)
+}
+
+/// Queues one admin alert per sink about `instance` (`problem` = `auth`,
+/// `silence`), at most once per episode and sink.
+async fn queue_instance_alerts(
+    conn: &mut AnyConnection,
+    instance: &str,
+    problem: &str,
+    episode: i64,
+    sinks: &[NewDelivery],
+    now: i64,
+) -> Result<usize> {
+    let mut queued = 0;
+    for d in sinks {
+        let held = d.held_until.map(ms);
+        let done = sqlx::query(
+            "INSERT INTO instance_alerts (instance, problem, episode, sink, state, attempts,
+                next_attempt_at, payload, created_at, held_until)
+             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8)
+             ON CONFLICT (instance, problem, episode, sink) DO NOTHING",
+        )
+        .bind(instance)
+        .bind(problem)
+        .bind(episode)
+        .bind(&d.sink)
+        .bind(held.unwrap_or(now))
+        .bind(d.payload.to_string())
+        .bind(now)
+        .bind(held)
         .execute(&mut *conn)
         .await?;
         queued += done.rows_affected() as usize;

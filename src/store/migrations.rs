@@ -73,6 +73,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0009_instance_alerts.sql"),
     },
     Migration {
+        version: 13,
+        name: "watchdog_acks_quiet",
+        sqlite: include_str!("../../migrations/sqlite/0013_watchdog_acks_quiet.sql"),
+        postgres: include_str!("../../migrations/postgres/0013_watchdog_acks_quiet.sql"),
+    },
+    Migration {
         version: 14,
         name: "customers",
         sqlite: include_str!("../../migrations/sqlite/0014_customers.sql"),

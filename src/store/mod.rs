@@ -48,7 +48,7 @@ mod transfer;
 
 use chrono::{DateTime, Utc};
 
-pub use alerts::{AlertCandidate, AlertDelivery, AlertStore};
+pub use alerts::{AlertCandidate, AlertDelivery, AlertStore, NewDelivery, Taken};
 pub use clock::{ClockStore, Clocking};
 pub use customers::{CustomerDetail, CustomerStore, IdentityView, SplitView};
 pub use dialect::Backend;

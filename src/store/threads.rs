@@ -45,6 +45,10 @@ pub struct ThreadSummary {
     pub snoozed_until: Option<DateTime<Utc>>,
     pub message_count: i64,
     pub last_error: Option<String>,
+    /// The agent who took the thread (acknowledged its alert) in its
+    /// current awaiting cycle.
+    pub taken_by: Option<String>,
+    pub taken_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub thread_key: String,
     #[serde(skip)]
@@ -130,6 +134,8 @@ pub(super) const THREAD_COLUMNS: &str = "t.id, t.instance, t.channel, t.thread_k
     t.order_id, t.marketplace, t.language, t.reply_to, t.awaiting_since, t.due_at, \
     t.reply_window_closes_at, t.last_outbound_at, t.handled_at, t.snoozed_until, \
     t.message_count, t.last_error, t.alerted_remaining_ms, t.next_alert_at, \
+    CASE WHEN t.taken_cycle = t.awaiting_since THEN t.taken_by END AS taken_by, \
+    CASE WHEN t.taken_cycle = t.awaiting_since THEN t.taken_at END AS taken_at, \
     c.display_name AS customer";
 
 pub(super) fn thread_from_row(row: &AnyRow, now: DateTime<Utc>) -> Result<ThreadSummary> {
@@ -159,6 +165,8 @@ pub(super) fn thread_from_row(row: &AnyRow, now: DateTime<Utc>) -> Result<Thread
         snoozed_until: snoozed_until.filter(|u| *u > now),
         message_count: row.try_get("message_count")?,
         last_error: row.try_get("last_error")?,
+        taken_by: row.try_get("taken_by")?,
+        taken_at: opt_time(row, "taken_at")?,
         thread_key: row.try_get("thread_key")?,
         reply_to: row.try_get("reply_to")?,
     })

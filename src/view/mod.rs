@@ -49,6 +49,10 @@ pub struct Thread {
     pub message_count: i64,
     /// The last refused or bounced reply, in plain words.
     pub last_error: Option<String>,
+    /// The agent who took the thread (acknowledged its alert) in the
+    /// current awaiting cycle; its later alerts are not sent.
+    pub taken_by: Option<String>,
+    pub taken_at: Option<DateTime<Utc>>,
 }
 
 impl From<&store::ThreadSummary> for Thread {
@@ -70,6 +74,8 @@ impl From<&store::ThreadSummary> for Thread {
             snoozed_until: t.snoozed_until,
             message_count: t.message_count,
             last_error: t.last_error.clone(),
+            taken_by: t.taken_by.clone(),
+            taken_at: t.taken_at,
         }
     }
 }
@@ -321,6 +327,25 @@ pub async fn thread(
         .map(ThreadDetail::from))
 }
 
+/// An agent takes a thread (acknowledges its alert): `hourglass ack ID`,
+/// `POST /api/v1/threads/{id}/ack` and the web inbox's "Take" button. The
+/// thread as it is now, with `taken_by` (whoever took it first in this
+/// awaiting cycle); `None` when it is not awaiting a reply.
+pub async fn take(
+    store: &dyn Store,
+    id: i64,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> store::Result<Option<Thread>> {
+    if store.take_thread(id, actor, now).await?.is_none() {
+        return Ok(None);
+    }
+    Ok(store
+        .thread(id, now)
+        .await?
+        .map(|d| Thread::from(&d.thread)))
+}
+
 /// Response times, breach rate and volume over the last `since`.
 pub async fn stats(
     store: &dyn Store,
@@ -401,11 +426,13 @@ mod tests {
             snoozed_until: None,
             message_count: 1,
             last_error: None,
+            taken_by: None,
+            taken_at: None,
         };
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(
             json,
-            r#"{"id":7,"instance":"shop","channel":"amazon","status":"awaiting","customer":"Ana","order_id":null,"marketplace":null,"subject":null,"language":null,"awaiting_since":null,"due_at":null,"time_left_ms":null,"reply_window_closes_at":null,"snoozed_until":null,"message_count":1,"last_error":null}"#
+            r#"{"id":7,"instance":"shop","channel":"amazon","status":"awaiting","customer":"Ana","order_id":null,"marketplace":null,"subject":null,"language":null,"awaiting_since":null,"due_at":null,"time_left_ms":null,"reply_window_closes_at":null,"snoozed_until":null,"message_count":1,"last_error":null,"taken_by":null,"taken_at":null}"#
         );
     }
 }

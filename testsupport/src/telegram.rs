@@ -8,6 +8,8 @@
 //!   `allowed_updates` (remembered, as Telegram does), and long polling
 //!   (`timeout` seconds, answered as soon as an update arrives);
 //! - 409 while a webhook is set, or when another poller is simulated;
+//! - `answerCallbackQuery` recorded (`push_callback` queues an inline
+//!   button's press);
 //! - `sendMessage` recorded, with scripted answers (429 with
 //!   `parameters.retry_after`, 403 for chats that blocked the bot);
 //! - `getMe`, `getWebhookInfo`, `setWebhook`, `deleteWebhook`;
@@ -38,6 +40,15 @@ pub struct SentMessage {
     /// `reply_parameters.message_id`.
     pub reply_to_message_id: Option<i64>,
     pub business_connection_id: Option<String>,
+    /// `reply_markup` (an inline keyboard), as sent.
+    pub reply_markup: Option<Value>,
+}
+
+/// An `answerCallbackQuery` the mock accepted.
+#[derive(Debug, Clone)]
+pub struct CallbackAnswer {
+    pub callback_query_id: String,
+    pub text: Option<String>,
 }
 
 /// One `getUpdates` call as the mock saw it.
@@ -69,6 +80,8 @@ struct Inner {
     send_answers: VecDeque<(u16, Value)>,
     blocked: HashSet<i64>,
     sent: Vec<SentMessage>,
+    answered: Vec<CallbackAnswer>,
+    next_callback: i64,
     /// When each pushed message was sent, for its edits.
     dates: std::collections::HashMap<i64, i64>,
 }
@@ -187,6 +200,43 @@ impl MockBotApi {
             self.push_update(json!({ "business_message": m })),
             message_id,
         )
+    }
+
+    /// `from` (user id, first name, username) pressed the inline button
+    /// carrying `data` under message `message_id` in chat `chat_id`.
+    /// Returns the update id.
+    pub fn push_callback(
+        &self,
+        chat_id: i64,
+        from: (i64, &str, &str),
+        message_id: i64,
+        data: &str,
+    ) -> i64 {
+        let id = {
+            let mut i = self.shared.lock();
+            i.next_callback += 1;
+            format!("{}", 4_400_000_000_000_000_000i64 + i.next_callback)
+        };
+        let (from_id, first_name, username) = from;
+        self.push_update(json!({
+            "callback_query": {
+                "id": id,
+                "from": { "id": from_id, "is_bot": false, "first_name": first_name, "username": username },
+                "message": {
+                    "message_id": message_id,
+                    "date": now(),
+                    "chat": { "id": chat_id, "type": "supergroup", "title": "Agents" },
+                    "text": "(the alert)"
+                },
+                "chat_instance": "-7312398123",
+                "data": data
+            }
+        }))
+    }
+
+    /// Every accepted answerCallbackQuery.
+    pub fn answered(&self) -> Vec<CallbackAnswer> {
+        self.shared.lock().answered.clone()
     }
 
     /// Every `getUpdates` call so far.
@@ -376,6 +426,16 @@ async fn method(
         }
         "getUpdates" => get_updates(&state, &params).await,
         "sendMessage" => send_message(&state, &params),
+        "answerCallbackQuery" => {
+            let Some(id) = params["callback_query_id"].as_str() else {
+                return fail(400, "Bad Request: query is too old and response timeout expired or query ID is invalid");
+            };
+            state.lock().answered.push(CallbackAnswer {
+                callback_query_id: id.to_owned(),
+                text: params["text"].as_str().map(str::to_owned),
+            });
+            ok(json!(true))
+        }
         _ => fail(404, "Not Found"),
     }
 }
@@ -463,7 +523,11 @@ fn send_message(state: &Arc<Shared>, params: &Value) -> Response {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
         return (code, Json(body)).into_response();
     }
-    let Some(chat_id) = params["chat_id"].as_i64() else {
+    // "Integer or String" in the Bot API.
+    let chat_id = params["chat_id"]
+        .as_i64()
+        .or_else(|| params["chat_id"].as_str().and_then(|c| c.parse().ok()));
+    let Some(chat_id) = chat_id else {
         return fail(400, "Bad Request: chat not found");
     };
     let text = params["text"].as_str().unwrap_or("");
@@ -485,6 +549,7 @@ fn send_message(state: &Arc<Shared>, params: &Value) -> Response {
         message_id,
         reply_to_message_id: params["reply_parameters"]["message_id"].as_i64(),
         business_connection_id: business.clone(),
+        reply_markup: params.get("reply_markup").cloned(),
     });
     let mut m = json!({
         "message_id": message_id,
