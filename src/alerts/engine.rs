@@ -198,8 +198,10 @@ fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// Renders a queued alert for people. Time left is computed at delivery,
 /// so a late delivery says how late it really is.
 pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
-    if s(payload, "kind") == Some(super::admin::AUTH) {
-        return render_auth(payload);
+    match s(payload, "kind") {
+        Some(super::admin::AUTH) => return render_auth(payload),
+        Some(super::digest::KIND) => return super::digest::from_queued(payload),
+        _ => {}
     }
     let customer = s(payload, "customer").unwrap_or("a customer");
     let channel = s(payload, "channel").unwrap_or("?");
@@ -392,13 +394,9 @@ async fn finish(
     let outcome = match result {
         Ok(()) => {
             info!(sink = %d.sink, thread = d.thread_id, threshold = %d.threshold, "Alert delivered.");
-            if d.instance_alert {
-                store
-                    .finish_instance_alert_delivery(d.id, Ok(()), None, now)
-                    .await
-            } else {
-                store.finish_alert_delivery(d.id, Ok(()), None, now).await
-            }
+            store
+                .finish_alert_delivery(d.kind, d.id, Ok(()), None, now)
+                .await
         }
         Err(e) => {
             let give_up = e.permanent || d.attempts >= max_attempts;
@@ -414,15 +412,9 @@ async fn finish(
                 error = %e.message,
                 "Alert delivery failed."
             );
-            if d.instance_alert {
-                store
-                    .finish_instance_alert_delivery(d.id, Err(e.message), retry_at, now)
-                    .await
-            } else {
-                store
-                    .finish_alert_delivery(d.id, Err(e.message), retry_at, now)
-                    .await
-            }
+            store
+                .finish_alert_delivery(d.kind, d.id, Err(e.message), retry_at, now)
+                .await
         }
     };
     if let Err(e) = outcome {

@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0009_instance_alerts.sql"),
         postgres: include_str!("../../migrations/postgres/0009_instance_alerts.sql"),
     },
+    Migration {
+        version: 10,
+        name: "digest_deliveries",
+        sqlite: include_str!("../../migrations/sqlite/0010_digest_deliveries.sql"),
+        postgres: include_str!("../../migrations/postgres/0010_digest_deliveries.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

@@ -46,7 +46,7 @@ mod transfer;
 
 use chrono::{DateTime, Utc};
 
-pub use alerts::{AlertCandidate, AlertDelivery, AlertStore};
+pub use alerts::{AlertCandidate, AlertDelivery, AlertStore, DeliveryKind};
 pub use clock::{ClockStore, Clocking};
 pub use dialect::Backend;
 pub use ingest::{IngestReport, IngestStore};
