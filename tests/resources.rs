@@ -141,3 +141,162 @@ threads = 3
     );
     assert_contiguous(&external_ids(&app));
 }
+
+/// A small tmpfs mounted for one test (needs root, as in CI: `.ci/run`
+/// runs the tests as root or under sudo); unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a {size} tmpfs to fill it and needs root (CI runs the tests as \
+             root or under sudo): mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the file system refuses more.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in [1 << 20, 4096, 512] {
+            let block = vec![0u8; chunk];
+            while f.write_all(&block).is_ok() {}
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn text_problems(daemon: &Daemon, needle: &str) -> usize {
+    daemon.log().matches(needle).count()
+}
+
+#[test]
+fn sqlite_on_a_full_disk_pauses_ingest_alerts_the_admin_and_resumes_with_nothing_lost() {
+    let disk = Tmpfs::mount("24m");
+    let hooks = common::WebhookReceiver::start();
+    let url = format!("sqlite://{}/hourglass.db", disk.path().display());
+    let app = TestApp::new(
+        Some(&url),
+        &format!(
+            r#"[daemon]
+min_backoff = "100ms"
+max_backoff = "500ms"
+shutdown_timeout = "5s"
+
+[[instances]]
+name = "shop"
+type = "simulated"
+schedule = "* * * * * *"
+[instances.simulated]
+channel = "ebay"
+per_poll = 200
+threads = 40
+
+[[alerts.sinks]]
+name = "admin"
+type = "webhook"
+url = "{admin}"
+format = "json"
+
+[[alerts.routes]]
+thresholds = ["store"]
+sinks = ["admin"]
+"#,
+            admin = hooks.url("/admin"),
+        ),
+    );
+    let mut daemon = app.spawn_daemon_with(&["--log-format", "json"]);
+    wait_until(WAIT, || inbound(&app) >= 400)
+        .unwrap_or_else(|_| panic!("no ingest; log:\n{}", daemon.log()));
+
+    // The disk fills up: ingest stops with a clear error, the admin hears
+    // of it once, the daemon goes on retrying.
+    let filler = disk.fill();
+    daemon.wait_for_log("The store's disk is full: ingest is paused", WAIT);
+    daemon.wait_for_log_count("The store's disk is still full", 3, WAIT);
+    wait_until(WAIT, || !hooks.received().is_empty())
+        .unwrap_or_else(|_| panic!("no admin alert; log:\n{}", daemon.log()));
+    let alert = hooks.received()[0].json();
+    assert_eq!(alert["kind"], "store", "{alert}");
+    assert!(
+        alert["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Action needed: the store's disk is full, ingest is paused"),
+        "{alert}"
+    );
+    assert!(
+        alert["error"]
+            .as_str()
+            .unwrap()
+            .contains("database or disk is full"),
+        "{alert}"
+    );
+    assert!(daemon.is_running(), "exited; log:\n{}", daemon.log());
+    let while_full = inbound(&app);
+
+    // Space returns: ingest resumes by itself.
+    std::fs::remove_file(filler).unwrap();
+    daemon.wait_for_log("The store accepts writes again; ingest resumed.", WAIT);
+    wait_until(WAIT, || inbound(&app) >= while_full + 400)
+        .unwrap_or_else(|_| panic!("ingest did not resume; log:\n{}", daemon.log()));
+    daemon.stop_cleanly();
+
+    assert_eq!(
+        text_problems(&daemon, "The store's disk is full: ingest is paused"),
+        1
+    );
+    assert_eq!(hooks.received().len(), 1, "one admin alert per episode");
+    // Nothing half-written: every message once, each in its thread, and
+    // the database intact.
+    assert_contiguous(&external_ids(&app));
+    assert_eq!(
+        query_i64(
+            &app,
+            "SELECT COUNT(*) FROM messages WHERE thread_id NOT IN (SELECT id FROM threads)"
+        ),
+        0
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = hourglass::config::Config::load(&app.config).unwrap();
+    let check: String = runtime.block_on(async {
+        let store = hourglass::daemon::open_store(&config).await.unwrap();
+        sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    });
+    assert_eq!(check, "ok");
+}

@@ -101,8 +101,9 @@ pub struct RouteConfig {
     #[serde(default)]
     pub channels: Vec<String>,
     /// Only these alert points: remaining times like `"1h"`, `"breach"`,
-    /// `"error"` (a reply refused or bounced), or `"auth"` (an instance's
-    /// credentials were refused: the admin's alert). A route with `["breach"]` to
+    /// `"error"` (a reply refused or bounced), `"auth"` (an instance's
+    /// credentials were refused: the admin's alert), or `"store"` (the
+    /// store's disk is full and ingest is paused: the admin's alert). A route with `["breach"]` to
     /// other recipients is an escalation.
     #[serde(default)]
     pub thresholds: Vec<String>,
@@ -132,7 +133,7 @@ fn default_digest_window() -> Dur {
 
 /// The canonical label of a route threshold (`"60m"` → `"1h"`).
 pub fn normalize_threshold(label: &str) -> Result<String, String> {
-    for special in ["breach", "error", "auth"] {
+    for special in ["breach", "error", "auth", "store"] {
         if label.eq_ignore_ascii_case(special) {
             return Ok(special.into());
         }

@@ -200,6 +200,7 @@ fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
     match s(payload, "kind") {
         Some(super::admin::AUTH) => return render_auth(payload),
+        Some(super::admin::STORE) => return render_store(payload),
         Some(super::digest::KIND) => return super::digest::from_queued(payload),
         _ => {}
     }
@@ -264,7 +265,22 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
 fn render_auth(payload: &Value) -> Rendered {
     let instance = s(payload, "instance").unwrap_or("?");
     let kind = s(payload, "type").unwrap_or("?");
-    let title = format!("Action needed: {instance} ({kind}) cannot sign in");
+    render_admin(
+        payload,
+        format!("Action needed: {instance} ({kind}) cannot sign in"),
+    )
+}
+
+/// The store's disk is full (see `admin.rs`).
+fn render_store(payload: &Value) -> Rendered {
+    render_admin(
+        payload,
+        "Action needed: the store's disk is full, ingest is paused".to_owned(),
+    )
+}
+
+/// An admin alert: a title, then what failed and what to do.
+fn render_admin(payload: &Value, title: String) -> Rendered {
     let mut lines = vec![title.clone()];
     let mut html = format!("<p><strong>{}</strong></p><table>", escape(&title));
     for (label, key) in [

@@ -117,6 +117,22 @@ pub enum StoreError {
     LeaseLost(String),
 }
 
+impl StoreError {
+    /// The database refused a write for lack of space: SQLite's
+    /// `SQLITE_FULL` (13), PostgreSQL's `disk_full` (53100), or the OS's
+    /// `ENOSPC`. Nothing of the failed transaction was written.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("13" | "53100"))
+                    || db.message().contains("database or disk is full")
+            }
+            StoreError::Database(sqlx::Error::Io(e)) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Times are stored as milliseconds since the epoch (BIGINT/INTEGER).
