@@ -300,3 +300,142 @@ sinks = ["admin"]
     });
     assert_eq!(check, "ok");
 }
+
+/// libfaketime, which the clock-jump test preloads into the daemon.
+fn libfaketime() -> std::path::PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!("this test jumps the daemon's wall clock with libfaketime: apt-get install faketime")
+    })
+}
+
+fn buyer_mail(n: u32, name: &str, remaining: chrono::Duration) -> String {
+    // Sent so that `remaining` is left of its 24 h window now.
+    let date = (chrono::Utc::now() - chrono::Duration::hours(24) + remaining).to_rfc2822();
+    format!(
+        "From: \"{name} - Amazon Marketplace\" <buyer{n}@marketplace.amazon.de>\r\n\
+         To: seller@shop.example\r\n\
+         Subject: Anfrage von Amazon-Kunde {name} (Bestellung: 302-765432{n}-1234567)\r\n\
+         Date: {date}\r\n\
+         Message-ID: <clock-jump-{n}@email.amazonses.com>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n\
+         ------------- Begin message -------------\r\n\r\n\
+         Wo bleibt meine Bestellung?\r\n\r\n\
+         ------------- End message -------------\r\n"
+    )
+}
+
+#[test]
+fn the_wall_clock_jumping_forward_and_back_fires_each_alert_once() {
+    let hooks = common::WebhookReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(mail.join(".Sent").join(sub)).unwrap();
+    }
+    // 1 h 30 min left: the 6 h point has passed, 1 h and 15 min are ahead.
+    common::deliver_mail(
+        &mail,
+        &buyer_mail(1, "Jürgen Weiß", chrono::Duration::minutes(90)),
+    );
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            r#"[clock]
+window = "24h"
+thresholds = ["6h", "1h", "15m"]
+
+[daemon]
+shutdown_timeout = "3s"
+
+[[instances]]
+name = "amazon-de"
+type = "amazon"
+schedule = "* * * * * *"
+[instances.maildir]
+path = "{mail}"
+own_addresses = ["seller@shop.example"]
+
+[[alerts.sinks]]
+name = "agents"
+type = "webhook"
+url = "{url}"
+format = "json"
+"#,
+            mail = mail.display(),
+            url = hooks.url("/agents"),
+        ),
+    );
+    // The daemon's wall clock is the real one plus the offset in this
+    // file, re-read every second; its monotonic clock (timers) runs on.
+    let offset = dir.path().join("faketime");
+    let jump = |to: &str| std::fs::write(&offset, to).unwrap();
+    jump("+0");
+    for (k, v) in [
+        ("LD_PRELOAD", libfaketime().display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.display().to_string()),
+        ("FAKETIME_CACHE_DURATION", "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+    ] {
+        app.env.push((k.into(), v));
+    }
+    let fired = |customer: &str| -> Vec<String> {
+        hooks
+            .received()
+            .iter()
+            .map(|r| r.json())
+            .filter(|a| a["customer"] == customer)
+            .map(|a| a["threshold"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut daemon = app.spawn_daemon();
+    let until = |customer: &str, want: &[&str]| {
+        wait_until(WAIT, || fired(customer).len() >= want.len()).unwrap_or_else(|_| {
+            panic!(
+                "{customer}: {:?}, waiting for {want:?}; log:\n{}",
+                fired(customer),
+                daemon.log()
+            )
+        });
+    };
+
+    // Started after the 6 h point: it fires, late, once.
+    until("Jürgen Weiß", &["6h"]);
+    // The clock jumps an hour ahead, across the 1 h point: it fires.
+    jump("+1h");
+    until("Jürgen Weiß", &["6h", "1h"]);
+    // And an hour back, where 1 h 30 min are left again: nothing fires
+    // again. A new message proves the engine has looked meanwhile (its 6 h
+    // point is already past at any of these times).
+    jump("+0");
+    common::deliver_mail(
+        &mail,
+        &buyer_mail(2, "Cleo Martin", chrono::Duration::hours(5)),
+    );
+    until("Cleo Martin", &["6h"]);
+    // Forward again, 10 min left: the 15 min point fires, once.
+    jump("+80m");
+    until("Jürgen Weiß", &["6h", "1h", "15m"]);
+    daemon.stop_cleanly();
+
+    assert_eq!(fired("Jürgen Weiß"), ["6h", "1h", "15m"], "each point once");
+    // The jumps reached the daemon: the 1 h alert was fired an hour ahead.
+    let one_hour = hooks
+        .received()
+        .iter()
+        .map(|r| r.json())
+        .find(|a| a["threshold"] == "1h")
+        .unwrap();
+    let fired_at: chrono::DateTime<chrono::Utc> =
+        one_hour["fired_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        fired_at > chrono::Utc::now() + chrono::Duration::minutes(50),
+        "fired at {fired_at}: the daemon's clock did not jump"
+    );
+    assert_eq!(fired("Cleo Martin"), ["6h"]);
+}
