@@ -338,6 +338,9 @@ async fn poll_loop(
                 if failures > 0 {
                     info!(instance = %name, after_failures = failures, "Instance recovered.");
                 }
+                if crate::alerts::admin::store_writable() {
+                    info!(instance = %name, "The store accepts writes again; ingest resumed.");
+                }
                 failures = 0;
                 if n > 0 {
                     info!(instance = %name, messages = n, "Ingested new messages.");
@@ -382,6 +385,20 @@ async fn poll_loop(
                 };
                 if let Err(se) = store.record_poll(&name, &outcome).await {
                     warn!(instance = %name, error = %se, "Cannot record poll status.");
+                }
+                if matches!(&e, PollError::Store(se) if se.is_disk_full()) {
+                    if crate::alerts::admin::store_full(
+                        &config,
+                        &name,
+                        &inst.clocking.channel,
+                        &e.to_string(),
+                    ) {
+                        error!(instance = %name, error = %e, "The store's disk is full: ingest is paused and the admin is alerted. Nothing of this batch was written; it is polled again, and ingest resumes by itself once there is room.");
+                    } else {
+                        warn!(instance = %name, failures, retry_in_ms = delay.as_millis() as u64, "The store's disk is still full; retrying with backoff.");
+                    }
+                    next_at = tokio::time::Instant::now() + delay;
+                    continue;
                 }
                 if auth {
                     // Retried with backoff (a renewed secret behind the

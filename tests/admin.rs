@@ -278,6 +278,7 @@ const TABLES: &[&str] = &[
     "webhook_events",
     "idempotency_keys",
     "digest_runs",
+    "digest_deliveries",
 ];
 
 async fn row_counts(conn: &mut sqlx::AnyConnection) -> Vec<(String, i64)> {

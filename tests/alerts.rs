@@ -344,3 +344,95 @@ fn a_bounced_reply_is_an_error_on_the_thread_and_one_alert() {
     );
     assert_ne!(thread["status"], "answered");
 }
+
+/// Digest deliveries in the store: (state, attempts) of each.
+fn digest_rows(app: &TestApp) -> Vec<(String, i64)> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = hourglass::config::Config::load(&app.config).unwrap();
+    runtime.block_on(async {
+        let store = hourglass::daemon::open_store(&config).await.unwrap();
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT state, attempts FROM digest_deliveries ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    })
+}
+
+#[test]
+fn a_digest_is_queued_durably_and_sent_once_after_a_crash_across_two_daemons() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let url = pg.create_database("digests").unwrap();
+    // The sink's port, with nothing listening yet: the sink is down.
+    let port = hourglass_testsupport::net::free_port();
+    // One run a day, two seconds from now (a daemon that starts after it
+    // still sends it: a missed run less than an hour old is caught up).
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let schedule = at.format("%S %M %H * * *").to_string();
+    let app = TestApp::new(
+        Some(&url),
+        &format!(
+            r#"[daemon]
+shutdown_timeout = "3s"
+lease = "2s"
+
+[[alerts.sinks]]
+name = "team"
+type = "webhook"
+url = "http://127.0.0.1:{port}/digest"
+format = "json"
+
+[[alerts.routes]]
+sinks = []
+
+[[alerts.digests]]
+name = "daily"
+schedule = "{schedule}"
+sinks = ["team"]
+due_within = "6h"
+"#
+        ),
+    );
+
+    // The run comes, its delivery fails and is queued for a retry; then
+    // the daemon dies.
+    let mut first = app.spawn_daemon();
+    wait_until(Duration::from_secs(30), || {
+        digest_rows(&app) == [("queued".to_owned(), 1)]
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "no failed digest delivery queued for a retry: {:?}; log:\n{}",
+            digest_rows(&app),
+            first.log()
+        )
+    });
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+
+    // The sink is back, two daemons share the store: the digest arrives,
+    // once.
+    let hooks = WebhookReceiver::start_on(port);
+    let mut a = app.spawn_daemon();
+    let mut b = app.spawn_daemon();
+    wait_until(Duration::from_secs(60), || {
+        digest_rows(&app).iter().all(|(state, _)| state == "sent")
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "the digest was not retried: {:?}; logs:\n{}\n{}",
+            digest_rows(&app),
+            a.log(),
+            b.log()
+        )
+    });
+    a.stop_cleanly();
+    b.stop_cleanly();
+    let received = hooks.received();
+    assert_eq!(received.len(), 1, "one digest: {received:?}");
+    let digest = received[0].json();
+    assert_eq!(digest["kind"], "digest");
+    assert_eq!(digest["digest"], "daily");
+    assert_eq!(digest_rows(&app).len(), 1, "one run, one sink");
+}

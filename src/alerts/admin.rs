@@ -1,6 +1,6 @@
 //! Alerts to the admin about an instance rather than a thread: the
 //! platform refused its credentials (a revoked or expired refresh token, a
-//! wrong app secret). Any connector that answers `ConnectorError::Auth`
+//! wrong app secret), or the store's disk is full (see [`store_full`]). Any connector that answers `ConnectorError::Auth`
 //! gets this; the poll loop raises it (see `daemon.rs`).
 //!
 //! One alert per episode: the store marks the instance alerted in the
@@ -10,14 +10,128 @@
 //! through the same sinks, routes (`thresholds = ["auth"]`) and retries as
 //! deadline alerts.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::store::{NewDelivery, Store};
 
 /// The route label and `kind` of these alerts.
 pub const AUTH: &str = "auth";
+
+/// The route label and `kind` of the alert that the store's disk is full.
+pub const STORE: &str = "store";
+
+/// Set while the store refuses writes for lack of space (an episode).
+static STORE_FULL: AtomicBool = AtomicBool::new(false);
+
+/// What the admin should do when the store's disk is full.
+pub fn store_full_action() -> String {
+    "Free space on the disk that holds the store (or grow it). Until then ingest is paused: \
+     each poll's batch is refused whole, nothing of it is written and the cursor does not \
+     move, so nothing is lost. Ingest resumes by itself once there is room; no restart \
+     is needed."
+        .to_owned()
+}
+
+/// The store-full alert as JSON. `error` is the database's message, which
+/// names no secret (never the store URL).
+pub fn store_full_payload(
+    instance: &str,
+    channel: &str,
+    error: &str,
+    public_url: Option<&str>,
+    now: DateTime<Utc>,
+) -> Value {
+    json!({
+        "kind": STORE,
+        "threshold": STORE,
+        "instance": instance,
+        "channel": channel,
+        "error": error,
+        "action": store_full_action(),
+        "fired_at": now,
+        "link": public_url.map(|u| format!("{}/readyz", u.trim_end_matches('/'))),
+    })
+}
+
+/// The store refused a write because its disk is full (noticed by the
+/// poll of `instance`). The first time in an episode, the admin is alerted
+/// through the routes for `thresholds = ["store"]`; returns whether this
+/// call raised it.
+///
+/// The alert cannot be queued in the store like the others: the store is
+/// what is full. It is delivered from memory by a task of its own, with
+/// the delivery worker's retries, once per episode in this process (a
+/// restart during the episode alerts again, which is the safe side).
+pub fn store_full(config: &Arc<Config>, instance: &str, channel: &str, error: &str) -> bool {
+    if STORE_FULL.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    let tags = config
+        .instance(instance)
+        .map(|i| i.tags.clone())
+        .unwrap_or_default();
+    let names = config.alerts.route(instance, channel, STORE, &tags);
+    let payload = store_full_payload(
+        instance,
+        channel,
+        error,
+        config.http.public_url.as_deref(),
+        Utc::now(),
+    );
+    let config = config.clone();
+    tokio::spawn(async move {
+        let sinks = match super::sinks::build(&config.alerts) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "Alert sinks cannot be built; the store-full alert is not sent.");
+                return;
+            }
+        };
+        let message = super::engine::render(&payload, Utc::now());
+        let max_attempts = config.alerts.max_attempts.max(1);
+        let sends = names.iter().map(|name| {
+            let (sinks, message) = (&sinks, &message);
+            async move {
+                let Some(sink) = sinks.get(name) else {
+                    warn!(sink = %name, "No sink of this name in the configuration; the store-full alert is not sent there.");
+                    return;
+                };
+                let mut wait = Duration::from_secs(5);
+                for attempt in 1..=max_attempts {
+                    match sink.send(message).await {
+                        Ok(()) => {
+                            info!(sink = %name, threshold = STORE, "Alert delivered.");
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(sink = %name, threshold = STORE, attempts = attempt, error = %e.message, "Alert delivery failed.");
+                            if e.permanent {
+                                return;
+                            }
+                            tokio::time::sleep(e.retry_after.unwrap_or(wait)).await;
+                            wait = (wait * 2).min(Duration::from_secs(600));
+                        }
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    });
+    true
+}
+
+/// A write to the store succeeded: ends a store-full episode, if one was
+/// open. Returns whether it did.
+pub fn store_writable() -> bool {
+    STORE_FULL.swap(false, Ordering::SeqCst)
+}
 
 /// What the admin should do, for any platform. The connector's own error
 /// (shown beside it) says what exactly the platform refused.

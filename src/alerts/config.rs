@@ -107,8 +107,9 @@ pub struct RouteConfig {
     pub channels: Vec<String>,
     /// Only these alert points: remaining times like `"1h"`, `"breach"`,
     /// `"error"` (a reply refused or bounced), `"auth"` (an instance's
-    /// credentials were refused: the admin's alert), or `"silence"` (the
-    /// watchdog: an instance stopped delivering messages). A route with `["breach"]` to
+    /// credentials were refused: the admin's alert), `"silence"` (the
+    /// watchdog: an instance stopped delivering messages), or `"store"` (the
+    /// store's disk is full and ingest is paused: the admin's alert). A route with `["breach"]` to
     /// other recipients is an escalation.
     #[serde(default)]
     pub thresholds: Vec<String>,
@@ -148,7 +149,7 @@ fn default_digest_window() -> Dur {
 
 /// The canonical label of a route threshold (`"60m"` → `"1h"`).
 pub fn normalize_threshold(label: &str) -> Result<String, String> {
-    for special in ["breach", "error", "auth", "silence"] {
+    for special in ["breach", "error", "auth", "silence", "store"] {
         if label.eq_ignore_ascii_case(special) {
             return Ok(special.into());
         }

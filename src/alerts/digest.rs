@@ -1,39 +1,53 @@
 //! Digests: on a cron schedule, one summary per sink of what is due soon
-//! and what is already breached.
+//! and what is already breached, queued durably and delivered like alerts.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::DigestConfig;
-use super::sinks::{self, Rendered};
+use super::sinks::Rendered;
 use crate::clock::Status;
 use crate::daemon::Context;
 use crate::duration::format_left;
 use crate::store::{ThreadFilter, ThreadSummary};
 
-/// Worker: runs every configured digest on its schedule.
+/// A run missed while no daemon ran (a crash just before 09:00, a
+/// restart across it) is still sent, late and once, if it is at most this
+/// old; older ones are stale: the next run carries the same threads.
+const CATCH_UP: chrono::Duration = chrono::Duration::hours(1);
+
+/// Worker: on each digest's schedule, renders it and queues one delivery
+/// per sink in the store, like an alert; the alert delivery worker sends
+/// them with the same retries. The run is claimed in the transaction that
+/// queues it, so several daemons on one store send it once, and a crash
+/// after the claim loses nothing.
 pub fn worker(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         if ctx.config.alerts.digests.is_empty() {
             return;
         }
-        let sinks = match sinks::build(&ctx.config.alerts) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "Alert sinks cannot be built; digests are off.");
-                return;
-            }
-        };
         let mut schedules = Vec::new();
         for d in &ctx.config.alerts.digests {
             match crate::config::parse_schedule(&d.schedule) {
                 Ok(s) => schedules.push((d.clone(), s)),
                 Err(e) => warn!(digest = %d.name, error = %e, "Digest schedule is invalid."),
+            }
+        }
+        // The latest run of each digest already due, if recent: queued
+        // unless some daemon queued it before.
+        let now = Utc::now();
+        for (digest, schedule) in &schedules {
+            let missed = schedule
+                .after(&(now - CATCH_UP))
+                .take_while(|t| *t <= now)
+                .last();
+            if let Some(slot) = missed {
+                queue(&ctx, digest, slot).await;
             }
         }
         loop {
@@ -50,53 +64,68 @@ pub fn worker(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            // Several daemons on one store: the first to claim this run
-            // sends it.
-            match ctx
-                .store
-                .claim_digest_run(&digest.name, next, &ctx.daemon_id)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    warn!(digest = %digest.name, error = %e, "Cannot claim the digest run; skipping it.");
-                    continue;
-                }
-            }
-            let threads = match due_threads(&ctx, digest, Utc::now()).await {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(digest = %digest.name, error = %e, "Cannot build the digest.");
-                    continue;
-                }
-            };
-            let rendered = render(digest, &threads, Utc::now());
-            for name in &digest.sinks {
-                let Some(sink) = sinks.get(name) else {
-                    continue;
-                };
-                // A few quick retries; digests are summaries, the next one
-                // will carry the same threads.
-                let mut sent = false;
-                for attempt in 1..=3u64 {
-                    match sink.send(&rendered).await {
-                        Ok(()) => {
-                            sent = true;
-                            break;
-                        }
-                        Err(e) => {
-                            warn!(digest = %digest.name, sink = %name, attempt, error = %e.message, "Digest delivery failed.");
-                            tokio::time::sleep(Duration::from_secs(2 * attempt)).await;
-                        }
-                    }
-                }
-                if sent {
-                    info!(digest = %digest.name, sink = %name, threads = threads.len(), "Digest sent.");
-                }
-            }
+            queue(&ctx, digest, next).await;
         }
     })
+}
+
+/// Renders digest run `slot` and queues it, unless already queued.
+async fn queue(ctx: &Context, digest: &DigestConfig, slot: DateTime<Utc>) {
+    let now = Utc::now();
+    let threads = match due_threads(ctx, digest, now).await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(digest = %digest.name, error = %format!("{e:#}"), "Cannot build the digest; skipping this run.");
+            return;
+        }
+    };
+    let payload = queued_payload(&render(digest, &threads, now), slot);
+    let deliveries: Vec<(String, Value)> = digest
+        .sinks
+        .iter()
+        .map(|s| (s.clone(), payload.clone()))
+        .collect();
+    match ctx
+        .store
+        .queue_digest(&digest.name, slot, &ctx.daemon_id, &deliveries, now)
+        .await
+    {
+        Ok(Some(n)) => {
+            // The delivery worker picks it up within its 2 s poll.
+            info!(digest = %digest.name, slot = %slot, threads = threads.len(), deliveries = n, "Digest queued.");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(digest = %digest.name, error = %e, "Cannot queue the digest; skipping this run.")
+        }
+    }
+}
+
+/// What a queued digest delivery keeps: the digest as rendered when its
+/// run came (the threads due then), sent as-is however late.
+fn queued_payload(r: &Rendered, slot: DateTime<Utc>) -> Value {
+    json!({
+        "kind": KIND,
+        "slot": slot,
+        "title": r.title,
+        "text": r.text,
+        "html": r.html,
+        "json": r.json,
+    })
+}
+
+/// The `kind` of a queued digest delivery.
+pub const KIND: &str = "digest";
+
+/// A queued digest back as the message to send.
+pub fn from_queued(payload: &Value) -> Rendered {
+    let s = |k: &str| payload[k].as_str().unwrap_or_default().to_owned();
+    Rendered {
+        title: s("title"),
+        text: s("text"),
+        html: s("html"),
+        json: payload["json"].clone(),
+    }
 }
 
 /// Threads a digest lists: breached, and due within its window.

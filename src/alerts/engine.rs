@@ -221,8 +221,11 @@ fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// Renders a queued alert for people. Time left is computed at delivery,
 /// so a late delivery says how late it really is.
 pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
-    if s(payload, "kind") == Some(super::admin::AUTH) {
-        return render_auth(payload);
+    match s(payload, "kind") {
+        Some(super::admin::AUTH) => return render_auth(payload),
+        Some(super::admin::STORE) => return render_store(payload),
+        Some(super::digest::KIND) => return super::digest::from_queued(payload),
+        _ => {}
     }
     if s(payload, "kind") == Some(super::silence::SILENCE) {
         return render_silence(payload);
@@ -367,7 +370,22 @@ fn render_silence(payload: &Value) -> Rendered {
 fn render_auth(payload: &Value) -> Rendered {
     let instance = s(payload, "instance").unwrap_or("?");
     let kind = s(payload, "type").unwrap_or("?");
-    let title = format!("Action needed: {instance} ({kind}) cannot sign in");
+    render_admin(
+        payload,
+        format!("Action needed: {instance} ({kind}) cannot sign in"),
+    )
+}
+
+/// The store's disk is full (see `admin.rs`).
+fn render_store(payload: &Value) -> Rendered {
+    render_admin(
+        payload,
+        "Action needed: the store's disk is full, ingest is paused".to_owned(),
+    )
+}
+
+/// An admin alert: a title, then what failed and what to do.
+fn render_admin(payload: &Value, title: String) -> Rendered {
     let mut lines = vec![title.clone()];
     let mut html = format!("<p><strong>{}</strong></p><table>", escape(&title));
     for (label, key) in [
@@ -507,13 +525,9 @@ async fn finish(
     let outcome = match result {
         Ok(()) => {
             info!(sink = %d.sink, thread = d.thread_id, threshold = %d.threshold, "Alert delivered.");
-            if d.instance_alert {
-                store
-                    .finish_instance_alert_delivery(d.id, Ok(()), None, now)
-                    .await
-            } else {
-                store.finish_alert_delivery(d.id, Ok(()), None, now).await
-            }
+            store
+                .finish_alert_delivery(d.kind, d.id, Ok(()), None, now)
+                .await
         }
         Err(e) => {
             let give_up = e.permanent || d.attempts >= max_attempts;
@@ -529,15 +543,9 @@ async fn finish(
                 error = %e.message,
                 "Alert delivery failed."
             );
-            if d.instance_alert {
-                store
-                    .finish_instance_alert_delivery(d.id, Err(e.message), retry_at, now)
-                    .await
-            } else {
-                store
-                    .finish_alert_delivery(d.id, Err(e.message), retry_at, now)
-                    .await
-            }
+            store
+                .finish_alert_delivery(d.kind, d.id, Err(e.message), retry_at, now)
+                .await
         }
     };
     if let Err(e) = outcome {

@@ -43,15 +43,36 @@ pub struct Taken {
     pub at: DateTime<Utc>,
 }
 
+/// What a queued delivery is about, and so the table it is kept in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// A thread's deadline, breach or error alert (`alerts`).
+    Thread,
+    /// An alert about an instance (its credentials were refused, the
+    /// store is full), not about a thread (`instance_alerts`).
+    Instance,
+    /// A scheduled digest, rendered when its run was claimed
+    /// (`digest_deliveries`).
+    Digest,
+}
+
+impl DeliveryKind {
+    fn table(self) -> &'static str {
+        match self {
+            DeliveryKind::Thread => "alerts",
+            DeliveryKind::Instance => "instance_alerts",
+            DeliveryKind::Digest => "digest_deliveries",
+        }
+    }
+}
+
 /// A queued alert delivery.
 #[derive(Debug, Clone)]
 pub struct AlertDelivery {
     pub id: i64,
-    /// 0 for an instance's alert (see `instance_alert`).
+    /// 0 unless `kind` is [`DeliveryKind::Thread`].
     pub thread_id: i64,
-    /// An alert about an instance (its credentials were refused), kept in
-    /// `instance_alerts`, not about a thread.
-    pub instance_alert: bool,
+    pub kind: DeliveryKind,
     pub threshold: String,
     pub sink: String,
     pub attempts: i64,
@@ -148,19 +169,23 @@ pub trait AlertStore: Send + Sync {
     /// Ends a delivery: sent, retried at `retry_at`, or failed for good.
     async fn finish_alert_delivery(
         &self,
+        kind: DeliveryKind,
         id: i64,
         result: std::result::Result<(), String>,
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    /// [`AlertStore::finish_alert_delivery`] for an instance's alert.
-    async fn finish_instance_alert_delivery(
+    /// Queues digest `name`'s run at `slot` unless a daemon did already:
+    /// the run is recorded and one delivery per sink queued in one
+    /// transaction. Returns the deliveries queued (`None`: queued before).
+    async fn queue_digest(
         &self,
-        id: i64,
-        result: std::result::Result<(), String>,
-        retry_at: Option<DateTime<Utc>>,
+        name: &str,
+        slot: DateTime<Utc>,
+        daemon: &str,
+        sinks: &[(String, serde_json::Value)],
         now: DateTime<Utc>,
-    ) -> Result<()>;
+    ) -> Result<Option<usize>>;
 }
 
 #[async_trait]
@@ -468,51 +493,103 @@ impl AlertStore for SqlStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<AlertDelivery>> {
-        let mut out = self.claim_from("alerts", limit, lease, now).await?;
-        let left = limit - out.len() as i64;
-        if left > 0 {
-            out.extend(self.claim_from("instance_alerts", left, lease, now).await?);
+        let mut out = Vec::new();
+        for kind in [
+            DeliveryKind::Thread,
+            DeliveryKind::Instance,
+            DeliveryKind::Digest,
+        ] {
+            let left = limit - out.len() as i64;
+            if left <= 0 {
+                break;
+            }
+            out.extend(self.claim_from(kind, left, lease, now).await?);
         }
         Ok(out)
     }
 
     async fn finish_alert_delivery(
         &self,
+        kind: DeliveryKind,
         id: i64,
         result: std::result::Result<(), String>,
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        self.finish_in("alerts", id, result, retry_at, now).await
+        self.finish_in(kind.table(), id, result, retry_at, now)
+            .await
     }
 
-    async fn finish_instance_alert_delivery(
+    async fn queue_digest(
         &self,
-        id: i64,
-        result: std::result::Result<(), String>,
-        retry_at: Option<DateTime<Utc>>,
+        name: &str,
+        slot: DateTime<Utc>,
+        daemon: &str,
+        sinks: &[(String, serde_json::Value)],
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        self.finish_in("instance_alerts", id, result, retry_at, now)
-            .await
+    ) -> Result<Option<usize>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let claimed = sqlx::query(
+            "INSERT INTO digest_runs (digest, slot, daemon, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (digest, slot) DO NOTHING",
+        )
+        .bind(name)
+        .bind(ms(slot))
+        .bind(daemon)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut queued = 0;
+        for (sink, payload) in sinks {
+            let done = sqlx::query(
+                "INSERT INTO digest_deliveries (digest, slot, sink, state, attempts,
+                    next_attempt_at, payload, created_at)
+                 VALUES ($1, $2, $3, 'queued', 0, $4, $5, $4)
+                 ON CONFLICT (digest, slot, sink) DO NOTHING",
+            )
+            .bind(name)
+            .bind(ms(slot))
+            .bind(sink)
+            .bind(ms(now))
+            .bind(payload.to_string())
+            .execute(&mut *tx)
+            .await?;
+            queued += done.rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(Some(queued))
     }
 }
 
 impl SqlStore {
-    /// Claims due deliveries of `table` (`alerts` or `instance_alerts`,
-    /// which share the delivery columns).
+    /// Claims due deliveries of one kind (the tables share the delivery
+    /// columns).
     async fn claim_from(
         &self,
-        table: &str,
+        kind: DeliveryKind,
         limit: i64,
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Vec<AlertDelivery>> {
-        let instance_alert = table == "instance_alerts";
-        let (thread, threshold) = if instance_alert {
-            ("CAST(0 AS BIGINT) AS thread_id", "problem AS threshold")
-        } else {
-            ("thread_id", "threshold")
+        let table = kind.table();
+        // Digests are sent when their schedule says: quiet hours never hold them.
+        let (thread, threshold, held) = match kind {
+            DeliveryKind::Thread => ("thread_id", "threshold", "held_until"),
+            DeliveryKind::Instance => (
+                "CAST(0 AS BIGINT) AS thread_id",
+                "problem AS threshold",
+                "held_until",
+            ),
+            DeliveryKind::Digest => (
+                "CAST(0 AS BIGINT) AS thread_id",
+                "digest AS threshold",
+                "CAST(NULL AS BIGINT) AS held_until",
+            ),
         };
         let lock = self.backend.skip_locked();
         // One statement: a read-then-write transaction would fail on SQLite
@@ -526,7 +603,7 @@ impl SqlStore {
                 SELECT id FROM {table}
                 WHERE state IN ('queued', 'sending') AND next_attempt_at <= $2
                 ORDER BY next_attempt_at, id LIMIT $3{lock})
-             RETURNING id, {thread}, {threshold}, sink, attempts, payload, held_until"
+             RETURNING id, {thread}, {threshold}, sink, attempts, payload, {held}"
         );
         let rows = sqlx::query(&sql)
             .bind(ms(now) + lease.as_millis() as i64)
@@ -541,7 +618,7 @@ impl SqlStore {
                 Ok(AlertDelivery {
                     id: r.try_get("id")?,
                     thread_id: r.try_get("thread_id")?,
-                    instance_alert,
+                    kind,
                     threshold: r.try_get("threshold")?,
                     sink: r.try_get("sink")?,
                     attempts: r.try_get("attempts")?,

@@ -426,6 +426,38 @@ async fn thread_for(
     Ok(row.try_get("id")?)
 }
 
+/// The most text (and HTML) of one message the store keeps, in bytes. A
+/// message body beyond this is no message an agent reads (a 60 MB log
+/// pasted into a mail); keeping it would slow every listing and page that
+/// shows the thread. The complete message stays where it came from.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// `text` as stored: whole, or its first [`MAX_BODY_BYTES`] (cut at a
+/// character boundary) followed by a note that says so.
+pub fn capped_body(text: &str) -> String {
+    if text.len() <= MAX_BODY_BYTES {
+        return text.to_owned();
+    }
+    let mut cut = MAX_BODY_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}\n\n[hourglass: this message's text is {:.1} MB; only its first {} MB is kept \
+         here. The complete message stays where it came from (the mailbox or the \
+         platform).]",
+        &text[..cut],
+        text.len() as f64 / 1e6,
+        MAX_BODY_BYTES >> 20
+    )
+}
+
+/// The original HTML as stored: none when it is beyond [`MAX_BODY_BYTES`]
+/// (the text, capped with its note, stands for it).
+pub fn capped_html(html: &Option<String>) -> Option<&str> {
+    html.as_deref().filter(|h| h.len() <= MAX_BODY_BYTES)
+}
+
 /// Messages per INSERT: each is one round trip to the database, and one
 /// hand-off to sqlx's SQLite thread. 15 values a row keeps a statement far
 /// below SQLite's and PostgreSQL's limits on bound values.
@@ -473,8 +505,8 @@ pub(super) async fn insert_messages(
             .bind(ms(m.sent_at))
             .bind(&m.author)
             .bind(&m.subject)
-            .bind(&m.text)
-            .bind(&m.html)
+            .bind(capped_body(&m.text))
+            .bind(capped_html(&m.html))
             .bind(&m.order_id)
             .bind(&m.language)
             .bind(&m.reply_to)
@@ -512,11 +544,31 @@ async fn update_message_text(conn: &mut AnyConnection, instance: &str, m: &Messa
         "UPDATE messages SET body = $1, html = $2
          WHERE instance = $3 AND external_id = $4",
     )
-    .bind(&m.text)
-    .bind(&m.html)
+    .bind(capped_body(&m.text))
+    .bind(capped_html(&m.html))
     .bind(instance)
     .bind(&m.external_id)
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_beyond_the_cap_is_cut_at_a_character_with_a_note() {
+        assert_eq!(capped_body("Hallo"), "Hallo");
+        let big = "ä".repeat(MAX_BODY_BYTES); // 2 bytes each
+        let kept = capped_body(&big);
+        let (head, note) = kept.split_once("\n\n[hourglass:").unwrap();
+        assert_eq!(head.len(), MAX_BODY_BYTES);
+        assert!(
+            note.contains("text is 2.1 MB; only its first 1 MB is kept"),
+            "{note}"
+        );
+        assert_eq!(capped_html(&Some(big)), None);
+        assert_eq!(capped_html(&Some("<p>x</p>".into())), Some("<p>x</p>"));
+    }
 }

@@ -73,6 +73,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0009_instance_alerts.sql"),
     },
     Migration {
+        version: 10,
+        name: "digest_deliveries",
+        sqlite: include_str!("../../migrations/sqlite/0010_digest_deliveries.sql"),
+        postgres: include_str!("../../migrations/postgres/0010_digest_deliveries.sql"),
+    },
+    Migration {
         version: 13,
         name: "watchdog_acks_quiet",
         sqlite: include_str!("../../migrations/sqlite/0013_watchdog_acks_quiet.sql"),

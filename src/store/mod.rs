@@ -48,7 +48,7 @@ mod transfer;
 
 use chrono::{DateTime, Utc};
 
-pub use alerts::{AlertCandidate, AlertDelivery, AlertStore, NewDelivery, Taken};
+pub use alerts::{AlertCandidate, AlertDelivery, AlertStore, DeliveryKind, NewDelivery, Taken};
 pub use clock::{ClockStore, Clocking};
 pub use customers::{CustomerDetail, CustomerStore, IdentityView, SplitView};
 pub use dialect::Backend;
@@ -122,6 +122,22 @@ pub enum StoreError {
         "The lease on instance {0} was taken over by another daemon; this batch was not committed"
     )]
     LeaseLost(String),
+}
+
+impl StoreError {
+    /// The database refused a write for lack of space: SQLite's
+    /// `SQLITE_FULL` (13), PostgreSQL's `disk_full` (53100), or the OS's
+    /// `ENOSPC`. Nothing of the failed transaction was written.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("13" | "53100"))
+                    || db.message().contains("database or disk is full")
+            }
+            StoreError::Database(sqlx::Error::Io(e)) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

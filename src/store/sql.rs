@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use super::dialect::Backend;
 use super::{from_ms, ms, Result, StoreError};
@@ -42,6 +42,23 @@ impl SqlStore {
                         sqlx::query(statement).execute(&mut *conn).await?;
                     }
                     Ok(())
+                })
+            })
+            // A transaction whose COMMIT failed (SQLite on a full disk:
+            // SQLITE_FULL, then SQLite has rolled back by itself and the
+            // ROLLBACK of the dropped transaction fails too) leaves sqlx
+            // counting it as open, and every later BEGIN on that
+            // connection fails. Such a connection is closed, not reused.
+            // Cheap when all is well: one atomic load per release.
+            .after_release(|conn: &mut AnyConnection, _meta| {
+                Box::pin(async move {
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
+                    // A dropped transaction's ROLLBACK may still be queued:
+                    // let it run, then look again.
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
                 })
             })
             .connect_with(options)

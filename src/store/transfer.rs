@@ -41,6 +41,7 @@ const COPIED: &[&str] = &[
     "webhook_events",
     "idempotency_keys",
     "digest_runs",
+    "digest_deliveries",
 ];
 
 /// Tables that describe the daemons running on a store, not its data: the

@@ -334,8 +334,13 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn start() -> WebhookReceiver {
+        WebhookReceiver::start_on(0)
+    }
+
+    /// A receiver on `port`: a sink configured for it was down until now.
+    pub fn start_on(port: u16) -> WebhookReceiver {
         use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();

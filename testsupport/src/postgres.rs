@@ -79,12 +79,19 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    /// Starts the postmaster on this cluster's data dir and port.
+    fn start_server(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
         let opts = format!(
             "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
-            pg.port,
-            pg.dir.path().display()
+            self.port,
+            self.dir.path().display()
         );
-        pg.run(
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -92,7 +99,7 @@ impl Postgres {
                 "-o",
                 &opts,
                 "-l",
-                &pg.dir.path().join("log").to_string_lossy(),
+                &self.dir.path().join("log").to_string_lossy(),
                 "-w",
                 "start",
             ],
@@ -102,13 +109,31 @@ impl Postgres {
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
         if let Some(postmaster) = postmaster {
-            pg.pid = Some(PidFile::record(
+            self.pid = Some(PidFile::record(
                 postmaster,
-                &format!("postgres {}", pg.dir.path().display()),
+                &format!("postgres {}", self.dir.path().display()),
             ));
         }
-        wait_for_port(pg.port, Duration::from_secs(20))?;
-        Ok(pg)
+        wait_for_port(self.port, Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected, as in a
+    /// restart by the operator or the package manager); the data stays.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-D", &data.to_string_lossy(), "-m", "fast", "-w", "stop"],
+        )?;
+        self.pid = None;
+        Ok(())
+    }
+
+    /// Starts the server again after [`Postgres::stop`], on the same data
+    /// dir and port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.start_server()
     }
 
     fn data_dir(&self) -> PathBuf {

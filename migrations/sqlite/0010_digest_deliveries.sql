@@ -1,0 +1,20 @@
+-- Digests are queued like alerts: the daemon that claims a scheduled run
+-- (a row in digest_runs) renders it and queues one delivery per sink in
+-- the same transaction, and the alert delivery worker sends them with the
+-- same retries and leases. A crash after the claim loses nothing, and
+-- several daemons on one store send each run once.
+CREATE TABLE digest_deliveries (
+    id INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    sink TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    sent_at INTEGER,
+    UNIQUE (digest, slot, sink)
+) STRICT;
+CREATE INDEX digest_deliveries_ready ON digest_deliveries (state, next_attempt_at);
