@@ -535,13 +535,38 @@ fn read_platform_keys(inst: &mut InstanceConfig, src: &Source, diags: &mut Vec<D
     for p in settings.check(&kind) {
         diags.push(problem_at(&p));
     }
+    // The token a consent flow writes may not exist before the account
+    // is connected: say how to connect it, and let `connectors authorize`
+    // run without it.
+    let granted = settings
+        .consent(&kind, &name)
+        .and_then(Result::ok)
+        .map(|c| c.target().0);
     for (key, r) in settings.secrets() {
         if let Err(e) = r.resolve() {
+            if granted == Some(key) && CONNECTING.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            let hint = if granted == Some(key) {
+                format!(" (connect the account with `hourglass connectors authorize {name}`)")
+            } else {
+                String::new()
+            };
             let at = locate(&src.text, start, key, None).unwrap_or(src.find_value(&r.to_string()));
-            diags.push(src.diag_at(at, format!("instance {name:?}: {key}: {e}")));
+            diags.push(src.diag_at(at, format!("instance {name:?}: {key}: {e}{hint}")));
         }
     }
     inst.settings = Some(settings);
+}
+
+/// Set by `connectors authorize`: the token its flow is about to write
+/// need not resolve yet.
+static CONNECTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets [`Config::load`] accept a missing token that a consent flow
+/// writes (`hourglass connectors authorize`).
+pub fn allow_missing_granted_tokens() {
+    CONNECTING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The keys every instance has, whatever its type.

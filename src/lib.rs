@@ -15,6 +15,7 @@ pub mod deadline;
 pub mod demo;
 pub mod duration;
 pub mod http;
+pub mod oauth;
 pub mod outbox;
 pub mod registry;
 pub mod stats;
