@@ -689,12 +689,8 @@ async fn connectors_authorize(
         );
         return Ok(ExitCode::from(2));
     };
-    let store: Option<Arc<dyn Store>> = if config.store.secret_key.is_some() {
-        Some(daemon::open_store(config).await?)
-    } else {
-        None
-    };
-    let outcome = crate::oauth::run_loopback(config, store, name, listen, |url, callback| {
+    let store: Arc<dyn Store> = daemon::open_store(config).await?;
+    let outcome = crate::oauth::run_loopback(config, Some(store), name, listen, |url, callback| {
         // The URL goes to stdout alone on its line, for scripts and for
         // copying; the explanation to stderr.
         eprintln!(

@@ -177,6 +177,10 @@ pub struct InstanceConfig {
     /// `platform_keys` as the platform read them; set by [`Config::load`].
     #[serde(skip)]
     pub settings: Option<Arc<dyn InstanceSettings>>,
+    /// The file and line of its `name`, for the admin page; set by
+    /// [`Config::load`].
+    #[serde(skip)]
+    pub location: Option<(PathBuf, usize)>,
 }
 
 fn default_true() -> bool {
@@ -745,6 +749,8 @@ fn validate(
     for (i, inst) in config.instances.iter_mut().enumerate() {
         let src = &sources[origin.get(i).copied().unwrap_or(0)];
         read_platform_keys(inst, src, diags);
+        let (line, _) = line_col(&src.text, inst.name.span().start);
+        inst.location = Some((src.path.clone(), line));
     }
     let mut names = HashSet::new();
     for (i, inst) in config.instances.iter().enumerate() {

@@ -232,6 +232,22 @@ pub async fn finish(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let kept_in = keep(config, store, &pending.instance, &grant).await?;
+    if let Some(sql) = store.and_then(|s| s.as_sql()) {
+        // What was granted, for the admin page and the expiry warning.
+        sql.record_grant(
+            &pending.instance,
+            &crate::store::ConnectorGrant {
+                platform: consent.platform().to_owned(),
+                account: grant.account.clone(),
+                scopes: grant.scopes.join(" "),
+                granted_at: Utc::now(),
+                expires_at: grant.expires_at,
+                expiry_alerted_at: None,
+            },
+        )
+        .await
+        .context("The token is kept, but the store cannot record the connection")?;
+    }
     tracing::info!(
         instance = %pending.instance,
         platform = consent.platform(),

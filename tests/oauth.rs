@@ -399,3 +399,163 @@ fn platforms_without_a_flow_and_unkeepable_references_are_refused_up_front() {
         "{err}"
     );
 }
+
+fn artifacts() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("..")
+        .join("browser-artifacts")
+}
+
+/// Fails (never skips) when the browser or Playwright is missing.
+fn require_browser() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Debian's chromium: apt-get install --no-install-recommends chromium"
+    );
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import playwright.sync_api"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the browser test needs Playwright for Python: pip install playwright"
+    );
+}
+
+#[test]
+fn an_admin_connects_a_revoked_ebay_account_from_the_admin_page() {
+    require_browser();
+    let mock = MockEbay::start().unwrap();
+    let conv = mock.add_conversation("lena_m", Some("296512345678"), "Farbe?");
+    mock.buyer_writes(
+        &conv,
+        "Gibt es das auch in Blau?",
+        Utc::now() - Days::minutes(30),
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    mock.set_ru_name(RU_NAME, &format!("{base}/oauth/callback"));
+    let (mut app, refresh) = ebay_app(&mock);
+    // The token the seller pasted long ago, revoked since.
+    std::fs::write(&refresh, "v^1.1#i^1#r^1#f^0#revoked-long-ago").unwrap();
+    let text = std::fs::read_to_string(&app.config)
+        .unwrap()
+        .replace("schedule = \"0 0 1 1 *\"", "schedule = \"* * * * * *\"");
+    let http = common::http::HTTP_CONFIG
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("\"http://127.0.0.1\"", &format!("\"{base}\""));
+    let text = text.replacen("[[instances]]", &format!("{http}\n[[instances]]"), 1);
+    std::fs::write(&app.config, text).unwrap();
+    app.env.extend(common::http::token_env());
+
+    let mut daemon = app.spawn_daemon_with(&["--log-format", "json"]);
+    common::wait_until(std::time::Duration::from_secs(30), || {
+        let list = app.json(&["connectors", "list", "--json"]);
+        list[0]["state"] == "auth_failed"
+    })
+    .expect("the revoked token never showed as auth_failed");
+
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/admin.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .env("HG_URL", &base)
+        .env("HG_TOKEN", common::http::ADMIN)
+        .env("HG_AGENT", common::http::AGENT)
+        .env("HG_INSTANCE", "ebay-de")
+        .env("HG_CUSTOMER", "lena_m")
+        .env("HG_ARTIFACTS", artifacts())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{said}\n--- daemon log ---\n{}",
+        daemon.log()
+    );
+
+    let token = mock.refresh_token();
+    assert_eq!(std::fs::read_to_string(&refresh).unwrap().trim(), token);
+    assert_eq!(mode(&refresh), 0o600);
+    assert!(!daemon.log().contains(&token), "the log shows the token");
+
+    // The connection survives a restart: the next daemon polls with it.
+    daemon.stop_cleanly();
+    mock.buyer_writes(&conv, "Und in Grün?", Utc::now() - Days::minutes(1));
+    let daemon = app.spawn_daemon_with(&["--log-format", "json"]);
+    common::wait_until(std::time::Duration::from_secs(30), || {
+        let t = app.json(&["threads", "--json"]);
+        t.as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["message_count"] == 2)
+    })
+    .unwrap_or_else(|_| panic!("no poll after the restart:\n{}", daemon.log()));
+    assert_eq!(mock.consents(), 1);
+}
+
+#[test]
+fn the_admin_is_warned_once_a_month_before_the_ebay_token_expires() {
+    let hooks = common::WebhookReceiver::start();
+    let mock = MockEbay::start().unwrap();
+    // A seller who consented 17 months ago: 20 days are left.
+    mock.set_refresh_token_lifetime(20 * 24 * 3600);
+    let (app, _) = ebay_app(&mock);
+    let text = std::fs::read_to_string(&app.config)
+        .unwrap()
+        .replace("schedule = \"0 0 1 1 *\"", "schedule = \"* * * * * *\"");
+    let text = format!(
+        "{text}\n[[alerts.sinks]]\nname = \"admin\"\ntype = \"webhook\"\nurl = \"{}\"\nformat = \"json\"\n\n\
+         [[alerts.routes]]\nthresholds = [\"auth\"]\nsinks = [\"admin\"]\n",
+        hooks.url("/admin")
+    );
+    std::fs::write(&app.config, text).unwrap();
+    let port = free_port();
+    mock.set_ru_name(RU_NAME, &format!("http://127.0.0.1:{port}/oauth/callback"));
+    let flow = authorize(&app, "ebay-de", port);
+    let (status, _) = open(&consent(&flow.url));
+    assert_eq!(status, 200);
+    let (ok, out, err) = flow.finish();
+    assert!(ok, "{out}{err}");
+
+    let mut daemon = app.spawn_daemon();
+    common::wait_until(std::time::Duration::from_secs(30), || {
+        !hooks.received().is_empty()
+    })
+    .unwrap_or_else(|_| panic!("no expiry warning:\n{}", daemon.log()));
+    let alert = hooks.received()[0].json();
+    assert_eq!(alert["problem"], "expiry", "{alert}");
+    assert_eq!(alert["instance"], "ebay-de");
+    let action = alert["action"].as_str().unwrap();
+    assert!(
+        action.contains("hourglass connectors authorize ebay-de"),
+        "{action}"
+    );
+    // Once per connection: a restart does not warn again.
+    let polled =
+        |app: &TestApp| app.json(&["connectors", "list", "--json"])[0]["last_poll_at"].clone();
+    let before = polled(&app);
+    daemon.stop_cleanly();
+    let mut daemon = app.spawn_daemon();
+    for _ in 0..2 {
+        let seen = polled(&app);
+        common::wait_until(std::time::Duration::from_secs(30), || polled(&app) != seen)
+            .unwrap_or_else(|_| panic!("no poll after the restart:\n{}", daemon.log()));
+    }
+    assert_ne!(polled(&app), before);
+    daemon.stop_cleanly();
+    let db = format!("sqlite://{}/hourglass.db", app.path().display());
+    let queued: i64 = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM instance_alerts WHERE problem = 'expiry'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    assert_eq!(queued, 1);
+    assert_eq!(hooks.received().len(), 1);
+}

@@ -262,7 +262,9 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
 fn render_auth(payload: &Value) -> Rendered {
     let instance = s(payload, "instance").unwrap_or("?");
     let kind = s(payload, "type").unwrap_or("?");
-    let title = format!("Action needed: {instance} ({kind}) cannot sign in");
+    let title = s(payload, "title")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("Action needed: {instance} ({kind}) cannot sign in"));
     let mut lines = vec![title.clone()];
     let mut html = format!("<p><strong>{}</strong></p><table>", escape(&title));
     for (label, key) in [

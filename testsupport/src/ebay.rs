@@ -149,6 +149,8 @@ struct Inner {
     sent: Vec<Sent>,
     consent: crate::consent::ConsentDesk,
     consents: usize,
+    /// `refresh_token_expires_in` of granted tokens (eBay: 18 months).
+    refresh_lifetime: i64,
 }
 
 impl Default for Inner {
@@ -167,6 +169,7 @@ impl Default for Inner {
             sent: Vec::new(),
             consent: crate::consent::ConsentDesk::new(CLIENT_ID, false),
             consents: 0,
+            refresh_lifetime: 47_304_000,
         }
     }
 }
@@ -227,6 +230,12 @@ impl MockEbay {
     /// The refresh token the mock accepts now (the last one granted).
     pub fn refresh_token(&self) -> String {
         self.shared.lock().refresh_token.clone()
+    }
+
+    /// The lifetime eBay gives refresh tokens it grants from now on, in
+    /// seconds (18 months by default): a seller who consented long ago.
+    pub fn set_refresh_token_lifetime(&self, secs: i64) {
+        self.shared.lock().refresh_lifetime = secs;
     }
 
     /// Authorization codes exchanged for tokens so far.
@@ -689,7 +698,7 @@ fn code_grant(state: &Shared, form: &HashMap<String, String>) -> Response {
         "access_token": access,
         "expires_in": lifetime,
         "refresh_token": refresh,
-        "refresh_token_expires_in": 47_304_000,
+        "refresh_token_expires_in": inner.refresh_lifetime,
         "token_type": "User Access Token",
     }))
     .into_response()
