@@ -222,12 +222,14 @@ pub async fn finish(
     consent: &dyn Consent,
     pending: &Pending,
     code: &str,
+    account: Option<&str>,
 ) -> anyhow::Result<Connected> {
     let grant = consent
         .exchange(&CodeExchange {
             code,
             callback: &pending.callback,
             code_verifier: pending.verifier.expose_secret(),
+            account,
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -407,6 +409,12 @@ pub struct CallbackQuery {
     pub error: Option<String>,
     #[serde(default)]
     pub error_description: Option<String>,
+    /// Amazon's name for the code (SP-API website authorization).
+    #[serde(default)]
+    pub spapi_oauth_code: Option<String>,
+    /// Amazon: the seller who authorized.
+    #[serde(default)]
+    pub selling_partner_id: Option<String>,
 }
 
 /// The outcome of one callback.
@@ -454,13 +462,21 @@ pub async fn callback(
                 q.error_description.as_deref().unwrap_or("")
             ));
         }
-        let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
+        let code = q.code.as_deref().or(q.spapi_oauth_code.as_deref());
+        let Some(code) = code.filter(|c| !c.is_empty()) else {
             return Err(format!(
                 "{} sent the browser back without a code",
                 consent.platform()
             ));
         };
-        finish(config, store, consent.as_ref(), &pending, code)
+        finish(
+            config,
+            store,
+            consent.as_ref(),
+            &pending,
+            code,
+            q.selling_partner_id.as_deref(),
+        )
             .await
             .map_err(|e| format!("{e:#}"))
     }

@@ -559,3 +559,61 @@ fn the_admin_is_warned_once_a_month_before_the_ebay_token_expires() {
     assert_eq!(queued, 1);
     assert_eq!(hooks.received().len(), 1);
 }
+
+#[test]
+fn an_amazon_seller_authorizes_the_sp_api_app_from_the_cli() {
+    use hourglass_testsupport::lwa::{self, MockLwa};
+    let mock = MockLwa::start().unwrap();
+    let app = TestApp::new(None, "");
+    let mail = app.path().join("mail");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(mail.join(sub)).unwrap();
+    }
+    let secret = app.path().join("lwa.secret");
+    std::fs::write(&secret, lwa::CLIENT_SECRET).unwrap();
+    let refresh = app.path().join("sp-api.refresh");
+    let body = format!(
+        "[[instances]]\nname = \"amazon-eu\"\ntype = \"amazon\"\n[instances.maildir]\npath = \"{}\"\n\
+         [instances.sp_api]\nendpoint = \"http://127.0.0.1:9\"\ntoken_url = \"{}\"\n\
+         authorize_url = \"{}\"\napplication_id = \"{}\"\ndraft_app = true\nclient_id = \"{}\"\n\
+         client_secret = \"file:{}\"\nrefresh_token = \"file:{}\"\n",
+        mail.display(),
+        mock.token_url(),
+        mock.authorize_url(),
+        lwa::APPLICATION_ID,
+        lwa::CLIENT_ID,
+        secret.display(),
+        refresh.display(),
+    );
+    let text = std::fs::read_to_string(&app.config).unwrap() + &body;
+    std::fs::write(&app.config, text).unwrap();
+
+    let port = free_port();
+    let flow = authorize(&app, "amazon-eu", port);
+    assert_eq!(param(&flow.url, "version"), "beta");
+    let back = consent(&flow.url);
+    assert!(back.contains("spapi_oauth_code="), "{back}");
+    let (status, page) = open(&back);
+    assert_eq!(status, 200, "{page}");
+    let (ok, out, err) = flow.finish();
+    assert!(ok, "{out}\n{err}");
+    let token = mock.refresh_token().unwrap();
+    assert!(
+        out.contains(&format!(
+            "connected to Amazon as selling partner {}",
+            lwa::SELLING_PARTNER
+        )),
+        "{out}"
+    );
+    assert!(!out.contains(&token) && !err.contains(&token));
+    assert_eq!(std::fs::read_to_string(&refresh).unwrap().trim(), token);
+    assert_eq!(mode(&refresh), 0o600);
+    assert_eq!(mock.draft_consents(), 1);
+    // The configuration is complete now: check-config reads the token.
+    let check = app.run(&["check-config"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

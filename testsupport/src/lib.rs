@@ -7,6 +7,7 @@ pub mod cyrus;
 pub mod dovecot;
 pub mod ebay;
 pub mod imap;
+pub mod lwa;
 pub mod meta;
 pub mod mockplatform;
 pub mod net;

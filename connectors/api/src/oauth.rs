@@ -41,6 +41,9 @@ pub struct CodeExchange<'a> {
     pub callback: &'a str,
     /// The PKCE verifier of this flow.
     pub code_verifier: &'a str,
+    /// The account the redirect named, where the platform adds one
+    /// (Amazon's `selling_partner_id`).
+    pub account: Option<&'a str>,
 }
 
 /// The outcome of a flow: the token to keep and what to tell the admin.
