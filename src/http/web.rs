@@ -1740,6 +1740,6 @@ mod tests {
         {
             assert!(TEMPLATES.get_template(&name).is_ok(), "{name}");
         }
-        assert_eq!(TEMPLATES.templates().count(), 10);
+        assert_eq!(TEMPLATES.templates().count(), 12);
     }
 }
