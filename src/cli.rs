@@ -276,6 +276,25 @@ pub enum ConnectorsCommand {
     /// Run one instance's health check; shows what the credentials grant
     /// (e.g. eBay's scopes), never a secret.
     Test { name: String },
+    /// Connect an account (eBay, X, a Facebook Page): prints the consent
+    /// URL to open in a browser signed in as the seller, receives the
+    /// redirect on a one-shot listener, exchanges the code and keeps the
+    /// token where the instance's reference says (a `file:` written 0600,
+    /// else the store encrypted with [store] secret_key). Prints the
+    /// scopes, the account and the expiry, never the token.
+    Authorize {
+        name: String,
+        /// Where the one-shot listener receives the redirect
+        /// (http://ADDR/oauth/callback), e.g. 127.0.0.1:8765 through an SSH
+        /// tunnel (`ssh -L 8765:127.0.0.1:8765 server`). The platform's app
+        /// must accept that redirect URL (eBay: the RuName's accept URL).
+        /// Without it, use the Connect button of the admin page.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Print JSON instead of text (a stable format for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the platform's webhook for an instance (Telegram: the URL it
     /// pushes to, pending updates, its last delivery error).
     Webhook {
@@ -315,6 +334,12 @@ pub fn main() -> ExitCode {
 
 /// Loads the config or prints its problems; `Err(code)` to exit with.
 fn load_config(cli: &Cli) -> Result<Config, ExitCode> {
+    if let Command::Connectors {
+        command: ConnectorsCommand::Authorize { .. },
+    } = &cli.command
+    {
+        crate::config::allow_missing_granted_tokens();
+    }
     match Config::load(&cli.config) {
         Ok(c) => {
             let format = match cli.log_format.as_deref() {
@@ -723,7 +748,59 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ConnectorsCommand::Webhook { name, set, json } => {
                 connectors_webhook(&config, name, *set, *json).await
             }
+            ConnectorsCommand::Authorize { name, listen, json } => {
+                connectors_authorize(&config, name, *listen, *json).await
+            }
         },
+    }
+}
+
+/// `hourglass connectors authorize NAME --listen ADDR`.
+async fn connectors_authorize(
+    config: &Config,
+    name: &str,
+    listen: Option<std::net::SocketAddr>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Err(e) = crate::oauth::consent_for(config, name) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let Some(listen) = listen else {
+        let admin = match &config.http.public_url {
+            Some(u) => format!("{}/admin", u.trim_end_matches('/')),
+            None => "the web inbox's admin page".to_owned(),
+        };
+        eprintln!(
+            "error: give --listen 127.0.0.1:PORT to receive the redirect here (the platform's app must accept http://127.0.0.1:PORT/oauth/callback), or press Connect on {admin} while the daemon runs"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let store: Arc<dyn Store> = daemon::open_store(config).await?;
+    let outcome = crate::oauth::run_loopback(config, Some(store), name, listen, |url, callback| {
+        // The URL goes to stdout alone on its line, for scripts and for
+        // copying; the explanation to stderr.
+        eprintln!(
+            "Open this address in a browser where you are signed in as the seller; the platform will send the browser back to {callback} (valid 10 minutes):"
+        );
+        println!("{url}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    match outcome {
+        Ok(connected) => {
+            if json {
+                print_json(&connected)?;
+            } else {
+                print!("{}", connected.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {name}: not connected: {e}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

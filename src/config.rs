@@ -181,6 +181,10 @@ pub struct InstanceConfig {
     /// `platform_keys` as the platform read them; set by [`Config::load`].
     #[serde(skip)]
     pub settings: Option<Arc<dyn InstanceSettings>>,
+    /// The file and line of its `name`, for the admin page; set by
+    /// [`Config::load`].
+    #[serde(skip)]
+    pub location: Option<(PathBuf, usize)>,
 }
 
 fn default_true() -> bool {
@@ -539,13 +543,38 @@ fn read_platform_keys(inst: &mut InstanceConfig, src: &Source, diags: &mut Vec<D
     for p in settings.check(&kind) {
         diags.push(problem_at(&p));
     }
+    // The token a consent flow writes may not exist before the account
+    // is connected: say how to connect it, and let `connectors authorize`
+    // run without it.
+    let granted = settings
+        .consent(&kind, &name)
+        .and_then(Result::ok)
+        .map(|c| c.target().0);
     for (key, r) in settings.secrets() {
         if let Err(e) = r.resolve() {
+            if granted == Some(key) && CONNECTING.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            let hint = if granted == Some(key) {
+                format!(" (connect the account with `hourglass connectors authorize {name}`)")
+            } else {
+                String::new()
+            };
             let at = locate(&src.text, start, key, None).unwrap_or(src.find_value(&r.to_string()));
-            diags.push(src.diag_at(at, format!("instance {name:?}: {key}: {e}")));
+            diags.push(src.diag_at(at, format!("instance {name:?}: {key}: {e}{hint}")));
         }
     }
     inst.settings = Some(settings);
+}
+
+/// Set by `connectors authorize`: the token its flow is about to write
+/// need not resolve yet.
+static CONNECTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets [`Config::load`] accept a missing token that a consent flow
+/// writes (`hourglass connectors authorize`).
+pub fn allow_missing_granted_tokens() {
+    CONNECTING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The keys every instance has, whatever its type.
@@ -724,6 +753,8 @@ fn validate(
     for (i, inst) in config.instances.iter_mut().enumerate() {
         let src = &sources[origin.get(i).copied().unwrap_or(0)];
         read_platform_keys(inst, src, diags);
+        let (line, _) = line_col(&src.text, inst.name.span().start);
+        inst.location = Some((src.path.clone(), line));
     }
     let mut names = HashSet::new();
     for (i, inst) in config.instances.iter().enumerate() {

@@ -265,6 +265,8 @@ async fn poll_loop(
     let name = inst.config.name().to_owned();
     let caps = inst.connector.capabilities();
     let mut failures: u32 = 0;
+    // A granted token's expiry is looked at once an hour, not every poll.
+    let mut expiry_checked: Option<std::time::Instant> = None;
     let mut next_at = tokio::time::Instant::now(); // first poll right away
     let mut polled_with: Option<i64> = None;
     loop {
@@ -351,6 +353,27 @@ async fn poll_loop(
                     .await
                 {
                     warn!(instance = %name, error = %e, "Cannot record poll status.");
+                }
+                if expiry_checked.is_none_or(|t| t.elapsed() >= EXPIRY_CHECK_EVERY) {
+                    expiry_checked = Some(std::time::Instant::now());
+                    match crate::alerts::admin::check_expiry(
+                        &config,
+                        store.as_ref(),
+                        &name,
+                        inst.connector.kind(),
+                        &inst.clocking.channel,
+                        Utc::now(),
+                    )
+                    .await
+                    {
+                        Ok(Some(sinks)) => {
+                            warn!(instance = %name, sinks, "The account's token expires within 30 days; the admin is told how to connect it again.")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(instance = %name, error = %e, "Cannot check the token's expiry.")
+                        }
+                    }
                 }
                 next_at = next_tick(&inst.schedule);
             }
@@ -511,6 +534,10 @@ impl Generation {
         }
     }
 }
+
+/// How often a polling instance looks whether its granted token expires
+/// within 30 days.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 /// Context shared by the workers of a generation.
 #[derive(Clone)]

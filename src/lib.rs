@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod demo;
 pub mod duration;
 pub mod http;
+pub mod oauth;
 pub mod outbox;
 pub mod registry;
 pub mod stats;

@@ -188,8 +188,83 @@ pub async fn raise_auth_alert(
         config.http.public_url.as_deref(),
         now,
     );
+    let mut payload = payload;
+    if let Some((action, link)) = connect_action(config, instance) {
+        payload["action"] = json!(action);
+        payload["link"] = json!(link);
+    }
     let deliveries = deliveries(config, instance, channel, AUTH, &payload, now);
     store.raise_auth_alert(instance, &deliveries, now).await
+}
+
+/// How long before a granted token expires the admin is warned.
+pub const EXPIRY_WARNING: chrono::Duration = chrono::Duration::days(30);
+
+/// For an instance with a consent flow: the command and the button that
+/// connect it again, and the admin page's link.
+pub fn connect_action(config: &Config, instance: &str) -> Option<(String, Option<String>)> {
+    let inst = config.instance(instance)?;
+    let consent = inst.settings().ok()?.consent(inst.kind(), instance)?.ok()?;
+    let admin = config
+        .http
+        .public_url
+        .as_deref()
+        .map(|u| format!("{}/admin", u.trim_end_matches('/')));
+    Some((
+        format!(
+            "Connect {instance} to {} again: press \"Connect to {}\" on the admin page{}, or run `hourglass connectors authorize {instance} --listen 127.0.0.1:8765` and open the URL it prints. Until then the instance is retried with backoff and ingests nothing; other instances are not affected.",
+            consent.platform(),
+            consent.platform(),
+            admin.as_deref().map(|a| format!(" ({a})")).unwrap_or_default(),
+        ),
+        admin,
+    ))
+}
+
+/// Warns the admin, once per connection, that the token a consent flow
+/// granted `instance` expires within [`EXPIRY_WARNING`] (eBay refresh
+/// tokens: 18 months). Returns the deliveries queued, `None` when nothing
+/// is due or the warning went out already.
+pub async fn check_expiry(
+    config: &Config,
+    store: &dyn Store,
+    instance: &str,
+    kind: &str,
+    channel: &str,
+    now: DateTime<Utc>,
+) -> crate::store::Result<Option<usize>> {
+    let Some(sql) = store.as_sql() else {
+        return Ok(None);
+    };
+    let grants = sql.grants().await?;
+    let Some(grant) = grants.get(instance) else {
+        return Ok(None);
+    };
+    let Some(expires) = grant.expires_at else {
+        return Ok(None);
+    };
+    if grant.expiry_alerted_at.is_some() || expires - now > EXPIRY_WARNING {
+        return Ok(None);
+    }
+    let (action, link) =
+        connect_action(config, instance).unwrap_or_else(|| (auth_action(instance, kind), None));
+    let when = expires.format("%Y-%m-%d %H:%M UTC");
+    let payload = json!({
+        "kind": AUTH,
+        "problem": "expiry",
+        "threshold": AUTH,
+        "title": format!("Action needed: {instance} ({kind}) must be connected again by {when}"),
+        "instance": instance,
+        "type": kind,
+        "channel": channel,
+        "error": format!("The {} token of {instance} expires on {when}; after that the instance ingests nothing.", grant.platform),
+        "expires_at": expires,
+        "action": action,
+        "fired_at": now,
+        "link": link,
+    });
+    let deliveries = deliveries(config, instance, channel, AUTH, &payload, now);
+    sql.raise_expiry_alert(instance, &deliveries, now).await
 }
 
 /// The deliveries of an admin alert: its routes (`thresholds = [kind]`),

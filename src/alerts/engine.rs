@@ -370,10 +370,10 @@ fn render_silence(payload: &Value) -> Rendered {
 fn render_auth(payload: &Value) -> Rendered {
     let instance = s(payload, "instance").unwrap_or("?");
     let kind = s(payload, "type").unwrap_or("?");
-    render_admin(
-        payload,
-        format!("Action needed: {instance} ({kind}) cannot sign in"),
-    )
+    let title = s(payload, "title")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("Action needed: {instance} ({kind}) cannot sign in"));
+    render_admin(payload, title)
 }
 
 /// The store's disk is full (see `admin.rs`).

@@ -8,6 +8,7 @@
 //! Sign-in exchanges a token from `[[http.tokens]]` for a session cookie
 //! (see [`session`]); every form carries the session's CSRF token.
 
+mod admin;
 pub mod session;
 
 use std::collections::BTreeSet;
@@ -64,7 +65,12 @@ static ASSET_VERSION: LazyLock<String> = LazyLock::new(|| {
 
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
-    let sources: [(&str, &str); 10] = [
+    let sources: [(&str, &str); 12] = [
+        ("admin.html", include_str!("web/templates/admin.html")),
+        (
+            "connected.html",
+            include_str!("web/templates/connected.html"),
+        ),
         ("base.html", include_str!("web/templates/base.html")),
         ("login.html", include_str!("web/templates/login.html")),
         ("threads.html", include_str!("web/templates/threads.html")),
@@ -101,6 +107,10 @@ pub fn routes() -> Router<AppState> {
         .route("/threads/{id}/mark", post(mark))
         .route("/threads/{id}/customer", post(customer_link))
         .route("/assets/{name}", get(asset))
+        .route("/admin", get(admin::page))
+        .route("/admin/connectors/{name}/test", post(admin::test))
+        .route("/admin/connectors/{name}/connect", get(admin::connect))
+        .route(crate::oauth::CALLBACK_PATH, get(admin::callback))
         .route(
             "/favicon.ico",
             get(|| async { Redirect::permanent("/assets/favicon.svg") }),
@@ -133,6 +143,7 @@ async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
 #[derive(Debug, Clone)]
 struct Session {
     name: String,
+    role: Role,
     cookie: String,
     csrf: String,
     secret: Vec<u8>,
@@ -165,6 +176,7 @@ fn session_of(state: &AppState, headers: &HeaderMap) -> Option<Session> {
         return None;
     }
     Some(Session {
+        role: principal(state, name).role,
         name: name.to_owned(),
         cookie: cookie.to_owned(),
         csrf: session::csrf(cookie, &secret),
@@ -1840,6 +1852,6 @@ mod tests {
         {
             assert!(TEMPLATES.get_template(&name).is_ok(), "{name}");
         }
-        assert_eq!(TEMPLATES.templates().count(), 10);
+        assert_eq!(TEMPLATES.templates().count(), 12);
     }
 }

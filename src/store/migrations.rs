@@ -90,6 +90,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0014_customers.sql"),
         postgres: include_str!("../../migrations/postgres/0014_customers.sql"),
     },
+    Migration {
+        version: 15,
+        name: "connector_grants",
+        sqlite: include_str!("../../migrations/sqlite/0015_connector_grants.sql"),
+        postgres: include_str!("../../migrations/postgres/0015_connector_grants.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

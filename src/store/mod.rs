@@ -59,6 +59,7 @@ pub use migrations::{MigrationStore, MIGRATIONS};
 pub use outbox::{NewReply, OutboxItem, OutboxOutcome, OutboxStore};
 pub use push::{sha256_hex, IdempotentReply, MetricsSnapshot, WebhookEvent};
 pub use quarantine::{QuarantineEntry, QuarantineStore};
+pub use secrets::ConnectorGrant;
 pub use sql::{redact_url as sql_redact, SqlStore};
 pub use stats::{ResponseSample, StatsStore};
 pub use threads::{

@@ -36,3 +36,129 @@ impl SqlStore {
         Ok(())
     }
 }
+
+impl SqlStore {
+    /// Messages stored per instance with a platform time at or after
+    /// `since` (the admin page's "messages today").
+    pub async fn messages_since(
+        &self,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        let rows = sqlx::query(
+            "SELECT instance, COUNT(*) AS n FROM messages WHERE sent_at >= $1 GROUP BY instance",
+        )
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in rows {
+            out.insert(r.try_get("instance")?, r.try_get("n")?);
+        }
+        Ok(out)
+    }
+}
+
+/// What a consent flow granted an instance (table `connector_grants`).
+#[derive(Debug, Clone)]
+pub struct ConnectorGrant {
+    pub platform: String,
+    pub account: Option<String>,
+    pub scopes: String,
+    pub granted_at: chrono::DateTime<Utc>,
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+    pub expiry_alerted_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl SqlStore {
+    /// Records a connection; a new one clears the expiry warning.
+    pub async fn record_grant(&self, instance: &str, grant: &ConnectorGrant) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO connector_grants (instance, platform, account, scopes, granted_at,
+                expires_at, expiry_alerted_at)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL)
+             ON CONFLICT (instance) DO UPDATE SET platform = excluded.platform,
+                account = excluded.account, scopes = excluded.scopes,
+                granted_at = excluded.granted_at, expires_at = excluded.expires_at,
+                expiry_alerted_at = NULL",
+        )
+        .bind(instance)
+        .bind(&grant.platform)
+        .bind(&grant.account)
+        .bind(&grant.scopes)
+        .bind(ms(grant.granted_at))
+        .bind(grant.expires_at.map(ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every recorded connection, by instance.
+    pub async fn grants(&self) -> Result<std::collections::HashMap<String, ConnectorGrant>> {
+        let rows = sqlx::query(
+            "SELECT instance, platform, account, scopes, granted_at, expires_at, expiry_alerted_at
+             FROM connector_grants",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let time = |v: Option<i64>| v.and_then(chrono::DateTime::<Utc>::from_timestamp_millis);
+        let mut out = std::collections::HashMap::new();
+        for r in rows {
+            out.insert(
+                r.try_get("instance")?,
+                ConnectorGrant {
+                    platform: r.try_get("platform")?,
+                    account: r.try_get("account")?,
+                    scopes: r.try_get("scopes")?,
+                    granted_at: time(Some(r.try_get("granted_at")?)).unwrap_or_default(),
+                    expires_at: time(r.try_get("expires_at")?),
+                    expiry_alerted_at: time(r.try_get("expiry_alerted_at")?),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Queues the admin's warning that the token of `instance` expires
+    /// soon, once per connection. `None`: warned already.
+    pub async fn raise_expiry_alert(
+        &self,
+        instance: &str,
+        deliveries: &[crate::store::NewDelivery],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<usize>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let opened = sqlx::query(
+            "UPDATE connector_grants SET expiry_alerted_at = $1
+             WHERE instance = $2 AND expiry_alerted_at IS NULL",
+        )
+        .bind(ms(now))
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+        if opened.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut queued = 0;
+        for d in deliveries {
+            let done = sqlx::query(
+                "INSERT INTO instance_alerts (instance, problem, episode, sink, state, attempts,
+                    next_attempt_at, payload, created_at, held_until)
+                 VALUES ($1, 'expiry', $2, $3, 'queued', 0, $6, $4, $2, $5)
+                 ON CONFLICT (instance, problem, episode, sink) DO NOTHING",
+            )
+            .bind(instance)
+            .bind(ms(now))
+            .bind(&d.sink)
+            .bind(d.payload.to_string())
+            .bind(d.held_until.map(ms))
+            .bind(d.held_until.map_or(ms(now), ms))
+            .execute(&mut *tx)
+            .await?;
+            queued += done.rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(Some(queued))
+    }
+}

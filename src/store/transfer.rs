@@ -26,6 +26,7 @@ const COPIED: &[&str] = &[
     "instances",
     "instance_alerts",
     "secrets",
+    "connector_grants",
     "cursors",
     "customers",
     "identities",

@@ -147,6 +147,10 @@ struct Inner {
     violations: Vec<String>,
     faults: Vec<Fault>,
     sent: Vec<Sent>,
+    consent: crate::consent::ConsentDesk,
+    consents: usize,
+    /// `refresh_token_expires_in` of granted tokens (eBay: 18 months).
+    refresh_lifetime: i64,
 }
 
 impl Default for Inner {
@@ -163,6 +167,9 @@ impl Default for Inner {
             violations: Vec::new(),
             faults: Vec::new(),
             sent: Vec::new(),
+            consent: crate::consent::ConsentDesk::new(CLIENT_ID, false),
+            consents: 0,
+            refresh_lifetime: 47_304_000,
         }
     }
 }
@@ -190,6 +197,7 @@ impl MockEbay {
         let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/identity/v1/oauth2/token", post(token))
+            .route("/oauth2/authorize", get(authorize))
             .route(&format!("{BASE}/conversation"), get(get_conversations))
             .route(
                 &format!("{BASE}/conversation/{{id}}"),
@@ -206,6 +214,33 @@ impl MockEbay {
             server: HttpServer::serve(app)?,
             shared,
         })
+    }
+
+    /// `authorize_url` for the connector (eBay's consent page).
+    pub fn authorize_url(&self) -> String {
+        format!("{}/oauth2/authorize", self.server.url())
+    }
+
+    /// Registers the application's RuName with its "auth accepted URL",
+    /// as the developer console does.
+    pub fn set_ru_name(&self, ru_name: &str, accept_url: &str) {
+        self.shared.lock().consent.map_redirect(ru_name, accept_url);
+    }
+
+    /// The refresh token the mock accepts now (the last one granted).
+    pub fn refresh_token(&self) -> String {
+        self.shared.lock().refresh_token.clone()
+    }
+
+    /// The lifetime eBay gives refresh tokens it grants from now on, in
+    /// seconds (18 months by default): a seller who consented long ago.
+    pub fn set_refresh_token_lifetime(&self, secs: i64) {
+        self.shared.lock().refresh_lifetime = secs;
+    }
+
+    /// Authorization codes exchanged for tokens so far.
+    pub fn consents(&self) -> usize {
+        self.shared.lock().consents
     }
 
     /// `api_url` for the connector.
@@ -575,6 +610,9 @@ async fn token(
         )
             .into_response();
     }
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        return code_grant(&state, &form);
+    }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         state
             .lock()
@@ -618,6 +656,49 @@ async fn token(
     Json(json!({
         "access_token": token,
         "expires_in": lifetime,
+        "token_type": "User Access Token",
+    }))
+    .into_response()
+}
+
+/// eBay's consent page: `client_id`, `redirect_uri` (the RuName),
+/// `response_type=code`, `scope`, `state`.
+async fn authorize(
+    State(state): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    state.lock().consent.authorize(&q, true)
+}
+
+/// The authorization code grant: the code once, with the same RuName.
+/// The answer carries the 18-month refresh token.
+fn code_grant(state: &Shared, form: &HashMap<String, String>) -> Response {
+    let mut inner = state.lock();
+    let code = form.get("code").map(String::as_str).unwrap_or("");
+    let redirect = form.get("redirect_uri").map(String::as_str).unwrap_or("");
+    if let Err(why) = inner.consent.redeem(code, redirect, None) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": why})),
+        )
+            .into_response();
+    }
+    inner.consents += 1;
+    let n = inner.consents;
+    let refresh = format!("v^1.1#i^1#r^1#f^0#consented-{n}-s3cret");
+    inner.refresh_token = refresh.clone();
+    inner.revoked = false;
+    let access = format!("v^1.1#i^1#p^3#I^3#consent-access-{n}");
+    let lifetime = inner.token_lifetime;
+    inner.tokens.insert(
+        access.clone(),
+        Instant::now() + Duration::from_secs(lifetime),
+    );
+    Json(json!({
+        "access_token": access,
+        "expires_in": lifetime,
+        "refresh_token": refresh,
+        "refresh_token_expires_in": inner.refresh_lifetime,
         "token_type": "User Access Token",
     }))
     .into_response()

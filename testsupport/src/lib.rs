@@ -2,10 +2,12 @@
 //! drop. A test that needs one starts it; nothing is skipped silently: when a
 //! server's binary is missing, the test fails and says what to install.
 
+pub mod consent;
 pub mod cyrus;
 pub mod dovecot;
 pub mod ebay;
 pub mod imap;
+pub mod lwa;
 pub mod meta;
 pub mod mockplatform;
 pub mod net;

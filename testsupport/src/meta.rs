@@ -75,6 +75,19 @@ struct Inner {
     conversations: Vec<Conversation>,
     next_id: u64,
     app_usage: Option<String>,
+    login: Option<Login>,
+}
+
+/// Facebook Login for Business, when a test turns it on.
+#[derive(Debug)]
+struct Login {
+    app_id: String,
+    app_secret: String,
+    desk: crate::consent::ConsentDesk,
+    short_lived: Vec<String>,
+    long_lived: Vec<String>,
+    /// `(page id, subscribed_fields)` of each `POST /{page}/subscribed_apps`.
+    subscribed: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -130,6 +143,37 @@ impl MockGraph {
             _server: server,
             shared,
         })
+    }
+
+    /// Turns on Facebook Login for the app `app_id`: the consent dialog at
+    /// `{url}/dialog/oauth`, the code and `fb_exchange_token` grants at
+    /// `/oauth/access_token`, `/me/accounts` (the Page of this mock, whose
+    /// token is the one the mock accepts, and another Page) and
+    /// `POST /{page-id}/subscribed_apps`.
+    pub fn enable_login(&self, app_id: &str, app_secret: &str) {
+        self.shared.lock().login = Some(Login {
+            app_id: app_id.to_owned(),
+            app_secret: app_secret.to_owned(),
+            desk: crate::consent::ConsentDesk::new(app_id, false),
+            short_lived: Vec::new(),
+            long_lived: Vec::new(),
+            subscribed: Vec::new(),
+        });
+    }
+
+    /// `authorize_url` for the connector (the Login dialog).
+    pub fn authorize_url(&self) -> String {
+        format!("{}/dialog/oauth", self.url)
+    }
+
+    /// The Pages subscribed to the app so far, with their fields.
+    pub fn subscribed_apps(&self) -> Vec<(String, String)> {
+        self.shared
+            .lock()
+            .login
+            .as_ref()
+            .map(|l| l.subscribed.clone())
+            .unwrap_or_default()
     }
 
     /// Base URL with the version, for `api_url`.
@@ -229,6 +273,102 @@ fn answer(state: &Shared, status: u16, body: Value) -> Response {
     (code, [("x-app-usage", usage)], Json(body)).into_response()
 }
 
+/// The Login endpoints, when turned on; `None` for every other request.
+fn login(
+    state: &Shared,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let q = crate::consent::parse_query(query);
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .unwrap_or_else(|| get("access_token"));
+    let mut inner = state.lock();
+    let own_id = state.own_id.clone();
+    let page_token = state.token.clone();
+    let own_name = state.own_name.clone();
+    let l = inner.login.as_mut()?;
+    let oauth_error = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": m, "type": "OAuthException", "code": 100, "fbtrace_id": "AbCdEf"}})),
+        )
+            .into_response()
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    Some(match (method.as_str(), parts.as_slice()) {
+        ("GET", ["dialog", "oauth"]) => l.desk.authorize(&q, false),
+        ("GET", ["oauth", "access_token"]) => {
+            if get("client_id") != l.app_id || get("client_secret") != l.app_secret {
+                return Some(oauth_error("Error validating client secret."));
+            }
+            if get("grant_type") == "fb_exchange_token" {
+                if !l.short_lived.contains(&get("fb_exchange_token")) {
+                    return Some(oauth_error("Invalid OAuth access token."));
+                }
+                let long = format!("EAAlong{}", l.long_lived.len() + 1);
+                l.long_lived.push(long.clone());
+                Json(json!({"access_token": long, "token_type": "bearer", "expires_in": 5_183_944}))
+                    .into_response()
+            } else {
+                match l.desk.redeem(&get("code"), &get("redirect_uri"), None) {
+                    Ok(_) => {
+                        let short = format!("EAAshort{}", l.short_lived.len() + 1);
+                        l.short_lived.push(short.clone());
+                        Json(json!({"access_token": short, "token_type": "bearer", "expires_in": 5_400}))
+                            .into_response()
+                    }
+                    Err(why) => (
+                        StatusCode::BAD_REQUEST,
+                        Json(json!({"error": {"message": format!("{why} This authorization code has been used."), "type": "OAuthException", "code": 100, "error_subcode": 36009, "fbtrace_id": "AbCdEf"}})),
+                    )
+                        .into_response(),
+                }
+            }
+        }
+        ("GET", ["me", "accounts"]) => {
+            if !l.long_lived.contains(&bearer) && !l.short_lived.contains(&bearer) {
+                return Some(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        Json(graph_error(190, None, "Invalid OAuth access token.")),
+                    )
+                        .into_response(),
+                );
+            }
+            Json(json!({
+                "data": [
+                    {"id": own_id, "name": own_name, "access_token": page_token, "category": "Shopping & retail", "tasks": ["MESSAGING", "MODERATE", "MANAGE"]},
+                    {"id": "104857600000999", "name": "Other Page", "access_token": "EAAother", "category": "Community", "tasks": ["MESSAGING"]},
+                ],
+                "paging": {"cursors": {"before": "QVFI", "after": "QVFJ"}},
+            }))
+            .into_response()
+        }
+        ("POST", [page, "subscribed_apps"]) => {
+            if *page != own_id || bearer != page_token {
+                return Some(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        Json(graph_error(190, None, "Invalid OAuth access token.")),
+                    )
+                        .into_response(),
+                );
+            }
+            l.subscribed
+                .push((page.to_string(), get("subscribed_fields")));
+            Json(json!({"success": true})).into_response()
+        }
+        _ => return None,
+    })
+}
+
 fn bad(state: &Shared, message: &str) -> Response {
     answer(state, 400, graph_error(100, None, message))
 }
@@ -294,6 +434,9 @@ async fn handle(
         body: json_body.clone(),
         at: Instant::now(),
     });
+    if let Some(r) = login(&state, &method, &path, uri.query().unwrap_or(""), &headers) {
+        return r;
+    }
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

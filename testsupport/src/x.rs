@@ -30,6 +30,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+/// The app's OAuth 2.0 client id (a public client) the consent page knows.
+pub const CLIENT_ID: &str = "aGVsbG8tY2xpZW50LWlk";
+
 /// The seller's X user id in the mock.
 pub const SELLER_ID: &str = "1500000000000000001";
 
@@ -82,6 +85,7 @@ struct Inner {
     garbage: usize,
     /// `x-rate-limit-remaining` to report (None: plenty).
     remaining: Option<(u32, i64)>,
+    consent: crate::consent::ConsentDesk,
 }
 
 struct Shared {
@@ -112,6 +116,7 @@ impl MockX {
             inner: Mutex::new(Inner {
                 refresh_token: refresh_token.to_owned(),
                 next_id: 1_600_000_000_000_000_000,
+                consent: crate::consent::ConsentDesk::new(CLIENT_ID, true),
                 ..Inner::default()
             }),
         });
@@ -128,11 +133,22 @@ impl MockX {
             )
             .route("/2/dm_conversations/{id}/messages", post(send))
             .route("/2/oauth2/token", post(token))
+            .route("/i/oauth2/authorize", get(authorize))
             .with_state(shared.clone());
         Ok(MockX {
             server: HttpServer::serve(app)?,
             shared,
         })
+    }
+
+    /// `authorize_url` for the connector (X's consent page).
+    pub fn authorize_url(&self) -> String {
+        format!("{}/i/oauth2/authorize", self.server.url())
+    }
+
+    /// The refresh token the mock accepts now.
+    pub fn refresh_token(&self) -> String {
+        self.shared.lock().refresh_token.clone()
     }
 
     /// Base URL, for `api_url`; the token endpoint is `{url}/2/oauth2/token`.
@@ -489,6 +505,37 @@ async fn token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         )
             .into_response()
     };
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
+            return bad("Missing valid authorization header or client_id.");
+        }
+        let code = form.get("code").map(String::as_str).unwrap_or("");
+        let redirect = form.get("redirect_uri").map(String::as_str).unwrap_or("");
+        let verifier = form.get("code_verifier").map(String::as_str);
+        let issued = match i.consent.redeem(code, redirect, verifier) {
+            Ok(issued) => issued,
+            Err(why) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": "invalid_grant", "error_description": why})),
+                )
+                    .into_response()
+            }
+        };
+        i.token_counter += 1;
+        let access = format!("xat-consent-{}-{}", i.token_counter, now_secs());
+        let refresh = format!("xrt-consent-{}-{}", i.token_counter, now_secs());
+        i.refresh_token = refresh.clone();
+        i.access_tokens.push(access.clone());
+        return Json(json!({
+            "token_type": "bearer",
+            "expires_in": 7200,
+            "access_token": access,
+            "scope": issued.scope,
+            "refresh_token": refresh,
+        }))
+        .into_response();
+    }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return bad("Missing required parameter [grant_type].");
     }
@@ -511,6 +558,14 @@ async fn token(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         "refresh_token": refresh,
     }))
     .into_response()
+}
+
+/// X's consent page (`/i/oauth2/authorize`), with PKCE S256 required.
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    shared.lock().consent.authorize(&q, false)
 }
 
 fn url_form(body: &[u8]) -> HashMap<String, String> {

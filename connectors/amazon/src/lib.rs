@@ -9,6 +9,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod consent;
 pub mod normalize;
 pub mod platform;
 pub mod rules;

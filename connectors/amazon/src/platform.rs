@@ -71,6 +71,18 @@ impl InstanceSettings for AmazonSettings {
         crate::rules::check_reply(text)
     }
 
+    fn consent(
+        &self,
+        _kind: &str,
+        _instance: &str,
+    ) -> Option<Result<Box<dyn hourglass_connector::oauth::Consent>, String>> {
+        let sp = self.sp_api.as_ref()?;
+        Some(
+            crate::consent::AmazonConsent::new(sp)
+                .map(|c| Box::new(c) as Box<dyn hourglass_connector::oauth::Consent>),
+        )
+    }
+
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {
         let built = match (&self.imap, &self.maildir) {
             (Some(imap), _) => {

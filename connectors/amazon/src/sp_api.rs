@@ -31,6 +31,18 @@ pub struct SpApiConfig {
     /// The Login-with-Amazon token endpoint.
     #[serde(default = "default_token_url")]
     pub token_url: String,
+    /// Seller Central's consent page, for `hourglass connectors authorize
+    /// NAME` (the website authorization workflow).
+    #[serde(default = "default_authorize_url")]
+    pub authorize_url: String,
+    /// The SP-API application id (`amzn1.sp.solution.…`), needed to
+    /// connect the seller from hourglass.
+    #[serde(default)]
+    pub application_id: Option<String>,
+    /// Send `version=beta` with the consent: an application still in
+    /// draft (self-authorized) needs it.
+    #[serde(default)]
+    pub draft_app: bool,
     /// The LWA client id of the SP-API application.
     pub client_id: String,
     /// The LWA client secret, by reference (`env:NAME`, ...).
@@ -50,6 +62,9 @@ pub struct SpApiConfig {
 
 fn default_token_url() -> String {
     "https://api.amazon.com/auth/o2/token".to_owned()
+}
+fn default_authorize_url() -> String {
+    "https://sellercentral.amazon.com/apps/authorize/consent".to_owned()
 }
 fn default_rate() -> f64 {
     0.5

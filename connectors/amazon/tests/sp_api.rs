@@ -153,6 +153,9 @@ fn connector(dir: &tempfile::TempDir, base: &str, refresh: &str) -> AmazonConnec
         .with_sp_api(SpApiConfig {
             endpoint: base.to_owned(),
             token_url: format!("{base}/auth/o2/token"),
+            authorize_url: format!("{base}/apps/authorize/consent"),
+            application_id: None,
+            draft_app: false,
             client_id: "amzn1.application-oa2-client.test".into(),
             client_secret: file("client"),
             refresh_token: file("refresh"),

@@ -16,6 +16,7 @@
 mod error;
 pub mod limit;
 mod model;
+pub mod oauth;
 mod order;
 pub mod platform;
 pub mod secret;

@@ -191,6 +191,18 @@ pub trait InstanceSettings: fmt::Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// The platform's OAuth consent flow for this instance (`connectors
+    /// authorize NAME`, the admin page's Connect button); `None` for a
+    /// platform whose credentials are pasted, not granted. An `Err` says
+    /// which key the flow needs.
+    fn consent(
+        &self,
+        _kind: &str,
+        _instance: &str,
+    ) -> Option<Result<Box<dyn crate::oauth::Consent>, String>> {
+        None
+    }
+
     /// The connector of the instance named `instance`. Errors never carry
     /// a secret.
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String>;

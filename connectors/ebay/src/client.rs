@@ -215,6 +215,10 @@ pub struct Client {
     /// the next retry uses it without a reload.
     refresh_token_source: SecretRef,
     refresh_token_ref: String,
+    /// The store's vault and the instance name: a refresh token obtained
+    /// by `connectors authorize` for a reference that is not a `file:` is
+    /// kept there, and wins over the configured one.
+    vault: std::sync::OnceLock<(std::sync::Arc<dyn hourglass_connector::Vault>, String)>,
     marketplace: String,
     token: tokio::sync::Mutex<Option<AccessToken>>,
     granted: Mutex<Option<Granted>>,
@@ -244,11 +248,21 @@ impl Client {
             refresh_token,
             refresh_token_source: config.refresh_token.clone(),
             refresh_token_ref: config.refresh_token.to_string(),
+            vault: std::sync::OnceLock::new(),
             marketplace: config.marketplace_id.clone(),
             token: tokio::sync::Mutex::new(None),
             granted: Mutex::new(None),
             budget: Mutex::new(CallBudget::new(config.daily_call_budget)),
         })
+    }
+
+    /// Gives the client the store's vault (see [`Client::vault`]).
+    pub fn attach_vault(
+        &self,
+        vault: std::sync::Arc<dyn hourglass_connector::Vault>,
+        instance: &str,
+    ) {
+        let _ = self.vault.set((vault, instance.to_owned()));
     }
 
     fn budget(&self) -> MutexGuard<'_, CallBudget> {
@@ -308,7 +322,15 @@ impl Client {
     }
 
     async fn request_token(&self) -> Result<AccessToken, ConnectorError> {
-        let refresh_token = match self.refresh_token_source.resolve() {
+        let authorized = match self.vault.get() {
+            Some((vault, instance)) => vault
+                .load(instance, hourglass_connector::oauth::VAULT_AUTHORIZED)
+                .await
+                .map_err(ConnectorError::Other)?,
+            None => None,
+        };
+        let refresh_token = match authorized.map_or_else(|| self.refresh_token_source.resolve(), Ok)
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(refresh_token = %self.refresh_token_ref, error = %e, "Cannot read the eBay refresh token again; using the one read at start.");

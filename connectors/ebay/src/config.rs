@@ -8,6 +8,9 @@ use serde::Deserialize;
 pub const DEFAULT_API_URL: &str = "https://api.ebay.com";
 /// eBay's OAuth token endpoint (production).
 pub const DEFAULT_TOKEN_URL: &str = "https://api.ebay.com/identity/v1/oauth2/token";
+/// eBay's consent page (production), where the seller signs in and grants
+/// the application its scope.
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://auth.ebay.com/oauth2/authorize";
 /// eBay's default daily call limit per API and application.
 pub const DEFAULT_DAILY_CALL_BUDGET: u32 = 5_000;
 
@@ -25,6 +28,16 @@ pub struct EbayConfig {
     /// user access token.
     #[serde(default = "default_token_url")]
     pub token_url: String,
+    /// eBay's consent page, where `hourglass connectors authorize NAME`
+    /// (or the admin page's Connect button) sends the seller.
+    #[serde(default = "default_authorize_url")]
+    pub authorize_url: String,
+    /// The RuName (eBay redirect URL name) of the application, needed to
+    /// connect the account from hourglass. In the developer console its
+    /// "auth accepted URL" must be `{public_url}/oauth/callback` (or the
+    /// loopback listener of `connectors authorize NAME --listen`).
+    #[serde(default)]
+    pub ru_name: Option<String>,
     /// The App ID (client id) of your eBay developer application.
     pub client_id: String,
     /// The Cert ID (client secret) of the application, by reference
@@ -73,6 +86,9 @@ fn default_api_url() -> String {
 fn default_token_url() -> String {
     DEFAULT_TOKEN_URL.to_owned()
 }
+fn default_authorize_url() -> String {
+    DEFAULT_AUTHORIZE_URL.to_owned()
+}
 fn default_marketplace() -> String {
     "EBAY_US".to_owned()
 }
@@ -86,6 +102,8 @@ impl EbayConfig {
         EbayConfig {
             api_url: default_api_url(),
             token_url: default_token_url(),
+            authorize_url: default_authorize_url(),
+            ru_name: None,
             client_id: client_id.to_owned(),
             client_secret,
             refresh_token,
@@ -99,7 +117,11 @@ impl EbayConfig {
 
     /// Checks what serde cannot: URLs, an empty client id, a zero budget.
     pub fn validate(&self) -> Result<(), String> {
-        for (key, url) in [("api_url", &self.api_url), ("token_url", &self.token_url)] {
+        for (key, url) in [
+            ("api_url", &self.api_url),
+            ("token_url", &self.token_url),
+            ("authorize_url", &self.authorize_url),
+        ] {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(format!("{key} must be an http(s) URL, not {url:?}"));
             }

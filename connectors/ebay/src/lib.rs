@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod config;
+pub mod consent;
 pub mod normalize;
 pub mod platform;
 
@@ -452,6 +453,10 @@ fn cursor_json(c: &TypeCursor) -> String {
 
 #[async_trait]
 impl Connector for EbayConnector {
+    fn attach_vault(&self, vault: std::sync::Arc<dyn hourglass_connector::Vault>) {
+        self.client.attach_vault(vault, &self.instance);
+    }
+
     fn kind(&self) -> &str {
         CHANNEL
     }

@@ -53,6 +53,18 @@ impl InstanceSettings for EbaySettings {
         crate::check_reply(text)
     }
 
+    fn consent(
+        &self,
+        kind: &str,
+        _instance: &str,
+    ) -> Option<Result<Box<dyn hourglass_connector::oauth::Consent>, String>> {
+        Some(match &self.ebay {
+            Some(config) => crate::consent::EbayConsent::new(config)
+                .map(|c| Box::new(c) as Box<dyn hourglass_connector::oauth::Consent>),
+            None => Err(SettingsProblem::missing_table(kind, "ebay").message),
+        })
+    }
+
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {
         let config = self
             .ebay

@@ -50,6 +50,13 @@ pub struct MetaConfig {
     /// Graph API base URL, with its version.
     #[serde(default = "default_api_url")]
     pub api_url: String,
+    /// The App ID of the Meta app: needed to connect a Page from hourglass
+    /// (`connectors authorize NAME`, the admin page's Connect button).
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// The Facebook Login dialog the seller is sent to when connecting.
+    #[serde(default = "default_authorize_url")]
+    pub authorize_url: String,
     /// The app secret, by reference: verifies `X-Hub-Signature-256` on
     /// every delivery.
     pub app_secret: SecretRef,
@@ -92,6 +99,10 @@ pub struct WhatsAppTemplate {
     /// the body's `{{1}}`, `{{2}}`, ... in this order.
     #[serde(default)]
     pub parameters: Vec<String>,
+}
+
+fn default_authorize_url() -> String {
+    "https://www.facebook.com/v23.0/dialog/oauth".into()
 }
 
 fn default_api_url() -> String {
@@ -177,6 +188,23 @@ impl<const K: u8> InstanceSettings for SettingsOf<K> {
 
     fn per_thread_quota(&self) -> Option<RateLimit> {
         (Self::channel() == Kind::WhatsApp).then_some(WHATSAPP_PER_USER_QUOTA)
+    }
+
+    fn consent(
+        &self,
+        kind: &str,
+        _instance: &str,
+    ) -> Option<Result<Box<dyn hourglass_connector::oauth::Consent>, String>> {
+        let m = match &self.0.meta {
+            Some(m) => m,
+            None => return Some(Err(SettingsProblem::missing_table(kind, "meta").message)),
+        };
+        Some(match MetaSettings::kind(kind) {
+            Kind::Messenger => crate::consent::MetaConsent::new(m)
+                .map(|c| Box::new(c) as Box<dyn hourglass_connector::oauth::Consent>),
+            Kind::Instagram => Err("connecting an Instagram account from hourglass is not built yet: connect its Facebook Page, then point meta.access_token at that Page's token".to_owned()),
+            Kind::WhatsApp => Err("WhatsApp has no consent flow: create a system user token in Meta Business Manager (whatsapp_business_messaging), point meta.access_token at it and run `hourglass connectors test NAME`".to_owned()),
+        })
     }
 
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {

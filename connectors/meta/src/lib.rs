@@ -15,6 +15,7 @@
 
 mod client;
 mod config;
+pub mod consent;
 mod normalize;
 
 use std::collections::BTreeMap;

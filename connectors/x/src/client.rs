@@ -211,7 +211,15 @@ impl Client {
                 "the X access token must be renewed, and X replaces the refresh token on every renewal; set [store] secret_key (by reference) so hourglass can keep the new one — the configured refresh token was not used".into(),
             ));
         };
-        let configured = fingerprint(&self.configured_refresh);
+        // A token granted by `connectors authorize` (kept in the vault
+        // because its reference is not a file) starts a newer chain than
+        // the configured one.
+        let base = vault
+            .load(&self.instance, hourglass_connector::oauth::VAULT_AUTHORIZED)
+            .await
+            .map_err(ConnectorError::Other)?
+            .unwrap_or_else(|| self.configured_refresh.clone());
+        let configured = fingerprint(&base);
         if t.unsaved {
             if let Some(r) = &t.refresh {
                 self.save(vault.as_ref(), &configured, r).await?;
@@ -223,12 +231,9 @@ impl Client {
             if from_store.is_some() {
                 tracing::debug!(instance = %self.instance, "Using the refresh token kept in the store.");
             }
-            t.refresh = Some(from_store.unwrap_or_else(|| self.configured_refresh.clone()));
+            t.refresh = Some(from_store.unwrap_or_else(|| base.clone()));
         }
-        let refresh = t
-            .refresh
-            .clone()
-            .unwrap_or_else(|| self.configured_refresh.clone());
+        let refresh = t.refresh.clone().unwrap_or_else(|| base.clone());
         match self.grant(t, vault.as_ref(), &configured, &refresh).await {
             Err(ConnectorError::Auth(why)) => {
                 // Another daemon on the same store (or a process before a

@@ -38,6 +38,10 @@ pub struct XConfig {
     /// The OAuth 2.0 token endpoint.
     #[serde(default = "default_token_url")]
     pub token_url: String,
+    /// X's consent page, where `hourglass connectors authorize NAME` (or
+    /// the admin page's Connect button) sends the seller.
+    #[serde(default = "default_authorize_url")]
+    pub authorize_url: String,
     /// The app's OAuth 2.0 client id.
     pub client_id: String,
     /// The client secret of a confidential client, by reference; absent
@@ -75,6 +79,10 @@ fn default_token_url() -> String {
     "https://api.x.com/2/oauth2/token".into()
 }
 
+fn default_authorize_url() -> String {
+    "https://x.com/i/oauth2/authorize".into()
+}
+
 fn default_daily_read_budget() -> u32 {
     500
 }
@@ -100,6 +108,7 @@ impl InstanceSettings for XSettings {
         let mut out = Vec::new();
         check_url(&mut out, "api_url", &x.api_url);
         check_url(&mut out, "token_url", &x.token_url);
+        check_url(&mut out, "authorize_url", &x.authorize_url);
         if x.client_id.trim().is_empty() {
             out.push(SettingsProblem::new(
                 "x.client_id",
@@ -158,6 +167,18 @@ impl InstanceSettings for XSettings {
 
     fn default_schedule(&self) -> Option<&'static str> {
         Some(DEFAULT_SCHEDULE)
+    }
+
+    fn consent(
+        &self,
+        kind: &str,
+        _instance: &str,
+    ) -> Option<Result<Box<dyn hourglass_connector::oauth::Consent>, String>> {
+        Some(match &self.x {
+            Some(x) => Ok(Box::new(crate::consent::XConsent::new(x))
+                as Box<dyn hourglass_connector::oauth::Consent>),
+            None => Err(SettingsProblem::missing_table(kind, "x").message),
+        })
     }
 
     fn build(&self, kind: &str, instance: &str) -> Result<Arc<dyn Connector>, String> {

@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod config;
+pub mod consent;
 pub mod normalize;
 
 use std::sync::{Arc, Mutex, MutexGuard};
