@@ -74,11 +74,18 @@ impl IngestStore for SqlStore {
         }
         let mut touched = BTreeSet::new();
         let mut customers = HashMap::new();
-        let mut rows = Vec::with_capacity(batch.messages.len());
+        let mut with_customers = Vec::with_capacity(batch.messages.len());
         for m in &batch.messages {
             let customer_id = customer_for(&mut tx, m, now, &mut customers).await?;
-            let thread_id =
-                thread_for(&mut tx, instance, &clocking.channel, m, customer_id, now).await?;
+            with_customers.push((m, customer_id));
+        }
+        let threads =
+            threads_for(&mut tx, instance, &clocking.channel, &with_customers, now).await?;
+        let mut rows = Vec::with_capacity(batch.messages.len());
+        for m in &batch.messages {
+            let thread_id = threads.get(m.thread_key.as_str()).copied().ok_or_else(|| {
+                super::StoreError::Invalid(format!("No thread for key {}", m.thread_key))
+            })?;
             rows.push((thread_id, m));
         }
         let mut inserted = HashMap::new();
@@ -254,52 +261,110 @@ async fn customer_for(
     Ok(Some(id))
 }
 
-/// The thread a message belongs to, created on its first message.
-async fn thread_for(
+/// A thread's facts as a batch's messages tell them, in the order the
+/// messages came: what [`threads_for`] writes for its key.
+struct ThreadFacts<'a> {
+    customer_id: Option<i64>,
+    subject: Option<&'a str>,
+    order_id: Option<&'a str>,
+    marketplace: Option<&'a str>,
+    language: Option<&'a str>,
+    reply_to: Option<String>,
+}
+
+/// Distinct threads per upsert in [`threads_for`]: 7 values each.
+const THREADS_PER_STATEMENT: usize = 32;
+
+/// The threads a batch's messages belong to, by thread key, created on
+/// their first message: one statement per 32 threads rather than one per
+/// message. A new thread takes its messages' facts (the first known of
+/// each); a known one fills what its first messages did not know. Replies
+/// go to the customer's latest address (the last inbound message's).
+async fn threads_for(
     conn: &mut AnyConnection,
     instance: &str,
     channel: &str,
-    m: &Message,
-    customer_id: Option<i64>,
+    messages: &[(&Message, Option<i64>)],
     now: i64,
-) -> Result<i64> {
-    // One statement: a new thread takes the message's facts; a known one
-    // fills what its first messages did not know. Replies go to the
-    // customer's latest address.
-    let row = sqlx::query(
-        "INSERT INTO threads (instance, thread_key, channel, customer_id, subject, order_id,
-            marketplace, language, reply_to, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-            CASE WHEN $10 = 'inbound' THEN $11 ELSE NULL END, $9, $9)
-         ON CONFLICT (instance, thread_key) DO UPDATE SET
-            updated_at = excluded.updated_at,
-            customer_id = COALESCE(threads.customer_id, excluded.customer_id),
-            subject = COALESCE(threads.subject, excluded.subject),
-            order_id = COALESCE(threads.order_id, excluded.order_id),
-            marketplace = COALESCE(threads.marketplace, excluded.marketplace),
-            language = COALESCE(threads.language, excluded.language),
-            reply_to = CASE WHEN $10 = 'inbound' THEN COALESCE($11, threads.reply_to)
-                ELSE threads.reply_to END
-         RETURNING id",
-    )
-    .bind(instance)
-    .bind(&m.thread_key)
-    .bind(channel)
-    .bind(customer_id)
-    .bind(&m.subject)
-    .bind(&m.order_id)
-    .bind(&m.marketplace)
-    .bind(&m.language)
-    .bind(now)
-    .bind(m.direction.as_str())
-    .bind(
-        m.reply_to
-            .clone()
-            .or_else(|| m.customer.as_ref().map(|c| c.handle.clone())),
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.try_get("id")?)
+) -> Result<HashMap<String, i64>> {
+    // Merged per key as one upsert per message, in order, would leave
+    // them: PostgreSQL refuses a key twice in one statement.
+    let mut merged: Vec<(&str, ThreadFacts<'_>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (m, customer_id) in messages {
+        let reply_to = match m.direction {
+            hourglass_connector::Direction::Inbound => m
+                .reply_to
+                .clone()
+                .or_else(|| m.customer.as_ref().map(|c| c.handle.clone())),
+            _ => None,
+        };
+        let at = *index.entry(m.thread_key.as_str()).or_insert_with(|| {
+            merged.push((
+                m.thread_key.as_str(),
+                ThreadFacts {
+                    customer_id: None,
+                    subject: None,
+                    order_id: None,
+                    marketplace: None,
+                    language: None,
+                    reply_to: None,
+                },
+            ));
+            merged.len() - 1
+        });
+        let f = &mut merged[at].1;
+        f.customer_id = f.customer_id.or(*customer_id);
+        f.subject = f.subject.or(m.subject.as_deref());
+        f.order_id = f.order_id.or(m.order_id.as_deref());
+        f.marketplace = f.marketplace.or(m.marketplace.as_deref());
+        f.language = f.language.or(m.language.as_deref());
+        if reply_to.is_some() {
+            f.reply_to = reply_to;
+        }
+    }
+    let mut ids = HashMap::with_capacity(merged.len());
+    for chunk in merged.chunks(THREADS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO threads (created_at, updated_at, instance, channel, thread_key,
+                customer_id, subject, order_id, marketplace, language, reply_to)
+             VALUES {}
+             ON CONFLICT (instance, thread_key) DO UPDATE SET
+                updated_at = excluded.updated_at,
+                customer_id = COALESCE(threads.customer_id, excluded.customer_id),
+                subject = COALESCE(threads.subject, excluded.subject),
+                order_id = COALESCE(threads.order_id, excluded.order_id),
+                marketplace = COALESCE(threads.marketplace, excluded.marketplace),
+                language = COALESCE(threads.language, excluded.language),
+                reply_to = COALESCE(excluded.reply_to, threads.reply_to)
+             RETURNING id, thread_key",
+            (0..chunk.len())
+                .map(|r| {
+                    let first = 4 + r * 7;
+                    format!(
+                        "($1, $1, $2, $3, {})",
+                        super::dialect::placeholders_from(first, 7)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now).bind(instance).bind(channel);
+        for (key, f) in chunk {
+            q = q
+                .bind(*key)
+                .bind(f.customer_id)
+                .bind(f.subject)
+                .bind(f.order_id)
+                .bind(f.marketplace)
+                .bind(f.language)
+                .bind(f.reply_to.as_deref());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            ids.insert(row.try_get("thread_key")?, row.try_get("id")?);
+        }
+    }
+    Ok(ids)
 }
 
 /// Messages per INSERT: each is one round trip to the database, and one
