@@ -17,7 +17,10 @@
 //! The ratio is mbsync's median over hourglass's. A third contender is
 //! the ceiling of any IMAP ingest: the same folders fetched over one
 //! connection and parsed with mail-parser, nothing stored; hourglass's
-//! share of it is printed too. Each run is
+//! share of it is printed too, with hourglass's CPU time per message and
+//! peak RSS (from `wait4`). Hourglass runs once per store each run: SQLite
+//! and PostgreSQL (the tests' throwaway cluster, a fresh database per run;
+//! `HOURGLASS_BENCH_STORES=sqlite` for one only). Each run is
 //! checked: every message in the store, the expected threads, the expected
 //! threads with a running clock; every message in mbsync's Maildir.
 //!
@@ -75,6 +78,21 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    let mut stores = Vec::new();
+    for name in std::env::var("HOURGLASS_BENCH_STORES")
+        .unwrap_or_else(|_| "sqlite,postgres".into())
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        stores.push(match name {
+            "sqlite" => Store::Sqlite,
+            "postgres" => Store::Postgres(hourglass_testsupport::postgres::Postgres::start()?),
+            other => bail!("HOURGLASS_BENCH_STORES: unknown store {other:?} (sqlite, postgres)"),
+        });
+    }
+    ensure!(!stores.is_empty(), "HOURGLASS_BENCH_STORES: no store");
+
     let servers =
         std::env::var("HOURGLASS_BENCH_SERVERS").unwrap_or_else(|_| "dovecot,cyrus".into());
     for name in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -83,12 +101,50 @@ fn main() -> anyhow::Result<()> {
             "cyrus" => ServerKind::Cyrus,
             other => bail!("HOURGLASS_BENCH_SERVERS: unknown server {other:?} (dovecot, cyrus)"),
         };
-        bench_server(kind, name, &corpus, runs)?;
+        bench_server(kind, name, &corpus, runs, &stores)?;
     }
     Ok(())
 }
 
-fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> anyhow::Result<()> {
+/// Where hourglass stores what it ingests.
+enum Store {
+    Sqlite,
+    /// The throwaway cluster the tests use; a fresh database per run.
+    Postgres(hourglass_testsupport::postgres::Postgres),
+}
+
+impl Store {
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Sqlite => "SQLite",
+            Store::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// A fresh, empty store for one run.
+    fn fresh(&self, dir: &Path, name: &str) -> anyhow::Result<String> {
+        Ok(match self {
+            Store::Sqlite => format!("sqlite://{}/hourglass.db", dir.display()),
+            Store::Postgres(pg) => pg.create_database(name)?,
+        })
+    }
+}
+
+/// One store's runs of hourglass.
+#[derive(Default)]
+struct StoreRuns {
+    seconds: Vec<f64>,
+    cpu_seconds: Vec<f64>,
+    peak_rss_mb: Vec<f64>,
+}
+
+fn bench_server(
+    kind: ServerKind,
+    label: &str,
+    corpus: &Corpus,
+    runs: usize,
+    stores: &[Store],
+) -> anyhow::Result<()> {
     let n = corpus.mails.len();
     let server = ImapServer::start(kind)?;
     let t = Instant::now();
@@ -114,7 +170,7 @@ fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> 
         t.elapsed().as_secs_f64()
     );
 
-    let mut hg = Vec::new();
+    let mut hg: Vec<StoreRuns> = stores.iter().map(|_| StoreRuns::default()).collect();
     let mut mb = Vec::new();
     let mut mb_nofsync = Vec::new();
     let mut ceiling = Vec::new();
@@ -123,12 +179,25 @@ fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> 
         ensure!(parsed == n, "fetch + parse read {parsed} of {n} messages");
         println!("run {run}: fetch + mail-parser {seconds:>7.2}s  ({parsed} messages, no store)");
         ceiling.push(seconds);
-        let h = run_hourglass(&server, &work.path().join(format!("hg{run}")), corpus)?;
-        println!(
-            "run {run}: hourglass         {:>7.2}s  ({} messages, {} threads, {} awaiting, verified)",
-            h.seconds, h.messages, h.threads, h.awaiting
-        );
-        hg.push(h.seconds);
+        for (store, times) in stores.iter().zip(hg.iter_mut()) {
+            let dir = work.path().join(format!("hg{run}-{}", store.name()));
+            std::fs::create_dir_all(&dir)?;
+            let url = store.fresh(&dir, &format!("ingest_{label}_{run}"))?;
+            let h = run_hourglass(&server, &dir, &url, corpus)?;
+            println!(
+                "run {run}: hourglass {:<11}{:>5.2}s  ({} messages, {} threads, {} awaiting, verified; CPU {:.2}s, peak RSS {:.1} MB)",
+                store.name(),
+                h.seconds,
+                h.messages,
+                h.threads,
+                h.awaiting,
+                h.cpu_seconds,
+                h.peak_rss_mb
+            );
+            times.seconds.push(h.seconds);
+            times.cpu_seconds.push(h.cpu_seconds);
+            times.peak_rss_mb.push(h.peak_rss_mb);
+        }
         for (fsync, times) in [(true, &mut mb), (false, &mut mb_nofsync)] {
             let dir = work.path().join(format!("mb{run}-{fsync}"));
             let m = run_mbsync(&server, &dir, fsync)?;
@@ -145,33 +214,49 @@ fn bench_server(kind: ServerKind, label: &str, corpus: &Corpus, runs: usize) -> 
             std::fs::remove_dir_all(&dir)?;
         }
     }
-    let (h, m, m_nofsync) = (median(&mut hg), median(&mut mb), median(&mut mb_nofsync));
+    let (m, m_nofsync) = (median(&mut mb), median(&mut mb_nofsync));
     let c = median(&mut ceiling);
-    let ratio = m / h;
     println!();
     println!("Ingest of {n} messages from local {label}, median of {runs}:");
-    println!("  {:<34} {:>9} {:>12}", "", "seconds", "messages/s");
+    println!(
+        "  {:<34} {:>9} {:>12} {:>13} {:>9}",
+        "", "seconds", "messages/s", "CPU µs/msg", "peak RSS"
+    );
+    let mut medians = Vec::new();
+    for (store, runs) in stores.iter().zip(hg.iter_mut()) {
+        let h = median(&mut runs.seconds);
+        let cpu = median(&mut runs.cpu_seconds);
+        let rss = runs.peak_rss_mb.iter().copied().fold(0.0, f64::max);
+        println!(
+            "  {:<34} {h:>9.2} {:>12.0} {:>13.0} {:>6.1} MB",
+            format!("hourglass sync --once, {}", store.name()),
+            n as f64 / h,
+            cpu * 1e6 / n as f64,
+            rss
+        );
+        medians.push((store.name(), h, rss));
+    }
     for (name, t) in [
-        ("hourglass sync --once", h),
         ("mbsync (copy to Maildir)", m),
         ("mbsync, FSync no (no flush/msg)", m_nofsync),
         ("fetch + mail-parser, no store", c),
     ] {
         println!("  {name:<34} {t:>9.2} {:>12.0}", n as f64 / t);
     }
-    println!(
-        "  ratio mbsync/hourglass: {ratio:.2} ({}; target >= 1.00); with FSync no: {:.2}",
-        if ratio >= 1.0 {
-            "hourglass is faster"
-        } else {
-            "hourglass is slower"
-        },
-        m_nofsync / h
-    );
-    println!(
-        "  hourglass at {:.0} % of the fetch + parse ceiling (target >= 50 %)",
-        c / h * 100.0
-    );
+    for (name, h, rss) in medians {
+        let ratio = m / h;
+        println!(
+            "  {name}: ratio mbsync/hourglass {ratio:.2} ({}; target >= 1.00), with FSync no {:.2}; \
+             at {:.0} % of the fetch + parse ceiling (target >= 50 %); peak RSS {rss:.1} MB (target < 100 MB)",
+            if ratio >= 1.0 {
+                "hourglass is faster"
+            } else {
+                "hourglass is slower"
+            },
+            m_nofsync / h,
+            c / h * 100.0
+        );
+    }
     Ok(())
 }
 
@@ -226,14 +311,59 @@ fn median(v: &mut [f64]) -> f64 {
 
 struct HourglassRun {
     seconds: f64,
+    /// User + system CPU time of the sync process.
+    cpu_seconds: f64,
+    /// Its peak resident set size, in MB.
+    peak_rss_mb: f64,
     messages: usize,
     threads: usize,
     awaiting: usize,
 }
 
+/// Runs `command` to its end like `Command::output`, and also returns its
+/// CPU time (user + system, seconds) and peak RSS (MB) as `wait4` reports
+/// them.
+fn output_with_usage(command: &mut Command) -> anyhow::Result<(std::process::Output, f64, f64)> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout_pipe = child.stdout.take().context("no stdout pipe")?;
+    let mut stderr_pipe = child.stderr.take().context("no stderr pipe")?;
+    let stderr_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let mut stdout = Vec::new();
+    stdout_pipe.read_to_end(&mut stdout)?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    let pid = libc::pid_t::try_from(child.id())?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for; both pointers
+    // point to live values of the types wait4 expects.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(waited == pid, "wait4: {}", std::io::Error::last_os_error());
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+    // Linux reports ru_maxrss in kilobytes.
+    let rss_mb = usage.ru_maxrss as f64 / 1024.0;
+    let output = std::process::Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout,
+        stderr,
+    };
+    Ok((output, cpu, rss_mb))
+}
+
 fn run_hourglass(
     dovecot: &ImapServer,
     dir: &Path,
+    store: &str,
     corpus: &Corpus,
 ) -> anyhow::Result<HourglassRun> {
     std::fs::create_dir_all(dir)?;
@@ -242,7 +372,7 @@ fn run_hourglass(
         &config,
         format!(
             r#"[store]
-url = "sqlite://{dir}/hourglass.db"
+url = "{store}"
 
 [log]
 level = "warn"
@@ -261,7 +391,6 @@ folders = ["INBOX", "Sent"]
 sent_folder = "Sent"
 idle = false
 {fetch_batch}"#,
-            dir = dir.display(),
             host = dovecot.host(),
             port = dovecot.port(),
             user = dovecot.user(),
@@ -298,7 +427,7 @@ idle = false
         .env("HG_BENCH_IMAP_PASSWORD", dovecot.password())
         .env_remove("HOURGLASS_CONFIG");
     let t = Instant::now();
-    let out = sync.output()?;
+    let (out, cpu_seconds, peak_rss_mb) = output_with_usage(&mut sync)?;
     let seconds = t.elapsed().as_secs_f64();
     ensure!(
         out.status.success(),
@@ -344,6 +473,8 @@ idle = false
     );
     Ok(HourglassRun {
         seconds,
+        cpu_seconds,
+        peak_rss_mb,
         messages,
         threads: threads.len(),
         awaiting,

@@ -393,13 +393,21 @@ async fn story(store: &dyn Store) {
     assert_eq!(raised.await.unwrap(), None, "once per silence");
     let lease = std::time::Duration::from_secs(60);
     let early = store.claim_alert_deliveries(100, lease, now).await.unwrap();
-    assert!(early.iter().all(|d| d.kind != hourglass::store::DeliveryKind::Instance), "{early:?}");
+    assert!(
+        early
+            .iter()
+            .all(|d| d.kind != hourglass::store::DeliveryKind::Instance),
+        "{early:?}"
+    );
     let later = now + Duration::hours(2);
     let due = store
         .claim_alert_deliveries(100, lease, later)
         .await
         .unwrap();
-    let held: Vec<_> = due.iter().filter(|d| d.kind == hourglass::store::DeliveryKind::Instance).collect();
+    let held: Vec<_> = due
+        .iter()
+        .filter(|d| d.kind == hourglass::store::DeliveryKind::Instance)
+        .collect();
     assert_eq!(held.len(), 1, "{due:?}");
     assert_eq!(held[0].threshold, "silence");
     assert!(held[0].held_until.is_some());

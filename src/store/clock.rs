@@ -12,7 +12,7 @@ use hourglass_connector::Direction;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::dialect::placeholders;
+use super::dialect::{placeholders, value_rows};
 use super::sql::{insert_audit, opt_ms, opt_time};
 use super::{from_ms, ms, Result, SqlStore, StoreError};
 use crate::clock::{self, Fact, Policy, Threshold};
@@ -157,11 +157,12 @@ pub(super) async fn reclock(
         .bind(thread_id)
         .fetch_one(&mut *conn)
         .await?;
-    write_clock(conn, thread_id, &facts, &t, clocking, now).await
+    let clock = evaluate_clock(thread_id, &facts, &t, clocking)?;
+    write_clocks(conn, &[clock], now).await
 }
 
 /// [`reclock`] for many threads, reading their messages and clock columns
-/// in a few queries rather than two per thread.
+/// and writing the result in a few statements rather than three per thread.
 pub(super) async fn reclock_many(
     conn: &mut AnyConnection,
     ids: &BTreeSet<i64>,
@@ -191,25 +192,45 @@ pub(super) async fn reclock_many(
         for id in chunk {
             q = q.bind(*id);
         }
+        let mut clocks = Vec::with_capacity(chunk.len());
         for t in &q.fetch_all(&mut *conn).await? {
             let id: i64 = t.try_get("id")?;
             let facts = facts.get(&id).map(Vec::as_slice).unwrap_or_default();
-            write_clock(conn, id, facts, t, clocking, now).await?;
+            clocks.push(evaluate_clock(id, facts, t, clocking)?);
+        }
+        for group in clocks.chunks(CLOCKS_PER_STATEMENT) {
+            write_clocks(conn, group, now).await?;
         }
     }
     Ok(())
 }
 
+/// A thread's clock columns as [`evaluate_clock`] derived them.
+struct ThreadClock {
+    id: i64,
+    awaiting_since: Option<i64>,
+    due_at: Option<i64>,
+    reply_window_closes_at: Option<i64>,
+    last_inbound_at: Option<i64>,
+    last_outbound_at: Option<i64>,
+    snoozed_at: Option<i64>,
+    snoozed_until: Option<i64>,
+    alerted_remaining_ms: Option<i64>,
+    next_alert_at: Option<i64>,
+    message_count: i64,
+}
+
+/// Clocks written per `UPDATE` by [`write_clocks`]: 11 values each.
+const CLOCKS_PER_STATEMENT: usize = 20;
+
 /// Evaluates a thread's clock from its messages (`facts`) and its row as
-/// read with [`CLOCK_ROW`], and writes the result.
-async fn write_clock(
-    conn: &mut AnyConnection,
+/// read with [`CLOCK_ROW`].
+fn evaluate_clock(
     thread_id: i64,
     facts: &[Fact],
     t: &AnyRow,
     clocking: &Clocking,
-    now: i64,
-) -> Result<()> {
+) -> Result<ThreadClock> {
     let old_since: Option<i64> = t.try_get("awaiting_since")?;
     let handled_at = opt_time(t, "handled_at")?;
     let mut snoozed_at: Option<i64> = t.try_get("snoozed_at")?;
@@ -235,25 +256,54 @@ async fn write_clock(
         fired,
         snoozed_until.map(from_ms),
     );
-    sqlx::query(
-        "UPDATE threads SET awaiting_since = $1, due_at = $2, reply_window_closes_at = $3,
-            last_inbound_at = $4, last_outbound_at = $5, snoozed_at = $6, snoozed_until = $7,
-            alerted_remaining_ms = $8, next_alert_at = $9, message_count = $10, updated_at = $11
-         WHERE id = $12",
-    )
-    .bind(since)
-    .bind(opt_ms(state.due_at))
-    .bind(opt_ms(state.reply_window_closes_at))
-    .bind(opt_ms(state.last_inbound_at))
-    .bind(opt_ms(state.last_outbound_at))
-    .bind(snoozed_at)
-    .bind(snoozed_until)
-    .bind(fired)
-    .bind(opt_ms(next_alert))
-    .bind(facts.len() as i64)
-    .bind(now)
-    .bind(thread_id)
-    .execute(&mut *conn)
-    .await?;
+    Ok(ThreadClock {
+        id: thread_id,
+        awaiting_since: since,
+        due_at: opt_ms(state.due_at),
+        reply_window_closes_at: opt_ms(state.reply_window_closes_at),
+        last_inbound_at: opt_ms(state.last_inbound_at),
+        last_outbound_at: opt_ms(state.last_outbound_at),
+        snoozed_at,
+        snoozed_until,
+        alerted_remaining_ms: fired,
+        next_alert_at: opt_ms(next_alert),
+        message_count: facts.len() as i64,
+    })
+}
+
+/// Writes evaluated clocks, in one statement: each row's values go
+/// through a CTE (`WITH ... UPDATE ... FROM`, on SQLite and PostgreSQL).
+async fn write_clocks(conn: &mut AnyConnection, clocks: &[ThreadClock], now: i64) -> Result<()> {
+    if clocks.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "WITH v (v_id, v_awaiting_since, v_due_at, v_window, v_last_in, v_last_out,
+                v_snoozed_at, v_snoozed_until, v_fired, v_next_alert, v_count)
+            AS (VALUES {})
+         UPDATE threads SET awaiting_since = v.v_awaiting_since, due_at = v.v_due_at,
+            reply_window_closes_at = v.v_window, last_inbound_at = v.v_last_in,
+            last_outbound_at = v.v_last_out, snoozed_at = v.v_snoozed_at,
+            snoozed_until = v.v_snoozed_until, alerted_remaining_ms = v.v_fired,
+            next_alert_at = v.v_next_alert, message_count = v.v_count, updated_at = $1
+         FROM v WHERE threads.id = v.v_id",
+        value_rows(2, clocks.len(), 11)
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    for c in clocks {
+        q = q
+            .bind(c.id)
+            .bind(c.awaiting_since)
+            .bind(c.due_at)
+            .bind(c.reply_window_closes_at)
+            .bind(c.last_inbound_at)
+            .bind(c.last_outbound_at)
+            .bind(c.snoozed_at)
+            .bind(c.snoozed_until)
+            .bind(c.alerted_remaining_ms)
+            .bind(c.next_alert_at)
+            .bind(c.message_count);
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
 }

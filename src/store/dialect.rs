@@ -138,8 +138,23 @@ impl Backend {
 
 /// `$1, $2, ..., $n`: the placeholders of an `IN (...)` list of `n` values.
 pub(super) fn placeholders(n: usize) -> String {
-    (1..=n)
+    placeholders_from(1, n)
+}
+
+/// `$first, ..., $(first + n - 1)`: an `IN (...)` list after `first - 1`
+/// other parameters.
+pub(super) fn placeholders_from(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($first, ...), (...), ...`: the rows of a `VALUES` list of `rows`
+/// rows of `width` parameters each, numbered from `first`.
+pub(super) fn value_rows(first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders_from(first + r * width, width)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -77,14 +77,44 @@ impl IngestStore for SqlStore {
         let mut touched = BTreeSet::new();
         let mut customers = HashMap::new();
         let mut keys = BTreeSet::new();
-        let mut rows = Vec::with_capacity(batch.messages.len());
+        let mut with_identities = Vec::with_capacity(batch.messages.len());
         for m in &batch.messages {
             let identity = customer_for(&mut tx, m, now, &mut customers).await?;
             if let Some((identity_id, _)) = identity {
                 keys.extend(keys_of(m).into_iter().map(|k| (identity_id, k)));
             }
-            let thread_id =
-                thread_for(&mut tx, instance, &clocking.channel, m, identity, now).await?;
+            with_identities.push((m, identity));
+        }
+        // Threads by key, one statement per 32; then the platform notices
+        // that belong on another thread (a bounce of our reply, Amazon's
+        // delivery failure naming an order) are routed there, seeing the
+        // threads this batch created.
+        let (notices, plain): (Vec<_>, Vec<_>) = with_identities
+            .iter()
+            .copied()
+            .partition(|(m, _)| routable_notice(m));
+        let mut threads = threads_for(&mut tx, instance, &clocking.channel, &plain, now).await?;
+        let mut routed = HashMap::new();
+        for (m, identity) in notices {
+            match notice_thread(&mut tx, instance, m).await? {
+                Some(id) => {
+                    routed.insert(m.external_id.as_str(), id);
+                }
+                None => threads.extend(
+                    threads_for(&mut tx, instance, &clocking.channel, &[(m, identity)], now)
+                        .await?,
+                ),
+            }
+        }
+        let mut rows = Vec::with_capacity(batch.messages.len());
+        for m in &batch.messages {
+            let thread_id = routed
+                .get(m.external_id.as_str())
+                .or_else(|| threads.get(m.thread_key.as_str()))
+                .copied()
+                .ok_or_else(|| {
+                    super::StoreError::Invalid(format!("No thread for key {}", m.thread_key))
+                })?;
             rows.push((thread_id, m));
         }
         let mut inserted = HashMap::new();
@@ -334,96 +364,116 @@ async fn customer_for(
     Ok(Some(ids))
 }
 
-/// The thread a message belongs to, created on its first message.
-async fn thread_for(
+/// A thread's facts as a batch's messages tell them, in the order the
+/// messages came: what [`threads_for`] writes for its key.
+struct ThreadFacts<'a> {
+    customer_id: Option<i64>,
+    identity_id: Option<i64>,
+    subject: Option<&'a str>,
+    order_id: Option<&'a str>,
+    marketplace: Option<&'a str>,
+    language: Option<&'a str>,
+    reply_to: Option<String>,
+}
+
+/// Distinct threads per upsert in [`threads_for`]: 8 values each.
+const THREADS_PER_STATEMENT: usize = 32;
+
+/// The threads a batch's messages belong to, by thread key, created on
+/// their first message: one statement per 32 threads rather than one per
+/// message. A new thread takes its messages' facts (the first known of
+/// each); a known one fills what its first messages did not know. Replies
+/// go to the customer's latest address (the last inbound message's).
+async fn threads_for(
     conn: &mut AnyConnection,
     instance: &str,
     channel: &str,
-    m: &Message,
-    identity: Option<(i64, i64)>,
+    messages: &[(&Message, Option<(i64, i64)>)],
     now: i64,
-) -> Result<i64> {
-    // A platform notice returning one of our messages (a bounce, Amazon's
-    // delivery failure) belongs on that message's thread; one naming an
-    // order ("your message to the buyer for order 302-… could not be
-    // delivered") on that order's buyer thread, also when it does not
-    // name the buyer.
-    if m.direction == Direction::System {
-        let original = m
-            .meta
-            .get("original_message_id")
-            .and_then(|v| v.as_str())
-            .map(|s| s.trim().trim_start_matches('<').trim_end_matches('>'))
-            .filter(|s| !s.is_empty());
-        if let Some(original) = original {
-            let found = sqlx::query(
-                "SELECT thread_id FROM messages WHERE instance = $1 AND external_id = $2",
-            )
-            .bind(instance)
-            .bind(original)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(row) = found {
-                return Ok(row.try_get("thread_id")?);
-            }
-        }
-        if let Some(order) = &m.order_id {
-            let found = sqlx::query(
-                "SELECT id FROM threads
-                 WHERE instance = $1 AND (thread_key = $2 OR (order_id = $3 AND customer_id IS NOT NULL))
-                 ORDER BY (thread_key = $4) DESC, updated_at DESC, id DESC LIMIT 1",
-            )
-            .bind(instance)
-            .bind(&m.thread_key)
-            .bind(order)
-            .bind(&m.thread_key)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(row) = found {
-                return Ok(row.try_get("id")?);
-            }
+) -> Result<HashMap<String, i64>> {
+    // Merged per key as one upsert per message, in order, would leave
+    // them: PostgreSQL refuses a key twice in one statement.
+    let mut merged: Vec<(&str, ThreadFacts<'_>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (m, identity) in messages {
+        let (identity_id, customer_id) = identity.unzip();
+        let reply_to = match m.direction {
+            hourglass_connector::Direction::Inbound => m
+                .reply_to
+                .clone()
+                .or_else(|| m.customer.as_ref().map(|c| c.handle.clone())),
+            _ => None,
+        };
+        let at = *index.entry(m.thread_key.as_str()).or_insert_with(|| {
+            merged.push((
+                m.thread_key.as_str(),
+                ThreadFacts {
+                    customer_id: None,
+                    identity_id: None,
+                    subject: None,
+                    order_id: None,
+                    marketplace: None,
+                    language: None,
+                    reply_to: None,
+                },
+            ));
+            merged.len() - 1
+        });
+        let f = &mut merged[at].1;
+        f.customer_id = f.customer_id.or(customer_id);
+        f.identity_id = f.identity_id.or(identity_id);
+        f.subject = f.subject.or(m.subject.as_deref());
+        f.order_id = f.order_id.or(m.order_id.as_deref());
+        f.marketplace = f.marketplace.or(m.marketplace.as_deref());
+        f.language = f.language.or(m.language.as_deref());
+        if reply_to.is_some() {
+            f.reply_to = reply_to;
         }
     }
-    let (identity_id, customer_id) = identity.unzip();
-    // One statement: a new thread takes the message's facts; a known one
-    // fills what its first messages did not know. Replies go to the
-    // customer's latest address.
-    let row = sqlx::query(
-        "INSERT INTO threads (instance, thread_key, channel, customer_id, subject, order_id,
-            marketplace, language, reply_to, created_at, updated_at, identity_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-            CASE WHEN $10 = 'inbound' THEN $11 ELSE NULL END, $9, $9, $12)
-         ON CONFLICT (instance, thread_key) DO UPDATE SET
-            updated_at = excluded.updated_at,
-            customer_id = COALESCE(threads.customer_id, excluded.customer_id),
-            identity_id = COALESCE(threads.identity_id, excluded.identity_id),
-            subject = COALESCE(threads.subject, excluded.subject),
-            order_id = COALESCE(threads.order_id, excluded.order_id),
-            marketplace = COALESCE(threads.marketplace, excluded.marketplace),
-            language = COALESCE(threads.language, excluded.language),
-            reply_to = CASE WHEN $10 = 'inbound' THEN COALESCE($11, threads.reply_to)
-                ELSE threads.reply_to END
-         RETURNING id",
-    )
-    .bind(instance)
-    .bind(&m.thread_key)
-    .bind(channel)
-    .bind(customer_id)
-    .bind(&m.subject)
-    .bind(&m.order_id)
-    .bind(&m.marketplace)
-    .bind(&m.language)
-    .bind(now)
-    .bind(m.direction.as_str())
-    .bind(
-        m.reply_to
-            .clone()
-            .or_else(|| m.customer.as_ref().map(|c| c.handle.clone())),
-    )
-    .bind(identity_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.try_get("id")?)
+    let mut ids = HashMap::with_capacity(merged.len());
+    for chunk in merged.chunks(THREADS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO threads (created_at, updated_at, instance, channel, thread_key,
+                customer_id, subject, order_id, marketplace, language, reply_to, identity_id)
+             VALUES {}
+             ON CONFLICT (instance, thread_key) DO UPDATE SET
+                updated_at = excluded.updated_at,
+                customer_id = COALESCE(threads.customer_id, excluded.customer_id),
+                identity_id = COALESCE(threads.identity_id, excluded.identity_id),
+                subject = COALESCE(threads.subject, excluded.subject),
+                order_id = COALESCE(threads.order_id, excluded.order_id),
+                marketplace = COALESCE(threads.marketplace, excluded.marketplace),
+                language = COALESCE(threads.language, excluded.language),
+                reply_to = COALESCE(excluded.reply_to, threads.reply_to)
+             RETURNING id, thread_key",
+            (0..chunk.len())
+                .map(|r| {
+                    let first = 4 + r * 8;
+                    format!(
+                        "($1, $1, $2, $3, {})",
+                        super::dialect::placeholders_from(first, 8)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now).bind(instance).bind(channel);
+        for (key, f) in chunk {
+            q = q
+                .bind(*key)
+                .bind(f.customer_id)
+                .bind(f.subject)
+                .bind(f.order_id)
+                .bind(f.marketplace)
+                .bind(f.language)
+                .bind(f.reply_to.as_deref())
+                .bind(f.identity_id);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            ids.insert(row.try_get("thread_key")?, row.try_get("id")?);
+        }
+    }
+    Ok(ids)
 }
 
 /// The most text (and HTML) of one message the store keeps, in bytes. A
@@ -571,4 +621,55 @@ mod tests {
         assert_eq!(capped_html(&Some(big)), None);
         assert_eq!(capped_html(&Some("<p>x</p>".into())), Some("<p>x</p>"));
     }
+}
+
+/// A platform notice that may belong on another thread than its own key's:
+/// it returns one of our messages or names an order.
+fn routable_notice(m: &Message) -> bool {
+    m.direction == Direction::System
+        && (m.meta.get("original_message_id").is_some() || m.order_id.is_some())
+}
+
+/// The thread a platform notice belongs on: the thread of the message it
+/// returns (a bounce, Amazon's delivery failure), else the named order's
+/// buyer thread, also when it does not name the buyer. `None`: its own.
+async fn notice_thread(
+    conn: &mut AnyConnection,
+    instance: &str,
+    m: &Message,
+) -> Result<Option<i64>> {
+    let original = m
+        .meta
+        .get("original_message_id")
+        .and_then(|v| v.as_str())
+        .map(|s| s.trim().trim_start_matches('<').trim_end_matches('>'))
+        .filter(|s| !s.is_empty());
+    if let Some(original) = original {
+        let found =
+            sqlx::query("SELECT thread_id FROM messages WHERE instance = $1 AND external_id = $2")
+                .bind(instance)
+                .bind(original)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(row) = found {
+            return Ok(Some(row.try_get("thread_id")?));
+        }
+    }
+    if let Some(order) = &m.order_id {
+        let found = sqlx::query(
+            "SELECT id FROM threads
+             WHERE instance = $1 AND (thread_key = $2 OR (order_id = $3 AND customer_id IS NOT NULL))
+             ORDER BY (thread_key = $4) DESC, updated_at DESC, id DESC LIMIT 1",
+        )
+        .bind(instance)
+        .bind(&m.thread_key)
+        .bind(order)
+        .bind(&m.thread_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = found {
+            return Ok(Some(row.try_get("id")?));
+        }
+    }
+    Ok(None)
 }

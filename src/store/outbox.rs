@@ -8,17 +8,18 @@
 //! outbound message of its thread and stops the clock in the same
 //! transaction that marks it sent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hourglass_connector::{Direction, Message};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::alerts::set_thread_error;
 use super::clock::reclock_many;
-use super::dialect::placeholders;
+use super::dialect::{placeholders, placeholders_from, value_rows};
 use super::ingest::{insert_messages, MESSAGES_PER_STATEMENT};
 use super::sql::{insert_audit, insert_audits};
 use super::{ms, Clocking, Result, SqlStore, StoreError};
@@ -121,6 +122,9 @@ pub trait OutboxStore: Send + Sync {
 /// waiting or in flight: the replies of one conversation leave in the
 /// order they were written, even when the first one is held back by a
 /// 429 or a retry.
+/// Claimed or sent replies per `UPDATE`.
+const CLAIM_CHUNK: usize = 100;
+
 const IN_THREAD_ORDER: &str = "NOT EXISTS (
     SELECT 1 FROM outbox earlier
     WHERE earlier.thread_id = outbox.thread_id
@@ -201,15 +205,19 @@ impl OutboxStore for SqlStore {
         // Sent replies, the common case, are written together: one update
         // each, then their messages, threads, clocks and audit lines in a
         // few statements for the whole group.
-        let mut sent: Vec<SentRow> = Vec::new();
+        let mut to_mark: Vec<(&str, &str, DateTime<Utc>)> = Vec::new();
         for (id, outcome) in outcomes {
             match outcome {
                 OutboxOutcome::Sent {
                     external_id,
                     sent_at,
-                } => sent.push(mark_sent(&mut tx, id, external_id, *sent_at, now).await?),
+                } => to_mark.push((id, external_id, *sent_at)),
                 _ => complete_one(&mut tx, id, outcome, clocking, now).await?,
             }
+        }
+        let mut sent: Vec<SentRow> = Vec::with_capacity(to_mark.len());
+        for chunk in to_mark.chunks(CLAIM_CHUNK) {
+            sent.extend(mark_sent(&mut tx, chunk, now).await?);
         }
         if !sent.is_empty() {
             record_sent(&mut tx, &sent, clocking, now).await?;
@@ -276,7 +284,7 @@ impl SqlStore {
             .await?;
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
-            let item = OutboxItem {
+            items.push(OutboxItem {
                 id: r.try_get("id")?,
                 thread_id: r.try_get("thread_id")?,
                 instance: r.try_get("instance")?,
@@ -284,19 +292,25 @@ impl SqlStore {
                 template: r.try_get("template")?,
                 attempts: r.try_get("attempts")?,
                 previous_state: r.try_get("state")?,
-            };
-            sqlx::query(
+            });
+        }
+        // One statement per hundred claimed rows, not one each: every
+        // statement is a round trip (on SQLite, a hand-off to its thread).
+        for chunk in items.chunks(CLAIM_CHUNK) {
+            let sql = format!(
                 "UPDATE outbox SET state = 'sending', claimed_by = $1, claimed_until = $2,
                     attempts = attempts + 1, updated_at = $3
-                 WHERE id = $4",
-            )
-            .bind(worker)
-            .bind(lease_until)
-            .bind(now_ms)
-            .bind(&item.id)
-            .execute(&mut *tx)
-            .await?;
-            items.push(item);
+                 WHERE id IN ({})",
+                placeholders_from(4, chunk.len())
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(worker)
+                .bind(lease_until)
+                .bind(now_ms);
+            for item in chunk {
+                q = q.bind(&item.id);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(items)
@@ -311,43 +325,58 @@ struct SentRow {
     message: Message,
 }
 
-/// Marks a reply sent; the rest is [`record_sent`]'s.
+/// Marks replies sent (`(id, external id, sent at)`), in one statement;
+/// the rest is [`record_sent`]'s. Returned in the order given.
 async fn mark_sent(
     conn: &mut AnyConnection,
-    id: &str,
-    external_id: &str,
-    sent_at: DateTime<Utc>,
+    replies: &[(&str, &str, DateTime<Utc>)],
     now: i64,
-) -> Result<SentRow> {
-    let row = sqlx::query(
-        "UPDATE outbox SET state = 'sent', external_id = $1, sent_at = $2,
-            error = NULL, claimed_until = NULL, updated_at = $3
-         WHERE id = $4
-         RETURNING thread_id, instance, body",
-    )
-    .bind(external_id)
-    .bind(ms(sent_at))
-    .bind(now)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?;
-    // The message row is tied to its thread by id: no thread key needed.
-    let mut m = Message::new(
-        external_id.to_owned(),
-        String::new(),
-        Direction::Outbound,
-        sent_at,
-        row.try_get::<String, _>("body")?,
+) -> Result<Vec<SentRow>> {
+    if replies.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The values of each row go through a CTE: SQLite and PostgreSQL both
+    // take `WITH ... UPDATE ... FROM`. $1 is `now`.
+    let values = value_rows(2, replies.len(), 3);
+    let sql = format!(
+        "WITH v (v_id, v_external_id, v_sent_at) AS (VALUES {values})
+         UPDATE outbox SET state = 'sent', external_id = v.v_external_id, sent_at = v.v_sent_at,
+            error = NULL, claimed_until = NULL, updated_at = $1
+         FROM v WHERE outbox.id = v.v_id
+         RETURNING outbox.id AS id, outbox.thread_id AS thread_id,
+            outbox.instance AS instance, outbox.body AS body"
     );
-    m.author = Some("hourglass".into());
-    m.meta = serde_json::json!({ "outbox_id": id });
-    Ok(SentRow {
-        id: id.to_owned(),
-        instance: row.try_get("instance")?,
-        thread_id: row.try_get("thread_id")?,
-        message: m,
-    })
+    let mut q = sqlx::query(&sql).bind(now);
+    for (id, external_id, sent_at) in replies {
+        q = q.bind(*id).bind(*external_id).bind(ms(*sent_at));
+    }
+    let mut rows: HashMap<String, AnyRow> = HashMap::with_capacity(replies.len());
+    for row in q.fetch_all(&mut *conn).await? {
+        rows.insert(row.try_get("id")?, row);
+    }
+    let mut out = Vec::with_capacity(replies.len());
+    for (id, external_id, sent_at) in replies {
+        let row = rows
+            .get(*id)
+            .ok_or_else(|| StoreError::Invalid(format!("Outbox entry {id} not found")))?;
+        // The message row is tied to its thread by id: no thread key needed.
+        let mut m = Message::new(
+            (*external_id).to_owned(),
+            String::new(),
+            Direction::Outbound,
+            *sent_at,
+            row.try_get::<String, _>("body")?,
+        );
+        m.author = Some("hourglass".into());
+        m.meta = serde_json::json!({ "outbox_id": id });
+        out.push(SentRow {
+            id: (*id).to_owned(),
+            instance: row.try_get("instance")?,
+            thread_id: row.try_get("thread_id")?,
+            message: m,
+        });
+    }
+    Ok(out)
 }
 
 /// The rest of recording sent replies: each becomes an outbound message of
@@ -402,8 +431,8 @@ async fn complete_one(
         sent_at,
     } = outcome
     {
-        let row = mark_sent(conn, id, external_id, *sent_at, now).await?;
-        return record_sent(conn, &[row], clocking, now).await;
+        let rows = mark_sent(conn, &[(id, external_id, *sent_at)], now).await?;
+        return record_sent(conn, &rows, clocking, now).await;
     }
     let thread_id: i64 = sqlx::query("SELECT thread_id FROM outbox WHERE id = $1")
         .bind(id)
