@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config;
 pub mod digest;
 pub mod engine;
+pub mod late;
 pub mod sinks;
 
 pub use config::AlertsConfig;
@@ -39,4 +40,4 @@ pub async fn test_all(config: &AlertsConfig) -> Result<Vec<(String, Result<(), S
 }
 
 /// The workers alerting adds to the daemon.
-pub const WORKERS: [crate::daemon::Worker; 2] = [engine::engine, digest::worker];
+pub const WORKERS: [crate::daemon::Worker; 3] = [engine::engine, digest::worker, late::worker];

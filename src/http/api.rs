@@ -42,7 +42,7 @@ pub fn routes() -> Router<AppState> {
     paths(list_threads, show_thread, reply, mark, stats, connectors),
     components(schemas(
         view::Thread, view::ThreadDetail, view::Message, view::OutboxEntry, view::AuditEntry,
-        view::ConnectorStatus, view::Stats, view::Figures,
+        view::ConnectorStatus, view::Stats, view::Figures, crate::lrr::LateResponseRate, crate::lrr::WindowRate,
         ReplyRequest, ReplyQueued, MarkRequest, ErrorBody, ErrorDetail
     )),
     modifiers(&BearerAuth),

@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0009_instance_alerts.sql"),
         postgres: include_str!("../../migrations/postgres/0009_instance_alerts.sql"),
     },
+    Migration {
+        version: 12,
+        name: "reply_cycles",
+        sqlite: include_str!("../../migrations/sqlite/0012_reply_cycles.sql"),
+        postgres: include_str!("../../migrations/postgres/0012_reply_cycles.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

@@ -57,7 +57,7 @@ pub use outbox::{NewReply, OutboxItem, OutboxOutcome, OutboxStore};
 pub use push::{sha256_hex, IdempotentReply, MetricsSnapshot, WebhookEvent};
 pub use quarantine::{QuarantineEntry, QuarantineStore};
 pub use sql::{redact_url as sql_redact, SqlStore};
-pub use stats::{ResponseSample, StatsStore};
+pub use stats::{ReportCycle, ResponseSample, StatsStore};
 pub use threads::{
     AuditEntry, MessageView, OutboxView, ThreadDetail, ThreadFilter, ThreadStore, ThreadSummary,
 };

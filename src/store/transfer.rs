@@ -30,6 +30,8 @@ const COPIED: &[&str] = &[
     "customers",
     "identities",
     "threads",
+    "reply_cycles",
+    "late_response_alerts",
     "messages",
     "attachments",
     "quarantine",
