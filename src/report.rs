@@ -266,55 +266,57 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A bar chart as inline SVG: one bar per value, an optional second value
-/// drawn over the first's foot (the late part), labels under some bars.
+/// A bar chart: the bars in inline SVG stretched to the width, the labels
+/// in HTML under it (so that text is never stretched with the bars). One
+/// bar per value; the second value is drawn over the first's foot (the
+/// late part); a label under every `label_every`th bar.
 fn bar_chart(title: &str, bars: &[(String, i64, i64)], label_every: usize) -> String {
-    let (w, h, top, foot) = (640.0_f64, 180.0_f64, 14.0_f64, 22.0_f64);
-    let max = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
-    let n = bars.len().max(1) as f64;
-    let slot = w / n;
+    let (w, h) = (600.0_f64, 150.0_f64);
+    let max = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1);
+    let n = bars.len().max(1);
+    let slot = w / n as f64;
     let bar = (slot * 0.75).max(1.0);
-    let plot = h - top - foot;
     let mut svg = format!(
-        "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\" \
+        "<div class=\"chart-wrap\"><div class=\"ymax\">{max}</div>\
+         <svg class=\"chart\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\" \
          preserveAspectRatio=\"none\" xmlns=\"http://www.w3.org/2000/svg\">\
-         <title>{}</title>\
-         <line x1=\"0\" y1=\"{base}\" x2=\"{w}\" y2=\"{base}\" stroke=\"#bbb\" stroke-width=\"1\"/>\
-         <text x=\"2\" y=\"10\" font-size=\"10\" fill=\"#666\">max {}</text>",
+         <line x1=\"0\" y1=\"{h}\" x2=\"{w}\" y2=\"{h}\" stroke=\"#bbb\" stroke-width=\"2\"/>",
         esc(title),
-        esc(title),
-        max as i64,
-        base = top + plot,
     );
     for (i, (label, v, late)) in bars.iter().enumerate() {
         let x = i as f64 * slot + (slot - bar) / 2.0;
-        let bh = *v as f64 / max * plot;
-        let lh = *late as f64 / max * plot;
+        let bh = *v as f64 / max as f64 * h;
+        let lh = *late as f64 / max as f64 * h;
         let _ = write!(
             svg,
             "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{bh:.1}\" fill=\"#4a7bd0\"><title>{}: {v}</title></rect>",
-            top + plot - bh,
+            h - bh,
             esc(label)
         );
         if *late > 0 {
             let _ = write!(
                 svg,
                 "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{lh:.1}\" fill=\"#d0443a\"><title>{}: {late} late</title></rect>",
-                top + plot - lh,
-                esc(label)
-            );
-        }
-        if label_every > 0 && i % label_every == 0 {
-            let _ = write!(
-                svg,
-                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#444\" text-anchor=\"middle\">{}</text>",
-                x + bar / 2.0,
-                h - 6.0,
+                h - lh,
                 esc(label)
             );
         }
     }
-    svg.push_str("</svg>");
+    svg.push_str("</svg><div class=\"axis\">");
+    let step = label_every.max(1);
+    for (i, (label, _, _)) in bars.iter().enumerate().filter(|(i, _)| i % step == 0) {
+        // Centred under its bar; at the edges, flush with the chart.
+        let centre = (i as f64 + 0.5) / n as f64 * 100.0;
+        let place = if centre < 6.0 {
+            "left:0;transform:none".to_owned()
+        } else if centre > 94.0 {
+            "right:0;transform:none".to_owned()
+        } else {
+            format!("left:{centre:.2}%")
+        };
+        let _ = write!(svg, "<span style=\"{place}\">{}</span>", esc(label));
+    }
+    svg.push_str("</div></div>");
     svg
 }
 
@@ -331,9 +333,9 @@ fn rate_cell(v: Option<f64>) -> String {
 fn table(title: &str, first: &str, rows: &[Row]) -> String {
     let mut t = format!(
         "<section><h2>{}</h2><div class=\"scroll\"><table><thead><tr><th>{}</th>\
-         <th class=\"num\">Messages</th><th class=\"num\">Answered</th>\
+         <th class=\"num\">Messages</th><th class=\"num\">Late Response Rate</th>\
+         <th class=\"num\">Breaches</th><th class=\"num\">Answered</th>\
          <th class=\"num\">First reply p50</th><th class=\"num\">p90</th>\
-         <th class=\"num\">Breaches</th><th class=\"num\">Late Response Rate</th>\
          <th>Busiest hours</th></tr></thead><tbody>",
         esc(title),
         esc(first)
@@ -344,15 +346,15 @@ fn table(title: &str, first: &str, rows: &[Row]) -> String {
     for r in rows {
         let _ = write!(
             t,
-            "<tr><th scope=\"row\">{}</th><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}<td>{}</td></tr>",
+            "<tr><th scope=\"row\">{}</th><td class=\"num\">{}</td>{}<td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             esc(&r.name),
             r.volume,
+            rate_cell(r.late_response_rate),
+            r.breaches,
             r.answered,
             secs(r.first_response_p50_s),
             secs(r.first_response_p90_s),
-            r.breaches,
-            rate_cell(r.late_response_rate),
             hours_label(&r.busiest_hours),
         );
     }
@@ -392,7 +394,7 @@ pub fn html(r: &Report) -> String {
             )
         })
         .collect();
-    let label_every = (days.len() / 6).max(1);
+    let label_every = (days.len() / 4).max(1);
     let hours: Vec<(String, i64, i64)> = t
         .hours
         .iter()
@@ -437,11 +439,17 @@ main{max-width:960px;margin:0 auto;padding:16px}\
 h1{font-size:1.4em;margin:0 0 4px}h2{font-size:1.1em;margin:0 0 8px}\
 .period{color:#555;margin:0 0 16px}\
 .cards{display:flex;flex-wrap:wrap;gap:8px;margin-bottom:16px}\
-.card{flex:1 1 140px;background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px}\
+*{box-sizing:border-box}\
+.card{flex:1 1 130px;background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px}\
 .card .label{font-size:.8em;color:#555}.card .value{font-size:1.5em;font-weight:600}\
 .card.warn .value{color:#a65f00}.card.bad .value{color:#c0271c}\
 section{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin-bottom:16px}\
-.chart{width:100%;height:180px;display:block}\
+.chart-wrap{position:relative;padding:16px 0 22px}\
+.chart{width:100%;height:150px;display:block}\
+.ymax{position:absolute;top:0;left:0;font-size:.75em;color:#666}\
+.ymax::before{content:'max '}\
+.axis{position:relative;height:18px;font-size:.75em;color:#444}\
+.axis span{position:absolute;top:4px;transform:translateX(-50%);white-space:nowrap}\
 .legend{font-size:.85em;color:#555;margin:0 0 6px}\
 .sw{display:inline-block;width:10px;height:10px;margin:0 4px 0 8px}.sw.blue{background:#4a7bd0}.sw.red{background:#d0443a}\
 .scroll{overflow-x:auto}\

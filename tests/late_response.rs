@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -279,7 +281,43 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
-fn run(store_url: Option<String>) {
+fn artifacts() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("..")
+        .join("browser-artifacts")
+}
+
+/// Opens the HTML report (desktop and 360 px) and the inbox in Debian's
+/// chromium through Playwright (`tests/browser/report.py`); fails, never
+/// skips, when either is missing.
+fn look_in_a_browser(report: &Path, base: &str, expect: &Value) {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Debian's chromium: apt-get install --no-install-recommends chromium"
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/report.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .env("HG_REPORT", report)
+        .env("HG_EXPECT", expect.to_string())
+        .env("HG_URL", base)
+        .env("HG_TOKEN", common::http::AGENT)
+        .env("HG_ARTIFACTS", artifacts())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser check failed (needs Playwright for Python: pip install playwright):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    // Where the report is kept to look at.
+    std::fs::copy(report, artifacts().join("report.html")).unwrap();
+}
+
+fn run(store_url: Option<String>, browser: bool) {
     let now = Utc::now();
     let at = |h: i64| now - chrono::Duration::hours(h);
     let dovecot = Dovecot::start().unwrap();
@@ -435,6 +473,20 @@ fn run(store_url: Option<String>) {
     );
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg") && page.contains("amazon-eu"));
+    if browser {
+        // First replies now 1, 1, 2, 3, 23, 25, 26, 30 h; late 5, on time 5.
+        let expect = serde_json::json!({
+            "cards": {
+                "Customer messages": "12", "Answered": "8", "First reply (median)": "3h",
+                "Breaches": "5", "Late Response Rate": "50.0%",
+            },
+            "instance": { "name": "amazon-eu", "cells": ["12", "50.0%", "5", "8", "3h", "1d6h"] },
+            "agents": ["ana", "sent elsewhere"],
+            "days": 30,
+            "inbox_label": "amazon-eu (amazon.de)",
+        });
+        look_in_a_browser(&html, &base, &expect);
+    }
 
     // amazon.fr goes back under (fr12 needs no answer), then over again
     // (a new message): a second alert for amazon.fr, none more for .de.
@@ -466,13 +518,13 @@ fn stop(mut daemon: Daemon) {
 }
 
 #[test]
-fn a_simulated_month_on_sqlite() {
-    run(None);
+fn a_simulated_month_on_sqlite_and_its_report_in_a_browser() {
+    run(None, true);
 }
 
 #[test]
 fn a_simulated_month_on_postgres() {
     let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
     let url = pg.create_database("late_response").unwrap();
-    run(Some(url));
+    run(Some(url), false);
 }
