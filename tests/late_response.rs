@@ -151,6 +151,10 @@ const MONTH: &[Thread] = &[
     },
 ];
 
+/// One window: (late, on time, pending, rate, tomorrow if answered, if
+/// unanswered).
+type Window = (i64, i64, i64, Option<f64>, f64, f64);
+
 /// 7, 30 and 90 days of amazon.de, by hand from the table above:
 /// (late, on time, pending, rate, tomorrow if answered, if unanswered).
 ///
@@ -159,14 +163,14 @@ const MONTH: &[Thread] = &[
 /// 30 d: + late de02 de03, on time de04 de10. Tomorrow de10 (age 29)
 ///       falls out: late 5, on time 2, + de08.
 /// 90 d: + on time de01. Nothing falls out.
-const DE: [(i64, i64, i64, Option<f64>, f64, f64); 3] = [
+const DE: [Window; 3] = [
     (3, 1, 1, Some(3.0 / 4.0), 2.0 / 4.0, 3.0 / 4.0),
     (5, 3, 1, Some(5.0 / 8.0), 5.0 / 8.0, 6.0 / 8.0),
     (5, 4, 1, Some(5.0 / 9.0), 5.0 / 10.0, 6.0 / 10.0),
 ];
 
 /// amazon.fr: 7 d only fr12 (pending, no rate yet); 30 and 90 d fr11 on time.
-const FR: [(i64, i64, i64, Option<f64>, f64, f64); 3] = [
+const FR: [Window; 3] = [
     (0, 0, 1, None, 0.0, 1.0),
     (0, 1, 1, Some(0.0), 0.0, 0.5),
     (0, 1, 1, Some(0.0), 0.0, 0.5),
@@ -235,11 +239,7 @@ fn close(a: &Value, b: Option<f64>, what: &str) {
     }
 }
 
-fn check_rates(
-    stats: &Value,
-    marketplace: &str,
-    want: &[(i64, i64, i64, Option<f64>, f64, f64); 3],
-) {
+fn check_rates(stats: &Value, marketplace: &str, want: &[Window; 3]) {
     let rates = stats["late_response_rate"].as_array().unwrap();
     let r = rates
         .iter()

@@ -62,19 +62,21 @@ async fn story(store: SqlStore, backend: Backend) {
     let at = |h: i64| now - Duration::hours(h);
     let ms = |h: i64| at(h).timestamp_millis();
     use Direction::*;
-    let mut batch = Batch::default();
-    batch.messages = vec![
-        msg("a1", "anna", Inbound, at(50), false),
-        msg("a2", "anna", Outbound, at(49), true), // auto-response: no answer
-        msg("a3", "anna", Inbound, at(45), false), // same cycle
-        msg("a4", "anna", Outbound, at(20), false), // answers it
-        msg("a5", "anna", Inbound, at(10), false),
-        msg("a6", "anna", Outbound, at(10), false), // same instant: answers it
-        msg("a7", "anna", Inbound, at(3), false),   // open
-        msg("b1", "bruno", Inbound, at(30), false),
-        msg("c1", "chloe", Inbound, at(5), false),
-        msg("s1", "chloe", System, at(4), false), // a notice opens nothing
-    ];
+    let batch = Batch {
+        messages: vec![
+            msg("a1", "anna", Inbound, at(50), false),
+            msg("a2", "anna", Outbound, at(49), true), // auto-response: no answer
+            msg("a3", "anna", Inbound, at(45), false), // same cycle
+            msg("a4", "anna", Outbound, at(20), false), // answers it
+            msg("a5", "anna", Inbound, at(10), false),
+            msg("a6", "anna", Outbound, at(10), false), // same instant: answers it
+            msg("a7", "anna", Inbound, at(3), false),   // open
+            msg("b1", "bruno", Inbound, at(30), false),
+            msg("c1", "chloe", Inbound, at(5), false),
+            msg("s1", "chloe", System, at(4), false), // a notice opens nothing
+        ],
+        ..Default::default()
+    };
     store.ingest("amazon-eu", &batch, &c).await.unwrap();
     let chloe: i64 = sqlx::query("SELECT id FROM threads WHERE thread_key = 'chloe'")
         .fetch_one(store.pool())
@@ -87,8 +89,10 @@ async fn story(store: SqlStore, backend: Backend) {
         .await
         .unwrap();
     // An older message of bruno's arrives late: his cycle opened earlier.
-    let mut late = Batch::default();
-    late.messages = vec![msg("b0", "bruno", Inbound, at(40), false)];
+    let late = Batch {
+        messages: vec![msg("b0", "bruno", Inbound, at(40), false)],
+        ..Default::default()
+    };
     store.ingest("amazon-eu", &late, &c).await.unwrap();
 
     let want: Vec<Row3> = vec![
