@@ -164,6 +164,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A report to forward to a manager: per instance, channel and agent,
+    /// the customer messages, first-reply times (p50, p90), breaches, the
+    /// Late Response Rate (answered after 24 h or not at all) and the
+    /// busiest hours, over the last --since.
+    Report {
+        /// Period to cover (e.g. 30d).
+        #[arg(long, default_value = "30d")]
+        since: Dur,
+        /// csv (one line per instance, channel and agent), json, or html
+        /// (one self-contained page with charts, no external assets).
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json", "html"])]
+        format: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Time zone of the days and hours (IANA name, e.g. Europe/Berlin).
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+    },
     /// The daemons sharing this store, their last heartbeats, and which
     /// instances each one polls (its leases).
     Status {
@@ -674,6 +693,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&report)?;
             } else {
                 print!("{}", crate::stats::render(&report, *since));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            since,
+            format,
+            output,
+            timezone,
+        } => {
+            let tz: chrono_tz::Tz = timezone.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--timezone {timezone:?} is not an IANA time zone (e.g. Europe/Berlin)"
+                )
+            })?;
+            let store = daemon::open_store(&config).await?;
+            let report = view::report(store.as_ref(), &config, since.0, tz, Utc::now()).await?;
+            let text = match format.as_str() {
+                "json" => format!("{}\n", serde_json::to_string_pretty(&report)?),
+                "html" => crate::report::html(&report),
+                _ => crate::report::csv(&report),
+            };
+            match output {
+                Some(path) => std::fs::write(path, text)
+                    .with_context(|| format!("Cannot write the report to {}", path.display()))?,
+                None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }

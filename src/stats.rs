@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::duration::{format_compact, Dur};
+use crate::lrr::{percent, LateResponseRate};
 use crate::store::ResponseSample;
 
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -28,6 +29,9 @@ pub struct Report {
     pub per_channel: BTreeMap<String, Figures>,
     /// Conversations opened per day (UTC) and channel.
     pub per_day: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Amazon's Late Response Rate per instance and marketplace over 7, 30
+    /// and 90 days (whatever `since` says), with tomorrow's forecast.
+    pub late_response_rate: Vec<LateResponseRate>,
 }
 
 /// The nearest-rank percentile of sorted values.
@@ -102,6 +106,7 @@ pub fn compute(samples: &[ResponseSample], config: &Config, now: DateTime<Utc>) 
             .map(|(c, v)| (c.clone(), figures(v, &window_of, now)))
             .collect(),
         per_day,
+        late_response_rate: Vec::new(),
     }
 }
 
@@ -135,10 +140,45 @@ pub fn render(r: &Report, since: Dur) -> String {
             secs(f.first_response_p90_s),
         ));
     }
+    if !r.late_response_rate.is_empty() {
+        out.push_str(&render_late_response_rate(&r.late_response_rate));
+    }
     out.push_str("\nPer day:\n");
     for (day, channels) in &r.per_day {
         let parts: Vec<String> = channels.iter().map(|(c, n)| format!("{c} {n}")).collect();
         out.push_str(&format!("  {day}  {}\n", parts.join(", ")));
+    }
+    out
+}
+
+/// The Late Response Rate table of `stats`: each window's rate now and
+/// tomorrow's forecast (if the awaiting cycles are answered at their
+/// deadlines / not at all).
+pub fn render_late_response_rate(rates: &[LateResponseRate]) -> String {
+    let mut out = String::from(
+        "\nLate Response Rate (answered after 24 h or not at all; tomorrow: awaiting answered at the deadline / not answered)\n",
+    );
+    out.push_str(&format!(
+        "{:<28} {:>6} {:>6} {:>8} {:>8} {:>8} {:>20}\n",
+        "INSTANCE", "WINDOW", "LATE", "ON TIME", "PENDING", "RATE", "TOMORROW"
+    ));
+    for r in rates {
+        for w in &r.windows {
+            out.push_str(&format!(
+                "{:<28} {:>6} {:>6} {:>8} {:>8} {:>8} {:>20}\n",
+                r.label(),
+                format!("{}d", w.days),
+                w.late,
+                w.on_time,
+                w.pending,
+                percent(w.rate),
+                format!(
+                    "{} / {}",
+                    percent(w.forecast_if_answered),
+                    percent(w.forecast_if_unanswered)
+                ),
+            ));
+        }
     }
     out
 }

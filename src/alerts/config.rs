@@ -28,6 +28,29 @@ pub struct AlertsConfig {
     /// The silent-channel watchdog (`[alerts.watchdog]`).
     #[serde(default)]
     pub watchdog: super::silence::WatchdogConfig,
+    /// Warn before Amazon's Late Response Rate moves
+    /// (`[alerts.late_response_rate]`); absent: no such alert.
+    #[serde(default)]
+    pub late_response_rate: Option<LateResponseAlertConfig>,
+}
+
+/// `[alerts.late_response_rate]`: one alert per instance and marketplace
+/// when tomorrow's rate, if the messages awaiting now are not answered in
+/// time, reaches `level` in any window (7, 30 or 90 days); again only after
+/// it went back under. Routed like other alerts, with the route threshold
+/// `"late_response_rate"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LateResponseAlertConfig {
+    /// The rate that alerts, `"10%"` (Amazon's target is under 10 %).
+    pub level: String,
+    /// How often the forecast is computed (one grouped query).
+    #[serde(default = "default_late_response_every")]
+    pub every: Dur,
+}
+
+fn default_late_response_every() -> Dur {
+    Dur::from_secs(5 * 60)
 }
 
 fn default_max_attempts() -> u32 {
@@ -108,8 +131,9 @@ pub struct RouteConfig {
     /// Only these alert points: remaining times like `"1h"`, `"breach"`,
     /// `"error"` (a reply refused or bounced), `"auth"` (an instance's
     /// credentials were refused: the admin's alert), `"silence"` (the
-    /// watchdog: an instance stopped delivering messages), or `"store"` (the
-    /// store's disk is full and ingest is paused: the admin's alert). A route with `["breach"]` to
+    /// watchdog: an instance stopped delivering messages), `"store"` (the
+    /// store's disk is full and ingest is paused: the admin's alert), or
+    /// `"late_response_rate"` (the forecast reached its level). A route with `["breach"]` to
     /// other recipients is an escalation.
     #[serde(default)]
     pub thresholds: Vec<String>,
@@ -149,7 +173,14 @@ fn default_digest_window() -> Dur {
 
 /// The canonical label of a route threshold (`"60m"` → `"1h"`).
 pub fn normalize_threshold(label: &str) -> Result<String, String> {
-    for special in ["breach", "error", "auth", "silence", "store"] {
+    for special in [
+        "breach",
+        "error",
+        "auth",
+        "silence",
+        "store",
+        "late_response_rate",
+    ] {
         if label.eq_ignore_ascii_case(special) {
             return Ok(special.into());
         }
@@ -257,6 +288,14 @@ impl AlertsConfig {
     /// Problems found without the network, as (value to locate, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        if let Some(l) = &self.late_response_rate {
+            if let Err(e) = crate::lrr::parse_level(&l.level) {
+                out.push((
+                    l.level.clone(),
+                    format!("alerts.late_response_rate.level: {e}"),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for s in &self.sinks {
             if !names.insert(s.name.clone()) {

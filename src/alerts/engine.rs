@@ -230,6 +230,20 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
     if s(payload, "kind") == Some(super::silence::SILENCE) {
         return render_silence(payload);
     }
+    if s(payload, "kind") == Some(super::late::LATE_RESPONSE_RATE) {
+        let title = s(payload, "title")
+            .unwrap_or("Late Response Rate")
+            .to_owned();
+        return render_notice(
+            payload,
+            title,
+            &[
+                ("Forecast", "summary"),
+                ("What to do", "action"),
+                ("Open", "link"),
+            ],
+        );
+    }
     let customer = s(payload, "customer").unwrap_or("a customer");
     let channel = s(payload, "channel").unwrap_or("?");
     let instance = s(payload, "instance").unwrap_or("?");
@@ -386,13 +400,22 @@ fn render_store(payload: &Value) -> Rendered {
 
 /// An admin alert: a title, then what failed and what to do.
 fn render_admin(payload: &Value, title: String) -> Rendered {
+    render_notice(
+        payload,
+        title,
+        &[
+            ("Error", "error"),
+            ("What to do", "action"),
+            ("Open", "link"),
+        ],
+    )
+}
+
+/// An alert about an instance rather than a thread: a title and rows.
+fn render_notice(payload: &Value, title: String, rows: &[(&str, &str)]) -> Rendered {
     let mut lines = vec![title.clone()];
     let mut html = format!("<p><strong>{}</strong></p><table>", escape(&title));
-    for (label, key) in [
-        ("Error", "error"),
-        ("What to do", "action"),
-        ("Open", "link"),
-    ] {
+    for &(label, key) in rows {
         if let Some(v) = s(payload, key) {
             lines.push(format!("{label}: {v}"));
             html.push_str(&format!(

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config;
 pub mod digest;
 pub mod engine;
+pub mod late;
 pub mod quiet;
 pub mod silence;
 pub mod sinks;
@@ -42,9 +43,10 @@ pub async fn test_all(config: &AlertsConfig) -> Result<Vec<(String, Result<(), S
 }
 
 /// The workers alerting adds to the daemon.
-pub const WORKERS: [crate::daemon::Worker; 4] = [
+pub const WORKERS: [crate::daemon::Worker; 5] = [
     engine::engine,
     digest::worker,
     silence::worker,
     telegram_take::worker,
+    late::worker,
 ];

@@ -46,7 +46,7 @@ pub fn routes() -> Router<AppState> {
     paths(list_threads, show_thread, reply, mark, ack, show_customer, link_customers, unlink_customers, stats, connectors),
     components(schemas(
         view::Thread, view::ThreadDetail, view::Message, view::OutboxEntry, view::AuditEntry,
-        view::ConnectorStatus, view::Stats, view::Figures,
+        view::ConnectorStatus, view::Stats, view::Figures, crate::lrr::LateResponseRate, crate::lrr::WindowRate,
         view::Customer, view::Identity, view::Split,
         ReplyRequest, ReplyQueued, MarkRequest, LinkRequest, ErrorBody, ErrorDetail
     )),

@@ -143,6 +143,23 @@ async fn scrape(
         .into_response()
 }
 
+/// The current snapshot, never waiting for the store: `None` until the
+/// first one is taken (this starts it). For pages that show store-wide
+/// figures (the web inbox's Late Response Rate) without a query per view.
+pub(crate) fn cached_snapshot(state: &AppState) -> Option<MetricsSnapshot> {
+    let current = state
+        .metrics
+        .lock()
+        .snapshot
+        .as_ref()
+        .map(|(_, s)| s.clone());
+    let state = state.clone();
+    tokio::spawn(async move {
+        snapshot(&state).await;
+    });
+    current
+}
+
 /// The current snapshot; starts a refresh when it is stale. Only the very
 /// first scrape waits for the store.
 async fn snapshot(state: &AppState) -> Option<MetricsSnapshot> {
@@ -287,6 +304,72 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
             .iter()
             .map(|(i, n)| (format!("{{instance=\"{}\"}}", label(i)), *n))
             .collect(),
+    );
+    let lrr_labels = |r: &crate::lrr::LateResponseRate, w: &crate::lrr::WindowRate| {
+        format!(
+            "instance=\"{}\",marketplace=\"{}\",window=\"{}d\"",
+            label(&r.instance),
+            label(r.marketplace.as_deref().unwrap_or("")),
+            w.days
+        )
+    };
+    let mut rates = Vec::new();
+    let mut forecasts = Vec::new();
+    let mut cycles = Vec::new();
+    for r in &s.late_response_rate {
+        for w in &r.windows {
+            let l = lrr_labels(r, w);
+            if let Some(v) = w.rate {
+                rates.push((format!("{{{l}}}"), v));
+            }
+            for (case, v) in [
+                ("answered", w.forecast_if_answered),
+                ("unanswered", w.forecast_if_unanswered),
+            ] {
+                if let Some(v) = v {
+                    forecasts.push((format!("{{{l},if_awaiting=\"{case}\"}}"), v));
+                }
+            }
+            for (standing, n) in [
+                ("late", w.late),
+                ("on_time", w.on_time),
+                ("pending", w.pending),
+            ] {
+                cycles.push((format!("{{{l},standing=\"{standing}\"}}"), n));
+            }
+        }
+    }
+    let mut float_family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+        out.push('\n');
+    };
+    float_family(
+        "hourglass_late_response_rate",
+        "Share (0..1) of customer messages answered after 24 h or not at all, per window.",
+        rates,
+    );
+    float_family(
+        "hourglass_late_response_rate_forecast",
+        "The rate tomorrow if the messages awaiting now are answered at their deadlines, or not at all.",
+        forecasts,
+    );
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, i64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+        out.push('\n');
+    };
+    family(
+        "hourglass_late_response_cycles",
+        "gauge",
+        "Customer messages that opened an awaiting cycle, per window and standing (late, on time, pending).",
+        cycles,
     );
     family(
         "hourglass_webhook_deliveries_pending",

@@ -739,6 +739,7 @@ async fn list_page(
     ))
     .collect();
     let qs = q.query_string();
+    let health = account_health(&state);
     render(
         StatusCode::OK,
         "threads.html",
@@ -750,9 +751,48 @@ async fn list_page(
             filter => &q, filtered => q.filtered(),
             status_options, due_options => DUE_OPTIONS, channels, instances,
             rows_url => if qs.is_empty() { "/threads/rows".to_owned() } else { format!("/threads/rows?{qs}") },
-            soon_ms => DUE_SOON_MS,
+            soon_ms => DUE_SOON_MS, health,
         },
     )
+}
+
+/// The Late Response Rate strip above the list: per instance and
+/// marketplace, the 30-day rate and tomorrow's forecast, from the
+/// `/metrics` snapshot (at most a few seconds old, no query per view).
+fn account_health(state: &AppState) -> Vec<minijinja::Value> {
+    let Some(snapshot) = super::metrics::cached_snapshot(state) else {
+        return Vec::new();
+    };
+    let level = state
+        .config
+        .alerts
+        .late_response_rate
+        .as_ref()
+        .and_then(|l| crate::lrr::parse_level(&l.level).ok())
+        .unwrap_or(0.10);
+    snapshot
+        .late_response_rate
+        .iter()
+        .filter_map(|r| {
+            let w = r.windows.iter().find(|w| w.days == 30)?;
+            let worst = w.forecast_if_unanswered.unwrap_or(0.0);
+            let state = if w.rate.unwrap_or(0.0) >= level {
+                "bad"
+            } else if worst >= level {
+                "warn"
+            } else {
+                "ok"
+            };
+            Some(context! {
+                label => r.label(),
+                rate => crate::lrr::percent(w.rate),
+                if_answered => crate::lrr::percent(w.forecast_if_answered),
+                if_unanswered => crate::lrr::percent(w.forecast_if_unanswered),
+                pending => w.pending,
+                state,
+            })
+        })
+        .collect()
 }
 
 /// The list's rows and summary line, for the script's refresh: 304 while

@@ -109,8 +109,26 @@ impl ClockStore for SqlStore {
 }
 
 /// A thread's clock columns, as [`write_clock`] reads them.
-const CLOCK_ROW: &str = "SELECT id, awaiting_since, handled_at, snoozed_at, snoozed_until, \
-    alerted_remaining_ms FROM threads";
+const CLOCK_ROW: &str = "SELECT id, instance, marketplace, awaiting_since, handled_at, \
+    snoozed_at, snoozed_until, alerted_remaining_ms FROM threads";
+
+/// A thread's recorded cycles, as [`write_cycles`] compares them.
+const CYCLES_ROW: &str = "SELECT thread_id, started_at, marketplace, answered_at, \
+    no_response_needed_at FROM reply_cycles";
+
+/// A row of `reply_cycles`: the cycle and the marketplace it counts for.
+type StoredCycle = (crate::lrr::Cycle, String);
+
+fn cycle_from_row(row: &AnyRow) -> Result<StoredCycle> {
+    Ok((
+        crate::lrr::Cycle {
+            started_at: from_ms(row.try_get("started_at")?),
+            answered_at: opt_time(row, "answered_at")?,
+            no_response_needed_at: opt_time(row, "no_response_needed_at")?,
+        },
+        row.try_get("marketplace")?,
+    ))
+}
 
 /// Threads reclocked per query by [`reclock_many`] (bind parameters: SQLite
 /// allows 32,766, PostgreSQL 65,535).
@@ -157,8 +175,16 @@ pub(super) async fn reclock(
         .bind(thread_id)
         .fetch_one(&mut *conn)
         .await?;
+    let stored = sqlx::query(&format!("{CYCLES_ROW} WHERE thread_id = $1"))
+        .bind(thread_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(cycle_from_row)
+        .collect::<Result<Vec<_>>>()?;
     let clock = evaluate_clock(thread_id, &facts, &t, clocking)?;
-    write_clocks(conn, &[clock], now).await
+    write_clocks(conn, &[clock], now).await?;
+    write_cycles(conn, thread_id, &facts, &t, &stored, clocking).await
 }
 
 /// [`reclock`] for many threads, reading their messages and clock columns
@@ -187,6 +213,18 @@ pub(super) async fn reclock_many(
                 .or_default()
                 .push(fact_from_row(row)?);
         }
+        let sql = format!("{CYCLES_ROW} WHERE thread_id IN ({list})");
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        let mut stored: HashMap<i64, Vec<StoredCycle>> = HashMap::new();
+        for row in &q.fetch_all(&mut *conn).await? {
+            stored
+                .entry(row.try_get("thread_id")?)
+                .or_default()
+                .push(cycle_from_row(row)?);
+        }
         let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
         let mut q = sqlx::query(&sql);
         for id in chunk {
@@ -197,6 +235,8 @@ pub(super) async fn reclock_many(
             let id: i64 = t.try_get("id")?;
             let facts = facts.get(&id).map(Vec::as_slice).unwrap_or_default();
             clocks.push(evaluate_clock(id, facts, t, clocking)?);
+            let stored = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
+            write_cycles(conn, id, facts, t, stored, clocking).await?;
         }
         for group in clocks.chunks(CLOCKS_PER_STATEMENT) {
             write_clocks(conn, group, now).await?;
@@ -305,5 +345,79 @@ async fn write_clocks(conn: &mut AnyConnection, clocks: &[ThreadClock], now: i64
             .bind(c.message_count);
     }
     q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Brings a thread's `reply_cycles` rows in line with its messages and
+/// marks, writing only what changed (usually one row: the cycle a new
+/// message opened or a reply closed). The "no response needed" marks are
+/// the thread's latest (`handled_at`) and those recorded on earlier
+/// cycles, since the thread keeps only the latest.
+async fn write_cycles(
+    conn: &mut AnyConnection,
+    thread_id: i64,
+    facts: &[Fact],
+    t: &AnyRow,
+    stored: &[StoredCycle],
+    clocking: &Clocking,
+) -> Result<()> {
+    let instance: String = t.try_get("instance")?;
+    let marketplace: String = t
+        .try_get::<Option<String>, _>("marketplace")?
+        .unwrap_or_default();
+    let mut marks: Vec<DateTime<Utc>> = stored
+        .iter()
+        .filter_map(|(c, _)| c.no_response_needed_at)
+        .collect();
+    marks.extend(opt_time(t, "handled_at")?);
+    let derived = crate::lrr::cycles(facts, &marks);
+    let old: HashMap<DateTime<Utc>, &StoredCycle> =
+        stored.iter().map(|s| (s.0.started_at, s)).collect();
+    for c in &derived {
+        match old.get(&c.started_at) {
+            Some((o, m)) if o == c && *m == marketplace => {}
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE reply_cycles SET answered_at = $1, no_response_needed_at = $2,
+                        marketplace = $3
+                     WHERE thread_id = $4 AND started_at = $5",
+                )
+                .bind(opt_ms(c.answered_at))
+                .bind(opt_ms(c.no_response_needed_at))
+                .bind(&marketplace)
+                .bind(thread_id)
+                .bind(ms(c.started_at))
+                .execute(&mut *conn)
+                .await?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO reply_cycles (thread_id, started_at, instance, channel,
+                        marketplace, answered_at, no_response_needed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(thread_id)
+                .bind(ms(c.started_at))
+                .bind(&instance)
+                .bind(&clocking.channel)
+                .bind(&marketplace)
+                .bind(opt_ms(c.answered_at))
+                .bind(opt_ms(c.no_response_needed_at))
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    // A cycle that no longer exists: an older message arrived late and
+    // opened the cycle earlier.
+    for (started_at, _) in old {
+        if !derived.iter().any(|c| c.started_at == started_at) {
+            sqlx::query("DELETE FROM reply_cycles WHERE thread_id = $1 AND started_at = $2")
+                .bind(thread_id)
+                .bind(ms(started_at))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
     Ok(())
 }

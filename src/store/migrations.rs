@@ -79,6 +79,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0010_digest_deliveries.sql"),
     },
     Migration {
+        version: 12,
+        name: "reply_cycles",
+        sqlite: include_str!("../../migrations/sqlite/0012_reply_cycles.sql"),
+        postgres: include_str!("../../migrations/postgres/0012_reply_cycles.sql"),
+    },
+    Migration {
         version: 13,
         name: "watchdog_acks_quiet",
         sqlite: include_str!("../../migrations/sqlite/0013_watchdog_acks_quiet.sql"),

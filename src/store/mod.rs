@@ -61,7 +61,7 @@ pub use push::{sha256_hex, IdempotentReply, MetricsSnapshot, WebhookEvent};
 pub use quarantine::{QuarantineEntry, QuarantineStore};
 pub use secrets::ConnectorGrant;
 pub use sql::{redact_url as sql_redact, SqlStore};
-pub use stats::{ResponseSample, StatsStore};
+pub use stats::{ReportCycle, ResponseSample, StatsStore};
 pub use threads::{
     AuditEntry, MessageView, OutboxView, ThreadDetail, ThreadFilter, ThreadStore, ThreadSummary,
 };

@@ -41,6 +41,8 @@ pub struct MetricsSnapshot {
     pub quarantined: Vec<(String, i64)>,
     /// Webhook deliveries stored but not processed yet.
     pub webhooks_pending: i64,
+    /// The Late Response Rate per instance and marketplace.
+    pub late_response_rate: Vec<crate::lrr::LateResponseRate>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -239,6 +241,8 @@ impl SqlStore {
     /// Everything `/metrics` counts from the store. This reads every thread:
     /// callers cache it (see `http::metrics`), a scrape never runs it.
     pub async fn metrics_snapshot(&self, now: DateTime<Utc>) -> Result<MetricsSnapshot> {
+        use super::StatsStore;
+        let late_response_rate = crate::lrr::compute(&self.late_response_counts(now).await?);
         let now = ms(now);
         let threads = sqlx::query(
             "SELECT channel,
@@ -301,6 +305,7 @@ impl SqlStore {
                 .collect::<Result<_>>()?,
             quarantined: pairs(&quarantined, "instance")?,
             webhooks_pending: pending.try_get("n")?,
+            late_response_rate,
         })
     }
 }

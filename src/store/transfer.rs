@@ -33,6 +33,8 @@ const COPIED: &[&str] = &[
     "identity_keys",
     "customer_splits",
     "threads",
+    "reply_cycles",
+    "late_response_alerts",
     "messages",
     "attachments",
     "quarantine",

@@ -19,6 +19,7 @@ use crate::clock::Status;
 use crate::config::Config;
 use crate::store::{self, Store, ThreadFilter};
 
+pub use crate::report::Report;
 pub use crate::stats::{Figures, Report as Stats};
 
 /// A thread in a listing (`threads --json`, `GET /api/v1/threads`).
@@ -358,7 +359,32 @@ pub async fn stats(
         .checked_sub_signed(since)
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let samples = store.response_samples(from).await?;
-    Ok(crate::stats::compute(&samples, config, now))
+    let mut report = crate::stats::compute(&samples, config, now);
+    report.late_response_rate = crate::lrr::compute(&store.late_response_counts(now).await?);
+    Ok(report)
+}
+
+/// `hourglass report` over the last `since`, days and hours in `tz`.
+pub async fn report(
+    store: &dyn Store,
+    config: &Config,
+    since: Duration,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> store::Result<Report> {
+    let since = chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
+    let from = now
+        .checked_sub_signed(since)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let cycles = store.report_cycles(from, now).await?;
+    let mut policies = std::collections::HashMap::new();
+    let mut due_of = |c: &store::ReportCycle| {
+        policies
+            .entry((c.instance.clone(), c.channel.clone()))
+            .or_insert_with(|| crate::daemon::clocking_for(config, &c.instance, &c.channel).policy)
+            .due_at(c.cycle.started_at)
+    };
+    Ok(crate::report::compute(&cycles, &mut due_of, from, now, tz))
 }
 
 /// Every configured instance, with its state where it has run.

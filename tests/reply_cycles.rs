@@ -1,0 +1,147 @@
+//! `reply_cycles`, the rows the Late Response Rate counts: kept by the
+//! clock as messages and marks arrive, and filled by the upgrade
+//! (migration 12) from messages already stored; the same rows either way.
+//! On SQLite and on a real PostgreSQL.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use hourglass::clock::{self, Policy};
+use hourglass::store::prelude::*;
+use hourglass::store::{Backend, Clocking, SqlStore, MIGRATIONS};
+use hourglass_connector::{Batch, Direction, Message};
+use sqlx::Row;
+
+fn clocking() -> Clocking {
+    Clocking {
+        channel: "amazon".into(),
+        policy: Policy::wall_clock(Duration::hours(24)),
+        points: clock::thresholds(&[std::time::Duration::from_secs(3600)]),
+    }
+}
+
+fn msg(id: &str, thread: &str, dir: Direction, at: DateTime<Utc>, automatic: bool) -> Message {
+    let mut m = Message::new(id, thread, dir, at, "text");
+    m.automatic = automatic;
+    if thread == "anna" {
+        m.marketplace = Some("amazon.de".into());
+    }
+    m
+}
+
+type Row3 = (String, i64, Option<i64>, Option<i64>);
+
+async fn rows(store: &SqlStore) -> Vec<Row3> {
+    let mut out: Vec<Row3> = sqlx::query(
+        "SELECT t.thread_key AS k, c.started_at, c.answered_at, c.no_response_needed_at
+         FROM reply_cycles c JOIN threads t ON t.id = c.thread_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.try_get("k").unwrap(),
+            r.try_get("started_at").unwrap(),
+            r.try_get("answered_at").unwrap(),
+            r.try_get("no_response_needed_at").unwrap(),
+        )
+    })
+    .collect();
+    out.sort();
+    out
+}
+
+async fn story(store: SqlStore, backend: Backend) {
+    store.migrate().await.unwrap();
+    store
+        .register_instance("amazon-eu", "amazon", "amazon")
+        .await
+        .unwrap();
+    let c = clocking();
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let at = |h: i64| now - Duration::hours(h);
+    let ms = |h: i64| at(h).timestamp_millis();
+    use Direction::*;
+    let batch = Batch {
+        messages: vec![
+            msg("a1", "anna", Inbound, at(50), false),
+            msg("a2", "anna", Outbound, at(49), true), // auto-response: no answer
+            msg("a3", "anna", Inbound, at(45), false), // same cycle
+            msg("a4", "anna", Outbound, at(20), false), // answers it
+            msg("a5", "anna", Inbound, at(10), false),
+            msg("a6", "anna", Outbound, at(10), false), // same instant: answers it
+            msg("a7", "anna", Inbound, at(3), false),   // open
+            msg("b1", "bruno", Inbound, at(30), false),
+            msg("c1", "chloe", Inbound, at(5), false),
+            msg("s1", "chloe", System, at(4), false), // a notice opens nothing
+        ],
+        ..Default::default()
+    };
+    store.ingest("amazon-eu", &batch, &c).await.unwrap();
+    let chloe: i64 = sqlx::query("SELECT id FROM threads WHERE thread_key = 'chloe'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get("id")
+        .unwrap();
+    store
+        .mark_no_response_needed(chloe, "ana", &c, now)
+        .await
+        .unwrap();
+    // An older message of bruno's arrives late: his cycle opened earlier.
+    let late = Batch {
+        messages: vec![msg("b0", "bruno", Inbound, at(40), false)],
+        ..Default::default()
+    };
+    store.ingest("amazon-eu", &late, &c).await.unwrap();
+
+    let want: Vec<Row3> = vec![
+        ("anna".into(), ms(50), Some(ms(20)), None),
+        ("anna".into(), ms(10), Some(ms(10)), None),
+        ("anna".into(), ms(3), None, None),
+        ("bruno".into(), ms(40), None, None),
+        ("chloe".into(), ms(5), None, Some(now.timestamp_millis())),
+    ];
+    let mut want = want;
+    want.sort();
+    assert_eq!(rows(&store).await, want, "kept by the clock");
+    let market: Vec<String> =
+        sqlx::query("SELECT marketplace FROM reply_cycles ORDER BY started_at")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get("marketplace").unwrap())
+            .collect();
+    assert_eq!(market.iter().filter(|m| *m == "amazon.de").count(), 3);
+
+    // The upgrade's fill from the stored messages gives the same rows.
+    sqlx::query("DELETE FROM reply_cycles")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let m12 = MIGRATIONS.iter().find(|m| m.version == 12).unwrap();
+    for stmt in m12.statements(backend) {
+        let s = stmt.trim_start();
+        if s.starts_with("INSERT INTO reply_cycles") || s.starts_with("UPDATE reply_cycles") {
+            sqlx::query(&stmt).execute(store.pool()).await.unwrap();
+        }
+    }
+    assert_eq!(rows(&store).await, want, "filled by the upgrade");
+}
+
+#[tokio::test]
+async fn cycles_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/hg.db", dir.path().display());
+    let store = SqlStore::connect(&url, None, 2).await.unwrap();
+    story(store, Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn cycles_on_postgres() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let url = pg.create_database("reply_cycles").unwrap();
+    let store = SqlStore::connect(&url, None, 2).await.unwrap();
+    story(store, Backend::Postgres).await;
+}
