@@ -603,26 +603,6 @@ async fn update_message_text(conn: &mut AnyConnection, instance: &str, m: &Messa
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_body_beyond_the_cap_is_cut_at_a_character_with_a_note() {
-        assert_eq!(capped_body("Hallo"), "Hallo");
-        let big = "ä".repeat(MAX_BODY_BYTES); // 2 bytes each
-        let kept = capped_body(&big);
-        let (head, note) = kept.split_once("\n\n[hourglass:").unwrap();
-        assert_eq!(head.len(), MAX_BODY_BYTES);
-        assert!(
-            note.contains("text is 2.1 MB; only its first 1 MB is kept"),
-            "{note}"
-        );
-        assert_eq!(capped_html(&Some(big)), None);
-        assert_eq!(capped_html(&Some("<p>x</p>".into())), Some("<p>x</p>"));
-    }
-}
-
 /// A platform notice that may belong on another thread than its own key's:
 /// it returns one of our messages or names an order.
 fn routable_notice(m: &Message) -> bool {
@@ -672,4 +652,24 @@ async fn notice_thread(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_beyond_the_cap_is_cut_at_a_character_with_a_note() {
+        assert_eq!(capped_body("Hallo"), "Hallo");
+        let big = "ä".repeat(MAX_BODY_BYTES); // 2 bytes each
+        let kept = capped_body(&big);
+        let (head, note) = kept.split_once("\n\n[hourglass:").unwrap();
+        assert_eq!(head.len(), MAX_BODY_BYTES);
+        assert!(
+            note.contains("text is 2.1 MB; only its first 1 MB is kept"),
+            "{note}"
+        );
+        assert_eq!(capped_html(&Some(big)), None);
+        assert_eq!(capped_html(&Some("<p>x</p>".into())), Some("<p>x</p>"));
+    }
 }
