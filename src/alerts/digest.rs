@@ -79,8 +79,9 @@ pub fn worker(ctx: Context, stop: CancellationToken) -> BoxFuture<'static, ()> {
                 // A few quick retries; digests are summaries, the next one
                 // will carry the same threads.
                 let mut sent = false;
+                let key = format!("digest-{}-{}-{name}", digest.name, next.timestamp());
                 for attempt in 1..=3u64 {
-                    match sink.send(&rendered).await {
+                    match sink.send(&rendered, &key).await {
                         Ok(()) => {
                             sent = true;
                             break;

@@ -295,6 +295,17 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The idempotency key of a delivery (`X-Hourglass-Delivery`): named after
+/// its row in the store, so every retry of it, after a crash too, carries
+/// the same key, and no two deliveries share one.
+pub fn delivery_key(d: &crate::store::AlertDelivery) -> String {
+    if d.instance_alert {
+        format!("instance-alert-{}", d.id)
+    } else {
+        format!("alert-{}", d.id)
+    }
+}
+
 /// Delivery backoff: 5 s doubling to 10 min.
 fn retry_delay(attempts: i64) -> Duration {
     let exp = attempts.clamp(1, 8) as u32 - 1;
@@ -343,7 +354,7 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
                                     let result = match sinks.get(&name) {
                                         Some(sink) => {
                                             let message = render(&d.payload, Utc::now());
-                                            match before(send_by, sink.send(&message)).await {
+                                            match before(send_by, sink.send(&message, &delivery_key(&d))).await {
                                                 Ok(sent) => sent,
                                                 Err(Late::BeforeStart) => return,
                                                 Err(Late::Midway) => Err(sinks::SendError {
@@ -462,6 +473,26 @@ mod tests {
             render(&breach, now).title,
             "Deadline missed: Ana Souza on amazon"
         );
+    }
+
+    #[test]
+    fn delivery_keys_follow_the_stored_row() {
+        let row = |id, instance_alert| crate::store::AlertDelivery {
+            id,
+            thread_id: 7,
+            instance_alert,
+            threshold: "1h".into(),
+            sink: "hook".into(),
+            attempts: 1,
+            payload: json!({}),
+        };
+        let first = row(41, false);
+        let mut retried = first.clone();
+        retried.attempts = 3;
+        assert_eq!(delivery_key(&first), delivery_key(&retried));
+        assert_ne!(delivery_key(&first), delivery_key(&row(42, false)));
+        // Alerts and instance alerts live in two tables: same id, two keys.
+        assert_ne!(delivery_key(&first), delivery_key(&row(41, true)));
     }
 
     #[test]
