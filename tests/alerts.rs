@@ -363,9 +363,13 @@ fn readme_verify_example() -> String {
     code[..code.find("```").unwrap()].to_owned()
 }
 
-/// Runs the README's `verify` on each case (headers, body, clock offset
-/// in seconds) with python3; returns its answers.
-fn python_verify(cases: &[(Vec<(String, String)>, Vec<u8>, i64)]) -> Vec<bool> {
+/// A delivery as a receiver sees it: headers, body, and how far its clock
+/// is ahead of the sender's, in seconds.
+type Case = (Vec<(String, String)>, Vec<u8>, i64);
+
+/// Runs the README's `verify` on each case with python3; returns its
+/// answers.
+fn python_verify(cases: &[Case]) -> Vec<bool> {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("verify.py");
     let harness = r#"
