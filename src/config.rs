@@ -451,8 +451,22 @@ impl Source {
     /// Turns a TOML/serde error into a located diagnostic. For an unknown
     /// field, toml points at the enclosing table; we find the key itself.
     fn diag_from_toml(&self, err: &toml::de::Error) -> Diagnostic {
-        let message = err.message().trim().to_owned();
         let span = err.span().unwrap_or(0..0);
+        let mut message = err.message().trim().to_owned();
+        if message.is_empty() {
+            // toml gives no words for some bytes it refuses (a bare
+            // carriage return, found by tests/fuzz.rs): name the character.
+            message = match self.text.get(span.start..).and_then(|t| t.chars().next()) {
+                Some(c) if c.is_control() => {
+                    format!(
+                        "invalid TOML: control character U+{:04X} is not allowed here",
+                        u32::from(c)
+                    )
+                }
+                Some(c) => format!("invalid TOML: unexpected {c:?}"),
+                None => "invalid TOML: unexpected end of file".to_owned(),
+            };
+        }
         let mut offset = span.start;
         if let Some(field) = message
             .strip_prefix("unknown field `")

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use crate::alerts::sinks::{sign, SIGNATURE_HEADER};
+use crate::alerts::sinks::{verify_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::config::Config;
 use crate::daemon::{self, Signal};
 use crate::store::{ThreadFilter, ThreadStore};
@@ -258,11 +258,23 @@ async fn start_capture() -> anyhow::Result<(String, mpsc::Receiver<(bool, serde_
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
             let tx = tx.clone();
             async move {
-                let expected = format!("sha256={}", sign(SECRET.as_bytes(), &body));
-                let signed = headers
-                    .get(SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v == expected);
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                // What a receiver should do: a recent timestamp, and the
+                // signature over it and the body, compared in constant time.
+                let signed = verify_signature(
+                    SECRET.as_bytes(),
+                    &header(TIMESTAMP_HEADER),
+                    &header(SIGNATURE_HEADER),
+                    &body,
+                    Utc::now().timestamp(),
+                    300,
+                );
                 let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                 let _ = tx.send((signed, value)).await;
                 StatusCode::NO_CONTENT

@@ -28,11 +28,17 @@ fn buyer_mail(seconds_ago: i64) -> String {
     )
 }
 
-fn verify(body: &[u8], header: Option<&str>) -> bool {
+/// The signature a receiver expects: HMAC(secret, timestamp + "." + body).
+fn verify(r: &common::Received) -> bool {
+    let Some(timestamp) = r.header("X-Hourglass-Timestamp") else {
+        return false;
+    };
     let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
-    mac.update(body);
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(&r.body);
     let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    header == Some(expected.as_str())
+    r.header("X-Hourglass-Signature") == Some(expected.as_str())
 }
 
 #[test]
@@ -116,10 +122,7 @@ sinks = ["managers"]
     assert_eq!(first.json()["threshold"], "1h");
     assert_eq!(first.json()["customer"], "Jürgen Weiß");
     assert_eq!(first.json()["order_id"], "302-7654321-1234567");
-    assert!(
-        verify(&first.body, first.header("X-Hourglass-Signature")),
-        "signature does not verify"
-    );
+    assert!(verify(first), "signature does not verify: {first:?}");
     let mail_text = String::from_utf8_lossy(&smtp.messages().unwrap()[0]).into_owned();
     assert!(mail_text.contains("Subject: [hourglass]"), "{mail_text}");
     assert!(mail_text.contains("302-7654321-1234567"), "{mail_text}");
@@ -155,9 +158,13 @@ sinks = ["managers"]
         ["1h", "breach"],
         "each alert once, none again after the restart"
     );
-    assert!(agents
+    assert!(agents.iter().all(verify));
+    // Two alerts, two idempotency keys.
+    let keys: Vec<_> = agents
         .iter()
-        .all(|r| verify(&r.body, r.header("X-Hourglass-Signature"))));
+        .map(|r| r.header("X-Hourglass-Delivery").unwrap().to_owned())
+        .collect();
+    assert_ne!(keys[0], keys[1], "{keys:?}");
     let managers = to("/managers");
     assert_eq!(managers.len(), 1, "escalated only at the breach");
     let text = managers[0].json()["text"].as_str().unwrap().to_owned();
@@ -435,4 +442,213 @@ due_within = "6h"
     assert_eq!(digest["kind"], "digest");
     assert_eq!(digest["digest"], "daily");
     assert_eq!(digest_rows(&app).len(), 1, "one run, one sink");
+}
+
+/// The Python function in README ("Verifying webhook alerts"), as written.
+fn readme_verify_example() -> String {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("<!-- verify-webhook-example -->\n```python\n")
+        .expect("README has the marked Python example");
+    let code = &readme[start..];
+    let code = &code[code.find("```python\n").unwrap() + "```python\n".len()..];
+    code[..code.find("```").unwrap()].to_owned()
+}
+
+/// A delivery as a receiver sees it: headers, body, and how far its clock
+/// is ahead of the sender's, in seconds.
+type Case = (Vec<(String, String)>, Vec<u8>, i64);
+
+/// Runs the README's `verify` on each case with python3; returns its
+/// answers.
+fn python_verify(cases: &[Case]) -> Vec<bool> {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("verify.py");
+    let harness = r#"
+
+import base64
+import json
+import sys
+
+answers = []
+for case in json.load(sys.stdin):
+    real_time = time.time
+    time.time = lambda: real_time() + case["offset"]
+    answers.append(verify(b"hook-secret-for-tests", dict(case["headers"]),
+                          base64.b64decode(case["body"])))
+    time.time = real_time
+print(json.dumps(answers))
+"#;
+    std::fs::write(&script, readme_verify_example() + harness).unwrap();
+    let input = serde_json::Value::Array(
+        cases
+            .iter()
+            .map(|(headers, body, offset)| {
+                serde_json::json!({
+                    "headers": headers,
+                    "body": base64_encode(body),
+                    "offset": offset,
+                })
+            })
+            .collect(),
+    );
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the README example");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the README example failed to run");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_example_verifies_a_real_delivery_and_refuses_forgeries_and_replays() {
+    let hooks = WebhookReceiver::start();
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            r#"[[alerts.sinks]]
+name = "signed"
+type = "webhook"
+url = "{}"
+secret = "env:HG_HOOK_SECRET"
+"#,
+            hooks.url("/signed")
+        ),
+    );
+    app.env.push(("HG_HOOK_SECRET".into(), HOOK_SECRET.into()));
+    let out = app.run(&["alerts", "test"]);
+    assert!(out.status.success(), "{out:?}");
+    let got = hooks.received();
+    assert_eq!(got.len(), 1);
+    let real = &got[0];
+    assert!(real.header("X-Hourglass-Delivery").is_some(), "{real:?}");
+
+    let headers = real.headers.clone();
+    let with = |name: &str, value: &str| {
+        let mut h: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+            .cloned()
+            .collect();
+        h.push((name.to_owned(), value.to_owned()));
+        h
+    };
+    // The headers as a receiver's framework names them.
+    let canonical = |h: Vec<(String, String)>| {
+        h.into_iter()
+            .map(|(k, v)| {
+                let k = match k.to_ascii_lowercase().as_str() {
+                    "x-hourglass-timestamp" => "X-Hourglass-Timestamp".to_owned(),
+                    "x-hourglass-signature" => "X-Hourglass-Signature".to_owned(),
+                    _ => k,
+                };
+                (k, v)
+            })
+            .collect::<Vec<_>>()
+    };
+    let timestamp: i64 = real
+        .header("X-Hourglass-Timestamp")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut tampered = real.body.clone();
+    tampered.extend_from_slice(b" ");
+    let answers = python_verify(&[
+        (canonical(headers.clone()), real.body.clone(), 0),
+        // The same delivery replayed ten minutes later.
+        (canonical(headers.clone()), real.body.clone(), 600),
+        // The body changed on the way.
+        (canonical(headers.clone()), tampered, 0),
+        // A fresh timestamp pasted onto the old signature.
+        (
+            canonical(with("X-Hourglass-Timestamp", &(timestamp + 5).to_string())),
+            real.body.clone(),
+            0,
+        ),
+        // Unsigned.
+        (
+            canonical(with("X-Hourglass-Signature", "")),
+            real.body.clone(),
+            0,
+        ),
+    ]);
+    assert_eq!(answers, [true, false, false, false, false]);
+}
+
+#[test]
+fn a_retried_delivery_keeps_its_key_and_is_signed_anew() {
+    // The sink answers 503 (Retry-After: 1) to the first attempt.
+    let hooks = WebhookReceiver::start_failing_first(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    // 23 h 30 min old: the 1 h point has passed.
+    deliver_mail(&mail, &buyer_mail(23 * 3600 + 1800));
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(mail.join(".Sent").join(sub)).unwrap();
+    }
+    let mut app = TestApp::new(
+        None,
+        &format!(
+            r#"[clock]
+window = "24h"
+thresholds = ["1h"]
+
+[[instances]]
+name = "amazon-de"
+type = "amazon"
+schedule = "* * * * * *"
+[instances.maildir]
+path = "{mail}"
+own_addresses = ["seller@shop.example"]
+
+[[alerts.sinks]]
+name = "hook"
+type = "webhook"
+url = "{url}"
+secret = "env:HG_HOOK_SECRET"
+"#,
+            mail = mail.display(),
+            url = hooks.url("/hook"),
+        ),
+    );
+    app.env.push(("HG_HOOK_SECRET".into(), HOOK_SECRET.into()));
+    let mut daemon = app.spawn_daemon();
+    wait_until(Duration::from_secs(60), || hooks.received().len() >= 2)
+        .unwrap_or_else(|_| panic!("no retry; log:\n{}", daemon.log()));
+    daemon.stop_cleanly();
+    let got = hooks.received();
+    assert_eq!(got.len(), 2, "one failed attempt, one retry: {got:?}");
+    let key = |r: &common::Received| r.header("X-Hourglass-Delivery").map(str::to_owned);
+    assert!(key(&got[0]).is_some());
+    assert_eq!(key(&got[0]), key(&got[1]), "the retry carries the same key");
+    assert!(got.iter().all(verify), "each attempt is signed: {got:?}");
 }

@@ -95,9 +95,12 @@ pub fn store_full(config: &Arc<Config>, instance: &str, channel: &str, error: &s
             }
         };
         let message = super::engine::render(&payload, Utc::now());
+        // Not a stored row: the episode's start names it, the same for
+        // every retry of this alert.
+        let key = format!("store-{}", Utc::now().timestamp_millis());
         let max_attempts = config.alerts.max_attempts.max(1);
         let sends = names.iter().map(|name| {
-            let (sinks, message) = (&sinks, &message);
+            let (sinks, message, key) = (&sinks, &message, &key);
             async move {
                 let Some(sink) = sinks.get(name) else {
                     warn!(sink = %name, "No sink of this name in the configuration; the store-full alert is not sent there.");
@@ -105,7 +108,7 @@ pub fn store_full(config: &Arc<Config>, instance: &str, channel: &str, error: &s
                 };
                 let mut wait = Duration::from_secs(5);
                 for attempt in 1..=max_attempts {
-                    match sink.send(message).await {
+                    match sink.send(message, key).await {
                         Ok(()) => {
                             info!(sink = %name, threshold = STORE, "Alert delivered.");
                             return;

@@ -80,8 +80,9 @@ pub struct SinkConfig {
     /// `teams` (a MessageCard).
     #[serde(default)]
     pub format: WebhookFormat,
-    /// webhook: HMAC-SHA256 key; the hex digest of the body is sent as
-    /// `X-Hourglass-Signature: sha256=<hex>`.
+    /// webhook: HMAC-SHA256 key. Each delivery carries
+    /// `X-Hourglass-Timestamp: <unix seconds>` and
+    /// `X-Hourglass-Signature: sha256=<hex HMAC(secret, timestamp + "." + body)>`.
     #[serde(default)]
     pub secret: Option<SecretRef>,
     /// telegram: the bot token, by reference.

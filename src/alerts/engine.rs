@@ -24,7 +24,9 @@ use crate::clock::{self, Threshold};
 use crate::daemon::Context;
 use crate::deadline::{before, Late};
 use crate::duration::format_left;
-use crate::store::{AlertCandidate, AlertDelivery, NewDelivery, Store, ThreadSummary};
+use crate::store::{
+    AlertCandidate, AlertDelivery, DeliveryKind, NewDelivery, Store, ThreadSummary,
+};
 
 /// Longest sleep between checks: bounds how late an alert can be when its
 /// thread was changed outside this process (another daemon on the same
@@ -441,6 +443,41 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The idempotency key of a delivery (`X-Hourglass-Delivery`): named after
+/// its row in the store, so every retry of it, after a crash too, carries
+/// the same key, and no two deliveries share one.
+pub fn delivery_key(d: &crate::store::AlertDelivery) -> String {
+    match d.kind {
+        DeliveryKind::Thread => format!("alert-{}", d.id),
+        DeliveryKind::Instance => format!("instance-alert-{}", d.id),
+        DeliveryKind::Digest => format!("digest-{}", d.id),
+    }
+}
+
+/// The key of what one request carries: a delivery's own, or for a quiet
+/// hours summary one derived from the keys of the deliveries in it (the
+/// same summary retried carries the same key).
+fn unit_key(unit: &[AlertDelivery]) -> String {
+    match unit {
+        [d] => delivery_key(d),
+        _ => {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for d in unit {
+                h.update(delivery_key(d).as_bytes());
+                h.update(b"\n");
+            }
+            let hex: String = h
+                .finalize()
+                .iter()
+                .take(12)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("summary-{hex}")
+        }
+    }
+}
+
 /// Delivery backoff: 5 s doubling to 10 min.
 fn retry_delay(attempts: i64) -> Duration {
     let exp = attempts.clamp(1, 8) as u32 - 1;
@@ -497,7 +534,8 @@ async fn deliver_loop(ctx: Context, stop: CancellationToken, wake: Arc<Notify>) 
                                     let result = match sinks.get(&name) {
                                         Some(sink) => {
                                             let message = render_unit(&unit, Utc::now());
-                                            match before(send_by, sink.send(&message)).await {
+                                            let key = unit_key(&unit);
+                                            match before(send_by, sink.send(&message, &key)).await {
                                                 Ok(sent) => sent,
                                                 Err(Late::BeforeStart) => return,
                                                 Err(Late::Midway) => Err(sinks::SendError {
@@ -608,6 +646,38 @@ mod tests {
             render(&breach, now).title,
             "Deadline missed: Ana Souza on amazon"
         );
+    }
+
+    #[test]
+    fn delivery_keys_follow_the_stored_row() {
+        let row = |id, kind| crate::store::AlertDelivery {
+            id,
+            thread_id: 7,
+            kind,
+            threshold: "1h".into(),
+            sink: "hook".into(),
+            attempts: 1,
+            payload: json!({}),
+            held_until: None,
+        };
+        let first = row(41, DeliveryKind::Thread);
+        let mut retried = first.clone();
+        retried.attempts = 3;
+        assert_eq!(delivery_key(&first), delivery_key(&retried));
+        assert_ne!(
+            delivery_key(&first),
+            delivery_key(&row(42, DeliveryKind::Thread))
+        );
+        // Alerts, instance alerts and digests live in three tables: same
+        // id, three keys.
+        let instance = delivery_key(&row(41, DeliveryKind::Instance));
+        let digest = delivery_key(&row(41, DeliveryKind::Digest));
+        assert_ne!(delivery_key(&first), instance);
+        assert_ne!(instance, digest);
+        // A summary of held alerts: the same set, the same key.
+        let two = [first.clone(), row(42, DeliveryKind::Thread)];
+        assert_eq!(unit_key(&two), unit_key(&two.clone()));
+        assert_ne!(unit_key(&two), unit_key(&[first.clone()]));
     }
 
     #[test]

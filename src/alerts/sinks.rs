@@ -14,8 +14,14 @@ use sha2::Sha256;
 
 use super::config::{AlertsConfig, SinkConfig, SinkType, WebhookFormat};
 
-/// The header carrying the webhook body's HMAC-SHA256.
+/// The header carrying `sha256=HMAC-SHA256(secret, timestamp + "." + body)`.
 pub const SIGNATURE_HEADER: &str = "X-Hourglass-Signature";
+/// The header carrying the signing time (Unix seconds); it is part of the
+/// signed material, so a receiver can refuse a replayed delivery.
+pub const TIMESTAMP_HEADER: &str = "X-Hourglass-Timestamp";
+/// The header carrying the delivery's idempotency key: the same on every
+/// retry of one delivery (also after a crash), different between deliveries.
+pub const DELIVERY_HEADER: &str = "X-Hourglass-Delivery";
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -120,17 +126,61 @@ pub struct Rendered {
 
 /// HMAC-SHA256 of `body` with `key`, hex.
 pub fn sign(key: &[u8], body: &[u8]) -> String {
+    hex::encode(mac_of(key, &[body]))
+}
+
+fn mac_of(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     // Any key length is valid for HMAC, so this cannot fail.
     let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(m) => m,
-        Err(_) => return String::new(),
+        Err(_) => return Vec::new(),
     };
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The `X-Hourglass-Signature` value of a webhook delivery:
+/// `sha256=` and the hex HMAC-SHA256 of `timestamp + "." + body`, as
+/// Stripe and Slack sign theirs.
+pub fn signature(key: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let ts = timestamp.to_string();
+    format!(
+        "sha256={}",
+        hex::encode(mac_of(key, &[ts.as_bytes(), b".", body]))
+    )
+}
+
+/// What a receiver does with a delivery (the demo's capture does this, and
+/// README shows it in Python): the timestamp is recent (within
+/// `tolerance_secs` of `now`, either way) and the signature matches, compared
+/// in constant time.
+pub fn verify_signature(
+    key: &[u8],
+    timestamp_header: &str,
+    signature_header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> bool {
+    let Ok(ts) = timestamp_header.trim().parse::<i64>() else {
+        return false;
+    };
+    if now.abs_diff(ts) > tolerance_secs.unsigned_abs() {
+        return false;
+    }
+    hourglass_connector::constant_time_eq(
+        signature(key, ts, body).as_bytes(),
+        signature_header.trim().as_bytes(),
+    )
 }
 
 impl Sink {
-    pub async fn send(&self, alert: &Rendered) -> Result<(), SendError> {
+    /// Sends `alert`. `delivery` is its idempotency key
+    /// ([`DELIVERY_HEADER`] on webhooks): pass the same key on every retry
+    /// of one delivery.
+    pub async fn send(&self, alert: &Rendered, delivery: &str) -> Result<(), SendError> {
         match self {
             Sink::Email { sender, to } => {
                 use lettre::message::{header::ContentType, MultiPart, SinglePart};
@@ -199,10 +249,15 @@ impl Sink {
                     serde_json::to_vec(&body).map_err(|e| SendError::transient(e.to_string()))?;
                 let mut req = client
                     .post(url.expose_secret())
-                    .header("content-type", "application/json");
+                    .header("content-type", "application/json")
+                    .header(DELIVERY_HEADER, delivery);
                 if let Some(key) = secret {
-                    let sig = sign(key.expose_secret().as_bytes(), &body);
-                    req = req.header(SIGNATURE_HEADER, format!("sha256={sig}"));
+                    // Signed at each attempt: a retry carries a fresh time.
+                    let now = chrono::Utc::now().timestamp();
+                    req = req.header(TIMESTAMP_HEADER, now.to_string()).header(
+                        SIGNATURE_HEADER,
+                        signature(key.expose_secret().as_bytes(), now, &body),
+                    );
                 }
                 let resp = req
                     .body(body)
@@ -286,5 +341,42 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn the_timestamp_is_inside_the_signed_material() {
+        let body = br#"{"kind":"deadline"}"#;
+        let sig = signature(b"k", 1_700_000_000, body);
+        // Exactly HMAC(key, "1700000000." + body).
+        assert_eq!(
+            sig,
+            format!(
+                "sha256={}",
+                sign(b"k", br#"1700000000.{"kind":"deadline"}"#)
+            )
+        );
+        let now = 1_700_000_100;
+        assert!(verify_signature(b"k", "1700000000", &sig, body, now, 300));
+        // Another time with the same signature: a replay dressed up as new.
+        assert!(!verify_signature(b"k", "1700000050", &sig, body, now, 300));
+        // The right pair, but too old.
+        assert!(!verify_signature(
+            b"k",
+            "1700000000",
+            &sig,
+            body,
+            now + 600,
+            300
+        ));
+        assert!(!verify_signature(b"k", "1700000000", &sig, b"{}", now, 300));
+        assert!(!verify_signature(
+            b"other",
+            "1700000000",
+            &sig,
+            body,
+            now,
+            300
+        ));
+        assert!(!verify_signature(b"k", "soon", &sig, body, now, 300));
     }
 }

@@ -5,7 +5,6 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use hourglass_connector::secret::ExposeSecret as _;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq as _;
 use tracing::{error, warn};
 
 use super::config::{Role, TokenConfig};
@@ -53,7 +52,7 @@ pub fn verify(known: &[KnownToken], presented: &str) -> Option<Principal> {
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let mut found = None;
     for t in known {
-        if bool::from(t.digest.ct_eq(&digest)) && found.is_none() {
+        if hourglass_connector::constant_time_eq(&t.digest, &digest) && found.is_none() {
             found = Some(Principal {
                 name: t.name.clone(),
                 role: t.role,

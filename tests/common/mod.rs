@@ -334,11 +334,22 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn start() -> WebhookReceiver {
-        WebhookReceiver::start_on(0)
+        WebhookReceiver::start_with(0, 0)
     }
 
     /// A receiver on `port`: a sink configured for it was down until now.
     pub fn start_on(port: u16) -> WebhookReceiver {
+        WebhookReceiver::start_with(port, 0)
+    }
+
+    /// Like [`WebhookReceiver::start`], but the first `failures` requests
+    /// (recorded all the same) get `503` with `Retry-After: 1`, as a sink
+    /// that is briefly down.
+    pub fn start_failing_first(failures: usize) -> WebhookReceiver {
+        WebhookReceiver::start_with(0, failures)
+    }
+
+    fn start_with(port: u16, failures: usize) -> WebhookReceiver {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -384,14 +395,20 @@ impl WebhookReceiver {
                     .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                     .collect();
                 let body = buf[head_end..(head_end + content_length).min(buf.len())].to_vec();
-                sink.lock().unwrap().push(Received {
-                    path,
-                    headers,
-                    body,
-                });
-                let _ = stream.write_all(
-                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                let answer: &[u8] = {
+                    let mut got = sink.lock().unwrap();
+                    got.push(Received {
+                        path,
+                        headers,
+                        body,
+                    });
+                    if got.len() <= failures {
+                        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    }
+                };
+                let _ = stream.write_all(answer);
             }
         });
         WebhookReceiver { port, received }

@@ -44,7 +44,24 @@ fn parse_error(reason: impl Into<String>) -> ParseError {
 }
 
 /// Parses one raw mail into a normalized message.
+///
+/// A mail that makes the MIME parser panic is a [`ParseError`] (the mail
+/// goes to the quarantine with its raw bytes), not a dead ingest task:
+/// mail-parser 0.11 asserts on some nestings of `message/rfc822` inside a
+/// multipart (found by tests/fuzz.rs), a `debug_assert!` that a debug
+/// build turns into a panic.
 pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse_mail_unguarded(raw, ctx)
+    }))
+    .unwrap_or_else(|_| {
+        Err(parse_error(
+            "the MIME parser failed on this mail's structure (nested parts it cannot follow)",
+        ))
+    })
+}
+
+fn parse_mail_unguarded(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseError> {
     let readable = headers_as_utf8(raw);
     let mail = MessageParser::default()
         .parse(readable.as_ref())

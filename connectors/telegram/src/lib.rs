@@ -22,7 +22,8 @@ use chrono::{DateTime, Utc};
 use hourglass_connector::platform::PlatformOf;
 use hourglass_connector::secret::ExposeSecret;
 use hourglass_connector::{
-    Batch, Capabilities, Connector, ConnectorError, Cursors, OutgoingReply, SentReply,
+    constant_time_eq, Batch, Capabilities, Connector, ConnectorError, Cursors, OutgoingReply,
+    SentReply,
 };
 use serde_json::json;
 
@@ -143,11 +144,6 @@ pub fn split_text(text: &str, max: usize) -> Vec<String> {
         rest = rest[cut..].trim_start();
     }
     parts
-}
-
-/// Compares in time independent of where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Length as Telegram counts it for its limits (UTF-16 code units): never
@@ -494,9 +490,6 @@ mod tests {
         assert!(check_text(&"é".repeat(4096)).is_ok());
         assert!(check_text(&"x".repeat(4097)).unwrap_err().contains("4097"));
         assert!(check_text("  ").is_err());
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

@@ -241,7 +241,12 @@ impl Client {
                 // successor: use that one, once.
                 let stored = self.stored_refresh(vault.as_ref(), &configured).await?;
                 match stored {
-                    Some(s) if s.expose_secret() != refresh.expose_secret() => {
+                    Some(s)
+                        if !hourglass_connector::constant_time_eq(
+                            s.expose_secret().as_bytes(),
+                            refresh.expose_secret().as_bytes(),
+                        ) =>
+                    {
                         t.refresh = Some(s.clone());
                         self.grant(t, vault.as_ref(), &configured, &s).await
                     }
@@ -265,7 +270,8 @@ impl Client {
             .map_err(ConnectorError::Other)?;
         Ok(stored.and_then(|s| {
             let (fp, token) = s.expose_secret().split_once(':')?;
-            (fp == configured).then(|| SecretString::from(token.to_owned()))
+            hourglass_connector::constant_time_eq(fp.as_bytes(), configured.as_bytes())
+                .then(|| SecretString::from(token.to_owned()))
         }))
     }
 
