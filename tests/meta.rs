@@ -5,6 +5,8 @@
 
 mod common;
 
+use hourglass_testsupport::chaos::{Chaos, ChaosProxy, Fault};
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -276,6 +278,53 @@ fn forged_deliveries_are_refused_and_store_nothing() {
     let t = wait_thread(&app, &daemon, "shop-messenger", |_| true);
     assert_eq!(threads(&app).len(), 1);
     assert_eq!(texts(&app, t["id"].as_i64().unwrap()), vec!["Hello"]);
+    daemon.stop_cleanly();
+}
+
+/// Found by the chaos run: a send Meta accepted whose answer came back
+/// cut off was marked failed, inviting an agent to send it again.
+#[test]
+fn a_reply_whose_answer_is_unreadable_is_uncertain_not_failed() {
+    let mock = MockGraph::start(TOKEN, PAGE).unwrap();
+    let chaos = Chaos::always(Fault::TruncatedJson);
+    let proxy = ChaosProxy::start(mock.url(), &chaos).unwrap();
+    let api = format!(
+        "{}/{}",
+        proxy.url(),
+        mock.url().splitn(4, '/').nth(3).unwrap()
+    );
+    let config = instance("shop-messenger", "messenger", &mock).replace(mock.url(), &api);
+    let app = app(&config);
+    let (mut daemon, base) = start(&app);
+    let delivery = page_delivery(
+        "page",
+        PAGE,
+        vec![vec![customer_text(
+            PAGE,
+            "7009",
+            "m_cut",
+            "Hello?",
+            Utc::now(),
+        )]],
+    );
+    assert_eq!(hooks(&base, "shop-messenger").deliver(&delivery), 200);
+    let t = wait_thread(&app, &daemon, "shop-messenger", |_| true)["id"]
+        .as_i64()
+        .unwrap();
+
+    let id = reply(&app, t, &["--body", "Yes, it ships today."]).unwrap();
+    let mut state = Value::Null;
+    wait_until(Duration::from_secs(60), || {
+        state = outbox(&app, t, &id);
+        !matches!(state["state"].as_str(), Some("queued" | "sending"))
+    })
+    .unwrap_or_else(|_| panic!("the reply never settled: {state}; log:\n{}", daemon.log()));
+    assert_eq!(mock.sent().len(), 1, "Meta has the reply once");
+    assert_eq!(state["state"], "uncertain", "{state}");
+    assert!(
+        state["error"].as_str().is_some_and(|e| e.contains("check")),
+        "{state}"
+    );
     daemon.stop_cleanly();
 }
 

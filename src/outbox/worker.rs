@@ -412,6 +412,18 @@ impl Sender {
                 )
                 .await;
             }
+            // The platform answered, but not in a form we can read (a
+            // gateway's HTML page with 200, a cut-off body): the reply may
+            // well have arrived. Found by the chaos run, where such replies
+            // were marked failed although the platform had them, inviting
+            // an agent to send them again. Like a send that timed out, it
+            // stays in sending and is looked up on the platform.
+            Ok(Err(ConnectorError::BadData { reason, .. })) => warn!(
+                instance = %self.name,
+                reply = %item.id,
+                error = %reason,
+                "The platform's answer to a reply cannot be read; whether the reply arrived is unknown. It stays in sending and is looked up on the platform after its lease."
+            ),
             Ok(Err(e)) => self.send_failed(item, e).await,
         }
     }

@@ -81,6 +81,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Chaos {
     seed: u64,
+    /// Every faulted request gets this one (a focused test), else a random kind.
+    only: Option<Fault>,
     /// Share of requests that get a fault, 0.0 to 1.0.
     rate: f64,
     recovered: Arc<AtomicBool>,
@@ -92,12 +94,21 @@ impl Chaos {
     pub fn new(seed: u64, rate: f64) -> Chaos {
         Chaos {
             seed,
+            only: None,
             rate: rate.clamp(0.0, 1.0),
             recovered: Arc::new(AtomicBool::new(false)),
             inner: Arc::new(Mutex::new(Inner {
                 rng: StdRng::seed_from_u64(seed),
                 counts: BTreeMap::new(),
             })),
+        }
+    }
+
+    /// Every request gets `fault` until [`Chaos::recover`].
+    pub fn always(fault: Fault) -> Chaos {
+        Chaos {
+            only: Some(fault),
+            ..Chaos::new(0, 1.0)
         }
     }
 
@@ -139,6 +150,8 @@ impl Chaos {
         let mut i = self.lock();
         let mut fault = if self.is_recovered() || !i.rng.random_bool(self.rate) {
             Fault::None
+        } else if let Some(only) = self.only {
+            only
         } else {
             Fault::FAULTS[i.rng.random_range(0..Fault::FAULTS.len())]
         };
