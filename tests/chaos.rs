@@ -239,6 +239,9 @@ long_poll_secs = 2
 name = "x"
 type = "x"
 schedule = "* * * * * *"
+# X's DM quota allows about one send a minute: the replies of a run would
+# take longer to drain than the run itself. The mock enforces none.
+rate_limit = {{ per_second = 2.0, burst = 5 }}
 [instances.x]
 api_url = "{x_api}"
 token_url = "{x_api}/2/oauth2/token"
