@@ -420,9 +420,8 @@ async fn handle(
     let (up_head, up_body) = read_message(&mut up, true).await?;
     let (status_line, mut up_headers) = head_without_framing(&up_head);
     let status = status_line
-        .splitn(2, ' ')
-        .nth(1)
-        .unwrap_or("502 Bad Gateway")
+        .split_once(' ')
+        .map_or("502 Bad Gateway", |(_, s)| s)
         .to_owned();
 
     let answer = match fault {
