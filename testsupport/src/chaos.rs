@@ -386,7 +386,13 @@ async fn handle(
     let early = match fault {
         Fault::Unauthorized => Some(canned("401 Unauthorized", &[])),
         Fault::TooManyWithRetryAfter => Some(canned("429 Too Many Requests", &["retry-after: 1"])),
-        Fault::TooManyWithoutRetryAfter => Some(canned("429 Too Many Requests", &[])),
+        // No Retry-After, but X's own reset header (ignored by the others):
+        // X sends it with every 429, and without it the X connector waits
+        // a whole 15-minute window, longer than a run.
+        Fault::TooManyWithoutRetryAfter => {
+            let reset = format!("x-rate-limit-reset: {}", chrono::Utc::now().timestamp() + 2);
+            Some(canned("429 Too Many Requests", &[&reset]))
+        }
         Fault::ServerError => Some(canned("500 Internal Server Error", &[])),
         Fault::Unavailable => Some(canned("503 Service Unavailable", &[])),
         Fault::Reset => {
