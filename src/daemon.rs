@@ -269,6 +269,8 @@ async fn poll_loop(
     let mut expiry_checked: Option<std::time::Instant> = None;
     let mut next_at = tokio::time::Instant::now(); // first poll right away
     let mut polled_with: Option<i64> = None;
+    // Consecutive failures of `wait_for_change` (a push feed's long poll).
+    let mut watch_failures: u32 = 0;
     loop {
         // Only the holder of the instance's lease polls it; a lease (re)taken
         // means a poll right away.
@@ -303,11 +305,23 @@ async fn poll_loop(
                     }
                 } => {
                     if let Err(e) = changed {
-                        warn!(instance = %name, error = %e, "Waiting for changes failed; polling on schedule.");
+                        // Poll after a backoff, not at the next scheduled
+                        // tick: for a push instance the schedule is only a
+                        // fallback (a Telegram bot's may be yearly), and one
+                        // failed long poll must not stall it until then.
+                        watch_failures = watch_failures.saturating_add(1);
+                        let delay = wait.min(backoff(
+                            watch_failures,
+                            config.daemon.min_backoff.0,
+                            config.daemon.max_backoff.0,
+                        ));
+                        warn!(instance = %name, error = %e, retry_in_ms = delay.as_millis() as u64, "Waiting for changes failed; polling after a backoff.");
                         tokio::select! {
                             _ = stop.cancelled() => break,
-                            _ = tokio::time::sleep(wait) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
+                    } else {
+                        watch_failures = 0;
                     }
                 }
             }

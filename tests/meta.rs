@@ -5,6 +5,8 @@
 
 mod common;
 
+use hourglass_testsupport::chaos::{Chaos, ChaosProxy, Fault};
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -276,6 +278,102 @@ fn forged_deliveries_are_refused_and_store_nothing() {
     let t = wait_thread(&app, &daemon, "shop-messenger", |_| true);
     assert_eq!(threads(&app).len(), 1);
     assert_eq!(texts(&app, t["id"].as_i64().unwrap()), vec!["Hello"]);
+    daemon.stop_cleanly();
+}
+
+/// Found by the chaos run: a send Meta accepted whose answer came back
+/// cut off was marked failed, inviting an agent to send it again.
+#[test]
+fn a_reply_whose_answer_is_unreadable_is_uncertain_not_failed() {
+    let mock = MockGraph::start(TOKEN, PAGE).unwrap();
+    let chaos = Chaos::always(Fault::TruncatedJson);
+    let proxy = ChaosProxy::start(mock.url(), &chaos).unwrap();
+    let api = format!(
+        "{}/{}",
+        proxy.url(),
+        mock.url().splitn(4, '/').nth(3).unwrap()
+    );
+    let config = instance("shop-messenger", "messenger", &mock).replace(mock.url(), &api);
+    let app = app(&config);
+    let (mut daemon, base) = start(&app);
+    let delivery = page_delivery(
+        "page",
+        PAGE,
+        vec![vec![customer_text(
+            PAGE,
+            "7009",
+            "m_cut",
+            "Hello?",
+            Utc::now(),
+        )]],
+    );
+    assert_eq!(hooks(&base, "shop-messenger").deliver(&delivery), 200);
+    let t = wait_thread(&app, &daemon, "shop-messenger", |_| true)["id"]
+        .as_i64()
+        .unwrap();
+
+    let id = reply(&app, t, &["--body", "Yes, it ships today."]).unwrap();
+    let mut state = Value::Null;
+    wait_until(Duration::from_secs(60), || {
+        state = outbox(&app, t, &id);
+        !matches!(state["state"].as_str(), Some("queued" | "sending"))
+    })
+    .unwrap_or_else(|_| panic!("the reply never settled: {state}; log:\n{}", daemon.log()));
+    assert_eq!(mock.sent().len(), 1, "Meta has the reply once");
+    assert_eq!(state["state"], "uncertain", "{state}");
+    assert!(
+        state["error"].as_str().is_some_and(|e| e.contains("check")),
+        "{state}"
+    );
+    daemon.stop_cleanly();
+}
+
+/// Found by the chaos run: a 429 from a gateway in front of the Graph API
+/// (not Meta's own throttling codes) marked the reply failed.
+#[test]
+fn a_plain_429_on_a_reply_waits_and_sends_it_once() {
+    let mock = MockGraph::start(TOKEN, PAGE).unwrap();
+    let chaos = Chaos::always(Fault::TooManyWithoutRetryAfter);
+    let proxy = ChaosProxy::start(mock.url(), &chaos).unwrap();
+    let api = format!(
+        "{}/{}",
+        proxy.url(),
+        mock.url().splitn(4, '/').nth(3).unwrap()
+    );
+    let config = instance("shop-messenger", "messenger", &mock).replace(mock.url(), &api);
+    let app = app(&config);
+    let (mut daemon, base) = start(&app);
+    let delivery = page_delivery(
+        "page",
+        PAGE,
+        vec![vec![customer_text(
+            PAGE,
+            "7010",
+            "m_429",
+            "Hi!",
+            Utc::now(),
+        )]],
+    );
+    assert_eq!(hooks(&base, "shop-messenger").deliver(&delivery), 200);
+    let t = wait_thread(&app, &daemon, "shop-messenger", |_| true)["id"]
+        .as_i64()
+        .unwrap();
+
+    let id = reply(&app, t, &["--body", "Hello from the shop."]).unwrap();
+    // Refused at least once, then the gateway lets it through.
+    wait_until(WAIT, || {
+        outbox(&app, t, &id)["attempts"].as_i64() >= Some(1)
+    })
+    .unwrap_or_else(|_| panic!("never tried; log:\n{}", daemon.log()));
+    chaos.recover();
+    let mut state = Value::Null;
+    wait_until(Duration::from_secs(120), || {
+        state = outbox(&app, t, &id);
+        !matches!(state["state"].as_str(), Some("queued" | "sending"))
+    })
+    .unwrap_or_else(|_| panic!("the reply never settled: {state}; log:\n{}", daemon.log()));
+    assert_eq!(state["state"], "sent", "{state}");
+    assert_eq!(mock.sent().len(), 1);
     daemon.stop_cleanly();
 }
 

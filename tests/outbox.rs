@@ -594,6 +594,30 @@ fn refused_credentials_stop_the_instance_sending_and_keep_its_replies() {
     assert_eq!(hooks.received().len(), 1, "alerted again after the fix");
 }
 
+/// Found by the chaos run: a refusal that passes (a platform's hiccup, a
+/// token renewed behind the same reference) left the instance's replies
+/// queued until someone reloaded the daemon.
+#[test]
+fn replies_go_out_by_themselves_once_the_credentials_are_accepted_again() {
+    let mock = MockPlatform::start(None).unwrap();
+    mock.answer_to("buyer0@shop.sim", 401, "access token expired");
+    let app = new_app();
+    let threads = seed(&app, &mock, 1, NO_LIMIT, "");
+    let ana = threads["Ana Souza"];
+    let first = reply(&app, ana, &["--body", "Olá"]);
+
+    let mut daemon = app.spawn_daemon();
+    daemon.wait_for_log("Credentials refused while sending", Duration::from_secs(20));
+    mock.clear_answer_to("buyer0@shop.sim");
+    // No reload, no restart: the next try (30 s on) sends it.
+    wait_until(Duration::from_secs(120), || {
+        outbox_state(&app, ana, &first) == "sent"
+    })
+    .unwrap_or_else(|_| panic!("the reply stayed queued; log:\n{}", daemon.log()));
+    assert_eq!(mock.accepted().len(), 1);
+    daemon.stop_cleanly();
+}
+
 #[test]
 fn a_slow_instance_does_not_hold_back_another() {
     let mock = MockPlatform::start(None).unwrap();

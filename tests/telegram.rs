@@ -123,6 +123,23 @@ fn a_message_is_stored_while_the_daemon_long_polls() {
     );
 }
 
+/// The chaos run found it: a long poll answered with garbage made the
+/// daemon wait for the next scheduled poll, which for a bot is only a
+/// fallback (here: once a year), so the bot went deaf after one hiccup.
+#[test]
+fn a_failed_long_poll_is_retried_after_a_backoff_not_at_the_next_schedule() {
+    let mock = MockBotApi::start(TOKEN).unwrap();
+    let app = app(&mock);
+    let mut daemon = start(&app, &mock);
+    mock.answer_garbage(1);
+    daemon.wait_for_log("Waiting for changes failed", WAIT);
+
+    mock.push_message(4343, "Bea", "Is the blue one back in stock?");
+    let t = wait_thread(&app, &daemon, "Bea");
+    assert_eq!(t["message_count"], 1);
+    daemon.stop_cleanly();
+}
+
 #[test]
 fn a_kill_between_get_updates_and_the_commit_loses_nothing() {
     let mock = MockBotApi::start(TOKEN).unwrap();

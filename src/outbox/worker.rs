@@ -152,6 +152,10 @@ enum Checked {
     Done,
 }
 
+/// How long a sender whose credentials were refused waits before it
+/// tries again (at least; `max_backoff` when that is longer).
+const AUTH_RETRY: Duration = Duration::from_secs(30);
+
 impl Sender {
     fn lease(&self) -> Duration {
         self.config.lease.0.max(Duration::from_secs(1))
@@ -181,78 +185,91 @@ impl Sender {
             "Outbox sender started."
         );
         loop {
-            if self.halted(&stop) {
-                break;
-            }
-            // The platform asked us to wait: claiming now would only make
-            // replies sit out their lease.
-            if let Some(until) = self.send_limit.paused_until() {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep_until(until) => {}
+            loop {
+                if self.halted(&stop) {
+                    break;
                 }
-                continue;
-            }
-            if !self.leases.borrow().contains_key(&self.name) {
-                let mut leases = self.leases.clone();
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = leases.changed() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                continue;
-            }
-            // Registered before the claim, so that a reply queued between an
-            // empty claim and the wait still wakes us.
-            let notified = enqueued().notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let claimed_at = Instant::now();
-            let claimed = {
-                let _w = self.writes.lock().await;
-                let _busy = crate::watchdog::busy(format!("claiming replies of {}", self.name));
-                self.store
-                    .claim_outbox_for(
-                        &self.name,
-                        &self.worker_id,
-                        self.lease(),
-                        self.claim_limit(),
-                        Utc::now(),
-                    )
-                    .await
-            };
-            let items = match claimed {
-                Ok(items) => items,
-                Err(e) => {
-                    warn!(instance = %self.name, error = %e, "Cannot claim replies from the outbox; trying again.");
+                // The platform asked us to wait: claiming now would only make
+                // replies sit out their lease.
+                if let Some(until) = self.send_limit.paused_until() {
                     tokio::select! {
                         _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                    continue;
+                }
+                if !self.leases.borrow().contains_key(&self.name) {
+                    let mut leases = self.leases.clone();
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = leases.changed() => {}
                         _ = tokio::time::sleep(poll) => {}
                     }
                     continue;
                 }
-            };
-            if items.is_empty() {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep(poll) => {}
+                // Registered before the claim, so that a reply queued between an
+                // empty claim and the wait still wakes us.
+                let notified = enqueued().notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let claimed_at = Instant::now();
+                let claimed = {
+                    let _w = self.writes.lock().await;
+                    let _busy = crate::watchdog::busy(format!("claiming replies of {}", self.name));
+                    self.store
+                        .claim_outbox_for(
+                            &self.name,
+                            &self.worker_id,
+                            self.lease(),
+                            self.claim_limit(),
+                            Utc::now(),
+                        )
+                        .await
+                };
+                let items = match claimed {
+                    Ok(items) => items,
+                    Err(e) => {
+                        warn!(instance = %self.name, error = %e, "Cannot claim replies from the outbox; trying again.");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                        continue;
+                    }
+                };
+                if items.is_empty() {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let claimed = items.len();
-            let before = self.put_backs.load(Ordering::Relaxed);
-            self.send_batch(items, claimed_at, &stop).await;
-            if self.put_backs.load(Ordering::Relaxed) - before >= claimed {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(poll) => {}
+                let claimed = items.len();
+                let before = self.put_backs.load(Ordering::Relaxed);
+                self.send_batch(items, claimed_at, &stop).await;
+                if self.put_backs.load(Ordering::Relaxed) - before >= claimed {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(poll) => {}
+                    }
                 }
             }
-        }
-        if self.auth_failed.load(Ordering::Relaxed) {
-            // Stay quiet until the generation ends (reload or shutdown).
-            stop.cancelled().await;
+            if stop.is_cancelled() {
+                break;
+            }
+            // Credentials refused: quiet for a while (no hammering an account
+            // whose token is refused), then one more try. A reload or restart
+            // tries at once; this try is for a platform's passing refusal and
+            // a secret renewed behind the same reference, which the chaos run
+            // showed would otherwise leave replies queued for good.
+            let delay = self.max_backoff.max(AUTH_RETRY);
+            info!(instance = %self.name, retry_in_ms = delay.as_millis() as u64, "Sending waits for the credentials to be accepted again.");
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            self.auth_failed.store(false, Ordering::Relaxed);
         }
         debug!(instance = %self.name, "Outbox sender stopped.");
     }
@@ -395,6 +412,18 @@ impl Sender {
                 )
                 .await;
             }
+            // The platform answered, but not in a form we can read (a
+            // gateway's HTML page with 200, a cut-off body): the reply may
+            // well have arrived. Found by the chaos run, where such replies
+            // were marked failed although the platform had them, inviting
+            // an agent to send them again. Like a send that timed out, it
+            // stays in sending and is looked up on the platform.
+            Ok(Err(ConnectorError::BadData { reason, .. })) => warn!(
+                instance = %self.name,
+                reply = %item.id,
+                error = %reason,
+                "The platform's answer to a reply cannot be read; whether the reply arrived is unknown. It stays in sending and is looked up on the platform after its lease."
+            ),
             Ok(Err(e)) => self.send_failed(item, e).await,
         }
     }
@@ -517,7 +546,7 @@ impl Sender {
             }
             ConnectorError::Auth(_) => {
                 self.auth_failed.store(true, Ordering::Relaxed);
-                error!(instance = %self.name, error = %e, "Credentials refused while sending; replies of this instance wait in the outbox until the config is fixed and reloaded.");
+                error!(instance = %self.name, error = %e, "Credentials refused while sending; replies of this instance wait in the outbox until the credentials are accepted again (tried every 30 s, and at once on a reload).");
                 if let Err(se) = self
                     .store
                     .set_instance_state(&self.name, "auth_failed")

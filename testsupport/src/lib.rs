@@ -2,6 +2,7 @@
 //! drop. A test that needs one starts it; nothing is skipped silently: when a
 //! server's binary is missing, the test fails and says what to install.
 
+pub mod chaos;
 pub mod consent;
 pub mod cyrus;
 pub mod dovecot;

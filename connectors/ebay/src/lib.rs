@@ -235,6 +235,7 @@ impl EbayConnector {
         // conversation on it: start it only when all of it fits.
         self.client.reserve_calls(Purpose::Poll, PAGE_LIMIT + 1)?;
         let since = cursor.since;
+        let resumed = cursor.scan.clone();
         let scan = cursor.scan.take().unwrap_or(Scan {
             offset: 0,
             top: since,
@@ -278,6 +279,9 @@ impl EbayConnector {
 
         let mut top = scan.top;
         let mut reached_since = false;
+        // A conversation whose messages came back unreadable (a gateway's
+        // HTML page, a cut-off body) holds the cursor where it was.
+        let mut unreadable = false;
         let mut fetched: Vec<(ConversationDetail, Option<String>, Vec<MessageDetail>)> = Vec::new();
         let listed = page.conversations.len();
         // The scan may stop at the first conversation not newer than the
@@ -342,7 +346,8 @@ impl EbayConnector {
                 }
                 continue;
             }
-            if let Some((title, messages)) = self
+            let before = batch.quarantined.len();
+            match self
                 .conversation_messages(
                     &detail.conversation_id,
                     kind,
@@ -352,7 +357,8 @@ impl EbayConnector {
                 )
                 .await?
             {
-                fetched.push((detail, title, messages));
+                Some((title, messages)) => fetched.push((detail, title, messages)),
+                None => unreadable |= batch.quarantined.len() > before,
             }
         }
 
@@ -386,7 +392,13 @@ impl EbayConnector {
         let next_offset = scan.offset + PAGE_LIMIT;
         let more_pages =
             page.next.is_some() || page.total.is_some_and(|t| u64::from(next_offset) < t);
-        if listed > 0 && more_pages && !reached_since {
+        if unreadable {
+            // Found by the chaos run: moving on would put the cursor past
+            // that conversation's new messages for good. The next poll reads
+            // this page again; what the others gave is absorbed by the
+            // unique key.
+            cursor.scan = resumed;
+        } else if listed > 0 && more_pages && !reached_since {
             cursor.scan = Some(Scan {
                 offset: next_offset,
                 top,

@@ -415,6 +415,14 @@ async fn malformed_answers_are_quarantined_and_the_poll_goes_on() {
         q.error
     );
     assert!(!batch.messages.iter().any(|m| m.thread_key == convs[1]));
+
+    // The cursor did not move past it: the next poll reads it.
+    cursors.extend(batch.cursors);
+    let messages = sync(&conn, &mut cursors).await;
+    assert!(
+        messages.iter().any(|m| m.thread_key == convs[1]),
+        "the conversation that was unreadable once is never read again"
+    );
     s.assert_spec_kept();
 }
 

@@ -119,6 +119,15 @@ impl GraphApi {
             self.reads.pause_until(until);
             self.sends.pause_until(until);
         }
+        if status == 429 {
+            // Meta throttles with 400/403 and a code, but a gateway in front
+            // of it answers 429 in its own words: slow down all the same,
+            // never give up on the reply (found by the chaos run).
+            let d = retry_after(&headers).or(usage.regain);
+            self.reads
+                .pause_until(Instant::now() + d.unwrap_or(Duration::from_secs(60)));
+            return Err(ConnectorError::RateLimited { retry_after: d });
+        }
         let body: Value = match serde_json::from_slice(&raw) {
             Ok(v) => v,
             Err(_) if status >= 500 => {
