@@ -496,7 +496,6 @@ fn the_daemon_keeps_its_promises_while_platforms_misbehave() {
         .collect();
     let mut states: BTreeMap<String, usize> = BTreeMap::new();
     let mut problems = Vec::new();
-    let mut smtp_resent = Vec::new();
     for r in &replies {
         let Some(entry) = outbox.get(&r.outbox_id) else {
             problems.push(format!(
@@ -514,14 +513,6 @@ fn the_daemon_keeps_its_promises_while_platforms_misbehave() {
         let reason = entry["error"].as_str().unwrap_or("");
         match state.as_str() {
             "sent" if times == 1 => {}
-            // A known gap, printed and left to the e-mail connector: SMTP
-            // has no idempotency key, and after a SIGKILL between the
-            // server's 250 and the outbox commit, `check_sent` looks for
-            // the copy in the Sent folder, which is filed after the send,
-            // so it may answer "not sent" and the mail goes again.
-            "sent" if times == 2 && matches!(r.platform, "amazon" | "email") => {
-                smtp_resent.push(r.marker.clone());
-            }
             "failed" | "uncertain" if !reason.is_empty() && times <= 1 => {
                 println!("reply {:?}: {state}: {reason}", r.marker);
                 if state == "failed" && times == 1 {
@@ -565,10 +556,6 @@ fn the_daemon_keeps_its_promises_while_platforms_misbehave() {
     println!(
         "replies: {} queued, by final state {states:?}; settled {settle_time:?} after the recovery",
         replies.len()
-    );
-    println!(
-        "replies sent twice by SMTP after a SIGKILL (known gap of the e-mail connector's check_sent): {}",
-        smtp_resent.len()
     );
     println!(
         "threshold alerts: {} (thread, threshold, cycle) keys, {} delivered more than once",

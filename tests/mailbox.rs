@@ -609,3 +609,113 @@ fn answered_and_expunged_elsewhere_are_seen_by_modseq(server: ImapServer) {
     assert_eq!(sync[0]["ok"], true, "{sync}");
     assert_eq!(total_messages(&app), 3);
 }
+
+/// After a crash mid-send, SMTP cannot prove a reply absent: the Sent copy
+/// is filed after the send. A reply whose send had started is left
+/// `uncertain` for a human, never resent; one that was only claimed when
+/// the daemon died never reached SMTP and is sent, once.
+#[test]
+fn a_reply_interrupted_after_its_send_started_is_uncertain_not_sent_twice() {
+    let server = ImapServer::Dovecot(Dovecot::start().unwrap());
+    let ImapServer::Dovecot(dovecot) = &server else {
+        unreachable!()
+    };
+    let smtp = SmtpSink::start().unwrap();
+    for (id, buyer, alias) in [("b-1", "Ana", "ana1+x"), ("b-2", "Bruno", "bruno2+y")] {
+        dovecot
+            .append(
+                "INBOX",
+                &relay(
+                    id,
+                    buyer,
+                    alias,
+                    "de",
+                    &format!("Anfrage von Amazon-Kunde {buyer}"),
+                    "Wo ist mein Paket?",
+                    Utc::now() - chrono::Duration::hours(1),
+                ),
+            )
+            .unwrap();
+    }
+    let app = app_for(&server, "* * * * * *");
+    std::fs::write(
+        &app.config,
+        std::fs::read_to_string(&app.config).unwrap()
+            + &format!(
+                "sent_folder = \"Sent\"\n[instances.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"seller@shop.example\"\n",
+                smtp.port()
+            ),
+    )
+    .unwrap();
+    app.json(&["sync", "--once", "--json"]);
+    let threads: Vec<String> = app
+        .json(&["threads", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap().to_string())
+        .collect();
+    assert_eq!(threads.len(), 2);
+    let reply = |thread: &str| -> String {
+        app.json(&["reply", thread, "--body", "Heute verschickt.", "--json"])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (started, claimed) = (reply(&threads[0]), reply(&threads[1]));
+
+    // As a daemon killed mid-work leaves them: both claimed, with a lease
+    // that has run out; the first had started its send.
+    let store_only = app.dir.path().join("store.toml");
+    std::fs::write(
+        &store_only,
+        format!(
+            "[store]\nurl = \"sqlite://{}/hourglass.db\"\n",
+            app.dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = hourglass::config::Config::load(&store_only).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = hourglass::daemon::open_store(&config).await.unwrap();
+        let past = (Utc::now() - chrono::Duration::minutes(5)).timestamp_millis();
+        for (id, mark) in [(&started, Some(past)), (&claimed, None)] {
+            sqlx::query(
+                "UPDATE outbox SET state = 'sending', claimed_by = 'killed', claimed_until = $1,
+                    attempts = 1, send_started_at = $2 WHERE id = $3",
+            )
+            .bind(past)
+            .bind(mark)
+            .bind(id.as_str())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+    });
+
+    let mut daemon = app.spawn_daemon();
+    let state = |thread: &str| app.json(&["show", thread, "--json"])["outbox"][0].clone();
+    wait_until(Duration::from_secs(30), || {
+        state(&threads[0])["state"] == "uncertain" && state(&threads[1])["state"] == "sent"
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "expected uncertain and sent: {} / {}; log:\n{}",
+            state(&threads[0]),
+            state(&threads[1]),
+            daemon.log()
+        )
+    });
+    daemon.stop_cleanly();
+    let reason = state(&threads[0])["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(reason.contains("cannot tell"), "{reason}");
+    let mails = smtp.messages().unwrap();
+    assert_eq!(mails.len(), 1, "only the reply that never reached SMTP");
+    let mail = String::from_utf8_lossy(&mails[0]).into_owned();
+    assert!(mail.contains(&format!("Message-ID: <{claimed}@")), "{mail}");
+    assert!(!mail.contains(&started), "{mail}");
+}

@@ -677,7 +677,7 @@ mod tests {
         // A summary of held alerts: the same set, the same key.
         let two = [first.clone(), row(42, DeliveryKind::Thread)];
         assert_eq!(unit_key(&two), unit_key(&two.clone()));
-        assert_ne!(unit_key(&two), unit_key(&[first.clone()]));
+        assert_ne!(unit_key(&two), unit_key(std::slice::from_ref(&first)));
     }
 
     #[test]

@@ -350,7 +350,11 @@ impl Sender {
                 return;
             }
         };
-        if recovering {
+        // A platform that cannot prove a reply absent (SMTP) is asked only
+        // when the interrupted attempt had started its send: one that
+        // never did cannot have arrived.
+        let marks = self.inst.connector.marks_send_start();
+        if recovering && (item.send_started || !marks) {
             match self.check(item, &reply, start_by, finish_by, stop).await {
                 Checked::Done => return,
                 Checked::Send => {}
@@ -371,6 +375,20 @@ impl Sender {
         if !ready || self.halted(stop) {
             self.put_back(item, true).await;
             return;
+        }
+        if marks {
+            let marked = {
+                let _w = self.writes.lock().await;
+                self.store
+                    .mark_send_started(&item.id, &self.worker_id, Utc::now())
+                    .await
+            };
+            if let Err(e) = marked {
+                // Not sent: without the mark a crash could send it twice.
+                warn!(instance = %self.name, reply = %item.id, error = %e, "Cannot record that a reply's send starts; it is not sent now and is claimed again.");
+                self.put_back(item, true).await;
+                return;
+            }
         }
         let busy = crate::watchdog::busy(format!("sending a reply of {}", self.name));
         let connector = &self.inst.connector;

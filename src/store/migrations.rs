@@ -102,6 +102,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0015_connector_grants.sql"),
         postgres: include_str!("../../migrations/postgres/0015_connector_grants.sql"),
     },
+    Migration {
+        version: 16,
+        name: "outbox_send_started",
+        sqlite: include_str!("../../migrations/sqlite/0016_outbox_send_started.sql"),
+        postgres: include_str!("../../migrations/postgres/0016_outbox_send_started.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

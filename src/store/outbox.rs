@@ -47,6 +47,9 @@ pub struct OutboxItem {
     /// The state before the claim: `queued`, or `sending` when a previous
     /// worker died mid-send and the outcome is unknown.
     pub previous_state: String,
+    /// Whether a previous attempt recorded that its send started
+    /// ([`OutboxStore::mark_send_started`]).
+    pub send_started: bool,
 }
 
 /// How an outbox send ended.
@@ -114,6 +117,9 @@ pub trait OutboxStore: Send + Sync {
     /// the queue (shutdown, a rate-limit pause), without counting an
     /// attempt. Only rows still claimed by `worker` are touched.
     async fn release_outbox(&self, id: &str, worker: &str) -> Result<()>;
+    /// Records that the send of a reply claimed by `worker` starts now;
+    /// an error (the claim is gone) means it must not be sent.
+    async fn mark_send_started(&self, id: &str, worker: &str, now: DateTime<Utc>) -> Result<()>;
     /// How many replies are in each state.
     async fn outbox_counts(&self) -> Result<Vec<(String, i64)>>;
 }
@@ -226,10 +232,28 @@ impl OutboxStore for SqlStore {
         Ok(())
     }
 
+    async fn mark_send_started(&self, id: &str, worker: &str, now: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE outbox SET send_started_at = $1
+             WHERE id = $2 AND state = 'sending' AND claimed_by = $3",
+        )
+        .bind(ms(now))
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(super::StoreError::Invalid(format!(
+                "reply {id} is no longer claimed by this worker"
+            )));
+        }
+        Ok(())
+    }
+
     async fn release_outbox(&self, id: &str, worker: &str) -> Result<()> {
         sqlx::query(
             "UPDATE outbox SET state = 'queued', claimed_by = NULL, claimed_until = NULL,
-                attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = $1
+                send_started_at = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = $1
              WHERE id = $2 AND state = 'sending' AND claimed_by = $3",
         )
         .bind(ms(Utc::now()))
@@ -268,7 +292,7 @@ impl SqlStore {
         let mut tx = self.begin_write(&mut conn).await?;
         let lock = self.backend.skip_locked();
         let sql = format!(
-            "SELECT id, thread_id, instance, body, template, attempts, state FROM outbox
+            "SELECT id, thread_id, instance, body, template, attempts, state, send_started_at FROM outbox
              WHERE ($1 IS NULL OR instance = $1)
                AND ((state = 'queued' AND next_attempt_at <= $2)
                  OR (state = 'sending' AND claimed_until < $2))
@@ -292,6 +316,7 @@ impl SqlStore {
                 template: r.try_get("template")?,
                 attempts: r.try_get("attempts")?,
                 previous_state: r.try_get("state")?,
+                send_started: r.try_get::<Option<i64>, _>("send_started_at")?.is_some(),
             });
         }
         // One statement per hundred claimed rows, not one each: every

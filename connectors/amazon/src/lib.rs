@@ -132,4 +132,8 @@ impl Connector for AmazonConnector {
     async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
         self.source.check_sent(reply).await
     }
+
+    fn marks_send_start(&self) -> bool {
+        self.source.marks_send_start()
+    }
 }

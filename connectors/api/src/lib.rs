@@ -144,6 +144,16 @@ pub trait Connector: Send + Sync {
         Ok(SentCheck::CannotTell)
     }
 
+    /// Whether [`Connector::check_sent`] can only find a reply, never prove
+    /// it absent (SMTP: the Sent copy is filed after the send, so a crash
+    /// between the server's 250 and the record leaves no trace). Then the
+    /// daemon records in the store that a send started before the request
+    /// goes out: a reply recovered without that mark is sent without
+    /// asking, one with it is looked up and, not found, left `uncertain`.
+    fn marks_send_start(&self) -> bool {
+        false
+    }
+
     /// Whether the platform pushes to `/webhooks/{instance}`. When false
     /// (the default) that route answers 404 for this instance.
     fn accepts_webhooks(&self) -> bool {

@@ -347,8 +347,14 @@ impl Connector for MaildirConnector {
                 external_id: id,
                 sent_at,
             }),
-            None => SentCheck::NotSent,
+            // The copy is filed after the send: its absence proves nothing
+            // (the daemon asks only when the send had started).
+            None => SentCheck::CannotTell,
         })
+    }
+
+    fn marks_send_start(&self) -> bool {
+        true
     }
 }
 

@@ -81,4 +81,7 @@ impl Connector for MailSource {
     async fn check_sent(&self, reply: &OutgoingReply) -> Result<SentCheck, ConnectorError> {
         self.inner().check_sent(reply).await
     }
+    fn marks_send_start(&self) -> bool {
+        self.inner().marks_send_start()
+    }
 }

@@ -141,7 +141,11 @@ async fn a_maildir_reply_is_sent_and_filed_in_dot_sent() {
         in_reply_to_meta: inbound.meta.clone(),
         order_id: None,
     };
-    assert_eq!(conn.check_sent(&reply).await.unwrap(), SentCheck::NotSent);
+    assert_eq!(
+        conn.check_sent(&reply).await.unwrap(),
+        SentCheck::CannotTell
+    );
+    assert!(conn.marks_send_start());
     let sent = conn.send_reply(&reply).await.unwrap();
     assert_eq!(sink.wait_for(1, Duration::from_secs(10)).unwrap().len(), 1);
     assert!(
