@@ -705,7 +705,7 @@ async fn queue_deliveries(
 
 /// Queues one admin alert per sink about `instance` (`problem` = `auth`,
 /// `silence`), at most once per episode and sink.
-async fn queue_instance_alerts(
+pub(super) async fn queue_instance_alerts(
     conn: &mut AnyConnection,
     instance: &str,
     problem: &str,

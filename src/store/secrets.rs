@@ -140,24 +140,15 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let mut queued = 0;
-        for d in deliveries {
-            let done = sqlx::query(
-                "INSERT INTO instance_alerts (instance, problem, episode, sink, state, attempts,
-                    next_attempt_at, payload, created_at, held_until)
-                 VALUES ($1, 'expiry', $2, $3, 'queued', 0, $6, $4, $2, $5)
-                 ON CONFLICT (instance, problem, episode, sink) DO NOTHING",
-            )
-            .bind(instance)
-            .bind(ms(now))
-            .bind(&d.sink)
-            .bind(d.payload.to_string())
-            .bind(d.held_until.map(ms))
-            .bind(d.held_until.map_or(ms(now), ms))
-            .execute(&mut *tx)
-            .await?;
-            queued += done.rows_affected() as usize;
-        }
+        let queued = super::alerts::queue_instance_alerts(
+            &mut tx,
+            instance,
+            "expiry",
+            ms(now),
+            deliveries,
+            ms(now),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(queued))
     }
