@@ -428,6 +428,7 @@ fn error_page(status: StatusCode, title: &str, message: &str, s: Option<&Session
         context! {
             title, message,
             user => s.map(|s| s.name.clone()),
+            admin => s.is_some_and(|s| s.role == Role::Admin),
             csrf => s.map(|s| s.csrf.clone()),
             asset_version => &*ASSET_VERSION,
         },
@@ -745,6 +746,7 @@ async fn list_page(
         "threads.html",
         context! {
             user => &s.name, csrf => &s.csrf, asset_version => &*ASSET_VERSION,
+            admin => s.role == Role::Admin,
             threads => &data.rows, etag => &data.etag, truncated => data.truncated,
             breached => data.breached, soon => data.soon, urgent => data.breached + data.soon,
             problem => &data.problem,
@@ -1199,6 +1201,7 @@ fn thread_page_response(
         "thread.html",
         context! {
             user => &s.name, csrf => &s.csrf, asset_version => &*ASSET_VERSION,
+            admin => s.role == Role::Admin,
             t => &data.row, etag => &data.etag,
             notice => extras.notice, problem => extras.problem,
             templates => template_names(state), preview => extras.preview,

@@ -22,6 +22,7 @@ import re
 import sys
 import traceback
 
+from common import CHROMIUM_ARGS, DESKTOP, PHONE, WAIT_MS, no_horizontal_scroll, shot, step
 from playwright.sync_api import expect, sync_playwright
 
 URL = os.environ["HG_URL"].rstrip("/")
@@ -30,34 +31,6 @@ AGENT = os.environ["HG_AGENT"]
 INSTANCE = os.environ["HG_INSTANCE"]
 CUSTOMER = os.environ["HG_CUSTOMER"]
 ARTIFACTS = os.environ["HG_ARTIFACTS"]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 360, "height": 780}
-WAIT_MS = 20_000
-
-
-def step(text):
-    print(f"- {text}", flush=True)
-
-
-def shot(page, name):
-    path = os.path.join(ARTIFACTS, f"{name}.png")
-    page.screenshot(path=path, full_page=True)
-    step(f"screenshot {path}")
-
-
-def no_horizontal_scroll(page, what):
-    width = page.evaluate("document.documentElement.scrollWidth")
-    view = page.evaluate("window.innerWidth")
-    assert width <= view, f"{what} is {width}px wide in a {view}px window: it scrolls sideways"
 
 
 def sign_in(page, token):
@@ -83,6 +56,7 @@ def main():
         page = agent.new_page()
         sign_in(page, AGENT)
         expect(page.get_by_role("heading", name="Admins only")).to_be_visible()
+        expect(page.get_by_role("link", name="Connectors")).to_have_count(0)
         agent.close()
 
         context = browser.new_context(viewport=DESKTOP)
@@ -97,6 +71,8 @@ def main():
         expect(card).to_contain_text("refresh token")
         expect(card).to_contain_text(re.compile(r"hourglass\.toml:\d+"))
         expect(page.get_by_text("does not edit the files")).to_be_visible()
+        step("the header links the admin to this page from anywhere in the inbox")
+        expect(page.get_by_role("navigation", name="Account").get_by_role("link", name="Connectors")).to_be_visible()
         no_horizontal_scroll(page, "the admin page")
         shot(page, "admin-auth-failed-desktop")
 

@@ -23,6 +23,7 @@ import re
 import sys
 import traceback
 
+from common import CHROMIUM_ARGS, DESKTOP, PHONE, WAIT_MS, no_horizontal_scroll, shot, step
 from playwright.sync_api import expect, sync_playwright
 
 URL = os.environ["HG_URL"].rstrip("/")
@@ -30,34 +31,6 @@ TOKEN = os.environ["HG_TOKEN"]
 ALERT_LINK = os.environ["HG_ALERT_LINK"]
 EXPECT = json.loads(os.environ["HG_EXPECT"])
 ARTIFACTS = os.environ["HG_ARTIFACTS"]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 360, "height": 780}
-WAIT_MS = 20_000
-
-
-def step(text):
-    print(f"- {text}", flush=True)
-
-
-def shot(page, name):
-    path = os.path.join(ARTIFACTS, f"{name}.png")
-    page.screenshot(path=path, full_page=True)
-    step(f"screenshot {path}")
-
-
-def no_horizontal_scroll(page, what):
-    width = page.evaluate("document.documentElement.scrollWidth")
-    view = page.evaluate("window.innerWidth")
-    assert width <= view, f"{what} is {width}px wide in a {view}px window: it scrolls sideways"
 
 
 def row(page, thread_id):

@@ -21,6 +21,7 @@ import re
 import sys
 import traceback
 
+from common import CHROMIUM_ARGS
 from playwright.sync_api import expect, sync_playwright
 
 REPORT = os.environ["HG_REPORT"]
@@ -28,16 +29,6 @@ EXPECT = json.loads(os.environ["HG_EXPECT"])
 URL = os.environ["HG_URL"].rstrip("/")
 TOKEN = os.environ["HG_TOKEN"]
 ARTIFACTS = os.environ["HG_ARTIFACTS"]
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 
 def step(msg):
     print(f"ok: {msg}", flush=True)

@@ -159,6 +159,7 @@ pub(super) async fn page(
             notice => q.notice,
             problem => q.problem,
             user => s.name.clone(),
+            admin => true,
             csrf => s.csrf.clone(),
             asset_version => &*ASSET_VERSION,
         },
