@@ -199,7 +199,10 @@ async fn a_reply_with_a_link_is_refused_before_anything_is_sent() {
     // was filed. (The lookup cannot prove a mail absent: it answers
     // CannotTell, and the daemon asks only after a send had started.)
     assert!(sink.messages().unwrap().is_empty());
-    assert_eq!(conn.check_sent(&reply).await.unwrap(), SentCheck::CannotTell);
+    assert_eq!(
+        conn.check_sent(&reply).await.unwrap(),
+        SentCheck::CannotTell
+    );
     assert!(conn.marks_send_start());
     assert!(conn.poll(&cursors).await.unwrap().messages.is_empty());
 }
