@@ -78,6 +78,15 @@ impl std::fmt::Debug for Grant {
     }
 }
 
+/// The HTTP client a consent flow exchanges its code with: one request
+/// or three, each given 30 s.
+pub fn consent_client() -> Result<reqwest::Client, ConnectorError> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| ConnectorError::Other(format!("HTTP client: {e}")))
+}
+
 /// One platform's consent flow, for one instance.
 #[async_trait]
 pub trait Consent: Send + Sync {

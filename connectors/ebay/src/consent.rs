@@ -84,10 +84,7 @@ impl Consent for EbayConsent {
             .client_secret
             .resolve()
             .map_err(|e| ConnectorError::Auth(format!("ebay.client_secret: {e}")))?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| ConnectorError::Other(format!("HTTP client: {e}")))?;
+        let http = hourglass_connector::oauth::consent_client()?;
         let resp = http
             .post(&self.config.token_url)
             .basic_auth(&self.config.client_id, Some(secret.expose_secret()))

@@ -135,10 +135,7 @@ impl Consent for MetaConsent {
             .app_secret
             .resolve()
             .map_err(|e| ConnectorError::Auth(format!("meta.app_secret: {e}")))?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| ConnectorError::Other(format!("HTTP client: {e}")))?;
+        let http = hourglass_connector::oauth::consent_client()?;
         let short = read(
             http.get(self.url("oauth/access_token"))
                 .query(&[

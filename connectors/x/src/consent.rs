@@ -67,10 +67,7 @@ impl Consent for XConsent {
     }
 
     async fn exchange(&self, exchange: &CodeExchange<'_>) -> Result<Grant, ConnectorError> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| ConnectorError::Other(format!("HTTP client: {e}")))?;
+        let http = hourglass_connector::oauth::consent_client()?;
         let mut form = vec![
             ("grant_type", "authorization_code".to_owned()),
             ("code", exchange.code.to_owned()),
