@@ -259,8 +259,12 @@ impl AlertStore for SqlStore {
             return Ok(0);
         }
         let label = threshold.label();
-        let queued =
-            queue_deliveries(&mut tx, thread_id, ms(cycle), &label, sinks, ms(now)).await?;
+        let subject = AlertSubject::Thread {
+            thread_id,
+            cycle: ms(cycle),
+            label: &label,
+        };
+        let queued = queue_alerts(&mut tx, subject, sinks, ms(now)).await?;
         tx.commit().await?;
         Ok(queued)
     }
@@ -307,8 +311,12 @@ impl AlertStore for SqlStore {
             tx.rollback().await?;
             return Ok(0);
         }
-        let queued =
-            queue_deliveries(&mut tx, thread_id, ms(error_at), "error", sinks, ms(now)).await?;
+        let subject = AlertSubject::Thread {
+            thread_id,
+            cycle: ms(error_at),
+            label: "error",
+        };
+        let queued = queue_alerts(&mut tx, subject, sinks, ms(now)).await?;
         tx.commit().await?;
         Ok(queued)
     }
@@ -342,8 +350,12 @@ impl AlertStore for SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let queued =
-            queue_instance_alerts(&mut tx, instance, "auth", ms(now), sinks, ms(now)).await?;
+        let subject = AlertSubject::Instance {
+            instance,
+            problem: "auth",
+            episode: ms(now),
+        };
+        let queued = queue_alerts(&mut tx, subject, sinks, ms(now)).await?;
         tx.commit().await?;
         Ok(Some(queued))
     }
@@ -369,15 +381,12 @@ impl AlertStore for SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let queued = queue_instance_alerts(
-            &mut tx,
+        let subject = AlertSubject::Instance {
             instance,
-            "silence",
-            ms(last_inbound),
-            sinks,
-            ms(now),
-        )
-        .await?;
+            problem: "silence",
+            episode: ms(last_inbound),
+        };
+        let queued = queue_alerts(&mut tx, subject, sinks, ms(now)).await?;
         tx.commit().await?;
         Ok(Some(queued))
     }
@@ -669,69 +678,67 @@ impl SqlStore {
     }
 }
 
-/// Queues one alert delivery per sink, at most once per (thread, cycle,
-/// label, sink). Returns how many were new.
-async fn queue_deliveries(
-    conn: &mut AnyConnection,
-    thread_id: i64,
-    cycle: i64,
-    label: &str,
-    sinks: &[NewDelivery],
-    now: i64,
-) -> Result<usize> {
-    let mut queued = 0;
-    for d in sinks {
-        let held = d.held_until.map(ms);
-        let done = sqlx::query(
-            "INSERT INTO alerts (thread_id, cycle, threshold, sink, state, attempts,
-                next_attempt_at, payload, created_at, held_until)
-             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8)
-             ON CONFLICT (thread_id, cycle, threshold, sink) DO NOTHING",
-        )
-        .bind(thread_id)
-        .bind(cycle)
-        .bind(label)
-        .bind(&d.sink)
-        .bind(held.unwrap_or(now))
-        .bind(d.payload.to_string())
-        .bind(now)
-        .bind(held)
-        .execute(&mut *conn)
-        .await?;
-        queued += done.rows_affected() as usize;
-    }
-    Ok(queued)
+/// What a queued alert is about, and so the table it goes to and the key
+/// that makes it once-only per sink.
+#[derive(Clone, Copy)]
+pub(super) enum AlertSubject<'a> {
+    /// A thread's alert: at most once per (thread, cycle, label, sink).
+    Thread {
+        thread_id: i64,
+        cycle: i64,
+        label: &'a str,
+    },
+    /// An admin alert about an instance (`problem` = `auth`, `silence`,
+    /// ...): at most once per episode and sink.
+    Instance {
+        instance: &'a str,
+        problem: &'a str,
+        episode: i64,
+    },
 }
 
-/// Queues one admin alert per sink about `instance` (`problem` = `auth`,
-/// `silence`), at most once per episode and sink.
-pub(super) async fn queue_instance_alerts(
+/// Queues one delivery per sink about `subject`, each at most once.
+/// Returns how many were new.
+pub(super) async fn queue_alerts(
     conn: &mut AnyConnection,
-    instance: &str,
-    problem: &str,
-    episode: i64,
+    subject: AlertSubject<'_>,
     sinks: &[NewDelivery],
     now: i64,
 ) -> Result<usize> {
+    let (table, key) = match subject {
+        AlertSubject::Thread { .. } => ("alerts", "thread_id, cycle, threshold"),
+        AlertSubject::Instance { .. } => ("instance_alerts", "instance, problem, episode"),
+    };
+    let sql = format!(
+        "INSERT INTO {table} ({key}, sink, state, attempts, next_attempt_at, payload,
+            created_at, held_until)
+         VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8)
+         ON CONFLICT ({key}, sink) DO NOTHING"
+    );
     let mut queued = 0;
     for d in sinks {
         let held = d.held_until.map(ms);
-        let done = sqlx::query(
-            "INSERT INTO instance_alerts (instance, problem, episode, sink, state, attempts,
-                next_attempt_at, payload, created_at, held_until)
-             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $8)
-             ON CONFLICT (instance, problem, episode, sink) DO NOTHING",
-        )
-        .bind(instance)
-        .bind(problem)
-        .bind(episode)
-        .bind(&d.sink)
-        .bind(held.unwrap_or(now))
-        .bind(d.payload.to_string())
-        .bind(now)
-        .bind(held)
-        .execute(&mut *conn)
-        .await?;
+        let q = sqlx::query(&sql);
+        let q = match subject {
+            AlertSubject::Thread {
+                thread_id,
+                cycle,
+                label,
+            } => q.bind(thread_id).bind(cycle).bind(label),
+            AlertSubject::Instance {
+                instance,
+                problem,
+                episode,
+            } => q.bind(instance).bind(problem).bind(episode),
+        };
+        let done = q
+            .bind(&d.sink)
+            .bind(held.unwrap_or(now))
+            .bind(d.payload.to_string())
+            .bind(now)
+            .bind(held)
+            .execute(&mut *conn)
+            .await?;
         queued += done.rows_affected() as usize;
     }
     Ok(queued)

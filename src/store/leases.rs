@@ -98,10 +98,6 @@ pub trait LeaseStore: Send + Sync {
     /// one daemon can use at a time (SQLite, under its lock file), where
     /// whatever is recorded was left by a daemon that is gone.
     async fn forget_daemons(&self) -> Result<()>;
-    /// Claims digest `name`'s run scheduled at `slot` for `daemon`: `true`
-    /// for exactly one caller, whichever daemon asks first.
-    async fn claim_digest_run(&self, name: &str, slot: DateTime<Utc>, daemon: &str)
-        -> Result<bool>;
 }
 
 fn daemon_from_row(r: &AnyRow) -> Result<DaemonInfo> {
@@ -252,25 +248,6 @@ impl LeaseStore for SqlStore {
         sqlx::query("DELETE FROM daemons").execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn claim_digest_run(
-        &self,
-        name: &str,
-        slot: DateTime<Utc>,
-        daemon: &str,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO digest_runs (digest, slot, daemon, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (digest, slot) DO NOTHING",
-        )
-        .bind(name)
-        .bind(ms(slot))
-        .bind(daemon)
-        .bind(ms(Utc::now()))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 }
 
@@ -607,7 +584,5 @@ mod tests {
                 .unwrap(),
             Some(3)
         );
-        assert!(store.claim_digest_run("morning", t0, "a").await.unwrap());
-        assert!(!store.claim_digest_run("morning", t0, "b").await.unwrap());
     }
 }

@@ -140,15 +140,12 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let queued = super::alerts::queue_instance_alerts(
-            &mut tx,
+        let subject = super::alerts::AlertSubject::Instance {
             instance,
-            "expiry",
-            ms(now),
-            deliveries,
-            ms(now),
-        )
-        .await?;
+            problem: "expiry",
+            episode: ms(now),
+        };
+        let queued = super::alerts::queue_alerts(&mut tx, subject, deliveries, ms(now)).await?;
         tx.commit().await?;
         Ok(Some(queued))
     }
