@@ -61,6 +61,8 @@ struct Inner {
     token_generation: u32,
     token_requests: usize,
     list_requests: usize,
+    /// getOrders requests (first pages) per marketplace named.
+    list_requests_by_marketplace: HashMap<String, usize>,
     list_failures: VecDeque<ListFailure>,
     page_size: Option<usize>,
     /// NextToken to the order ids still to answer.
@@ -158,6 +160,16 @@ impl SpApiMock {
     /// getOrders requests so far.
     pub fn list_requests(&self) -> usize {
         self.shared.lock().list_requests
+    }
+
+    /// getOrders first pages asked for `marketplace_id` so far.
+    pub fn list_requests_for(&self, marketplace_id: &str) -> usize {
+        self.shared
+            .lock()
+            .list_requests_by_marketplace
+            .get(marketplace_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Access tokens handed out so far.
@@ -338,6 +350,14 @@ async fn orders(
         );
     };
     let marketplaces: Vec<&str> = marketplaces.split(',').map(str::trim).collect();
+    if !query.contains_key("NextToken") {
+        for m in &marketplaces {
+            *inner
+                .list_requests_by_marketplace
+                .entry((*m).to_owned())
+                .or_default() += 1;
+        }
+    }
     let ids = if let Some(next) = query.get("NextToken") {
         match inner.pages.remove(next) {
             Some(ids) => ids,
