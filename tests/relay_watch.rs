@@ -226,6 +226,24 @@ fn relay_mail_that_stops_while_orders_come_alerts_once_and_a_quiet_or_busy_shop_
     passes(&daemon, 3);
     assert_eq!(relay_alerts(&hooks).len(), 1, "{:?}", relay_alerts(&hooks));
     assert_eq!(sp.list_requests_for(DE), de_before);
+
+    // A relay message (100 minutes old) ends that silence; in the new one
+    // 17 orders come: 4 + 3 of the above and 10 more. Learnt from before
+    // it: 17 messages for 40 orders, so 6 expected messages take 15.
+    orders(&sp, DE, "302k", (3..=12).map(|k| k * 5));
+    dovecot
+        .append("Stopped", &relay("late100", ago(100)))
+        .unwrap();
+    wait_until(WAIT, || relay_alerts(&hooks).len() == 2)
+        .unwrap_or_else(|_| panic!("no alert for the new silence; log:\n{}", daemon.log()));
+    passes(&daemon, 3);
+    let got = relay_alerts(&hooks);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1]["instance"], "stopped");
+    assert_eq!(got[1]["orders"], 17, "{}", got[1]);
+    let per_order = got[1]["messages_per_order"].as_f64().unwrap();
+    assert!((per_order - 17.0 / 40.0).abs() < 0.001, "{}", got[1]);
+    assert!(got[1]["last_message_at"] != got[0]["last_message_at"]);
 }
 
 #[test]

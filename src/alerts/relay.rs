@@ -312,7 +312,19 @@ async fn check(ctx: &Context, cfg: &WatchdogConfig, w: &mut Watched) -> anyhow::
         return Ok(());
     }
     w.next_call = (last, now + cfg.orders_check_every.chrono());
-    match orders_since(ctx, cfg, w, arrivals.first, last, now).await {
+    // The span the ratio is learnt from: the 4 weeks before the silence.
+    let from = arrivals
+        .first
+        .unwrap_or(last)
+        .max(last - chrono::Duration::weeks(WEEKS));
+    let learning = w.learnt.as_ref().is_none_or(|(at, _)| *at != last);
+    let messages = if learning && from < last {
+        let per_hour = ctx.store.arrivals_per_hour(name, from).await?;
+        per_hour.iter().map(|(_, n)| *n).sum::<i64>().max(0) as u64
+    } else {
+        0
+    };
+    match orders_since(cfg, w, from, messages, last, now).await {
         Ok(Some((history, count))) => {
             let verdict = decide(
                 history.as_ref(),
@@ -379,27 +391,16 @@ async fn check(ctx: &Context, cfg: &WatchdogConfig, w: &mut Watched) -> anyhow::
 /// The history before the silence (learnt once per silence) and the
 /// orders since it; `None` when the usage plan allowed no call in time.
 async fn orders_since(
-    ctx: &Context,
     cfg: &WatchdogConfig,
     w: &mut Watched,
-    first: Option<DateTime<Utc>>,
+    from: DateTime<Utc>,
+    messages: u64,
     last: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Option<(Option<History>, OrderCount)>, ConnectorError> {
     let deadline = tokio::time::Instant::now() + CALL_BUDGET;
     if w.learnt.as_ref().is_none_or(|(at, _)| *at != last) {
-        let from = first
-            .unwrap_or(last)
-            .max(last - chrono::Duration::weeks(WEEKS));
         let history = if from < last {
-            let messages: i64 = ctx
-                .store
-                .arrivals_per_hour(&w.name, from)
-                .await
-                .map_err(|e| ConnectorError::Other(format!("store: {e}")))?
-                .iter()
-                .map(|(_, n)| n)
-                .sum();
             // getOrders wants CreatedBefore at least two minutes ago.
             let before = last.min(now - chrono::Duration::minutes(2));
             let orders = w
@@ -410,10 +411,7 @@ async fn orders_since(
                 // Not one page in time: learn at the next check.
                 return Ok(None);
             }
-            Some(History {
-                messages: messages.max(0) as u64,
-                orders,
-            })
+            Some(History { messages, orders })
         } else {
             None
         };
