@@ -232,6 +232,12 @@ pub fn render(payload: &Value, now: DateTime<Utc>) -> Rendered {
     if s(payload, "kind") == Some(super::silence::SILENCE) {
         return render_silence(payload);
     }
+    if s(payload, "kind") == Some(super::relay::RELAY_SILENCE) {
+        let title = s(payload, "title")
+            .unwrap_or("Relay mail stopped")
+            .to_owned();
+        return render_notice(payload, title, super::relay::RENDERED_ROWS);
+    }
     if s(payload, "kind") == Some(super::late::LATE_RESPONSE_RATE) {
         let title = s(payload, "title")
             .unwrap_or("Late Response Rate")

@@ -6,6 +6,7 @@ pub mod digest;
 pub mod engine;
 pub mod late;
 pub mod quiet;
+pub mod relay;
 pub mod silence;
 pub mod sinks;
 pub mod telegram_take;
@@ -46,10 +47,11 @@ pub async fn test_all(config: &AlertsConfig) -> Result<Vec<(String, Result<(), S
 }
 
 /// The workers alerting adds to the daemon.
-pub const WORKERS: [crate::daemon::Worker; 5] = [
+pub const WORKERS: [crate::daemon::Worker; 6] = [
     engine::engine,
     digest::worker,
     silence::worker,
+    relay::worker,
     telegram_take::worker,
     late::worker,
 ];

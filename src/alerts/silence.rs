@@ -52,6 +52,19 @@ pub struct WatchdogConfig {
     /// How often the rhythm is learnt anew from the store.
     #[serde(default = "default_relearn_every")]
     pub relearn_every: Dur,
+    /// Amazon instances with `[instances.sp_api]` and `marketplace_ids`:
+    /// SP-API's orders are counted only once the relay mail has been
+    /// silent this long (an ordinary gap calls no API). See `relay.rs`.
+    #[serde(default = "default_orders_min_silence")]
+    pub orders_min_silence: Dur,
+    /// getOrders is called at most this often per instance (on top of its
+    /// usage plan, 0.0167 requests/s).
+    #[serde(default = "default_orders_check_every")]
+    pub orders_check_every: Dur,
+    /// With no history to learn messages per order from: this many orders
+    /// since the last relay message, without one message, is an alert.
+    #[serde(default = "default_orders_without_mail")]
+    pub orders_without_mail: u64,
 }
 
 impl Default for WatchdogConfig {
@@ -61,6 +74,9 @@ impl Default for WatchdogConfig {
             expected_messages: default_expected(),
             check_every: default_check_every(),
             relearn_every: default_relearn_every(),
+            orders_min_silence: default_orders_min_silence(),
+            orders_check_every: default_orders_check_every(),
+            orders_without_mail: default_orders_without_mail(),
         }
     }
 }
@@ -76,6 +92,15 @@ fn default_check_every() -> Dur {
 }
 fn default_relearn_every() -> Dur {
     Dur::from_secs(3600)
+}
+fn default_orders_min_silence() -> Dur {
+    Dur::from_secs(2 * 3600)
+}
+fn default_orders_check_every() -> Dur {
+    Dur::from_secs(15 * 60)
+}
+fn default_orders_without_mail() -> u64 {
+    30
 }
 
 /// Messages per hour of the week (Monday 00:00 UTC first), averaged over

@@ -158,6 +158,20 @@ pub trait AlertStore: Send + Sync {
     ) -> Result<Vec<(i64, i64)>>;
     /// The first and last inbound message of `instance`.
     async fn arrivals(&self, instance: &str) -> Result<crate::alerts::silence::Arrivals>;
+    /// Queues one admin alert per sink saying that `instance`'s Amazon
+    /// relay mail stopped while SP-API shows new orders, once per silence
+    /// (named by `last_inbound`, as for [`AlertStore::raise_silence_alert`]):
+    /// `None` when this silence was alerted on already.
+    async fn raise_relay_alert(
+        &self,
+        instance: &str,
+        last_inbound: DateTime<Utc>,
+        sinks: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>>;
+    /// The silence (its last inbound message) the relay check last
+    /// alerted on for `instance`.
+    async fn relay_alerted_for(&self, instance: &str) -> Result<Option<DateTime<Utc>>>;
     /// Claims up to `limit` deliveries due now (of threads, then of
     /// instances), leased until `now + lease`.
     async fn claim_alert_deliveries(
@@ -463,6 +477,53 @@ impl AlertStore for SqlStore {
         rows.iter()
             .map(|r| Ok((r.try_get("hour")?, r.try_get("n")?)))
             .collect()
+    }
+
+    async fn raise_relay_alert(
+        &self,
+        instance: &str,
+        last_inbound: DateTime<Utc>,
+        sinks: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let opened = sqlx::query(
+            "UPDATE instances SET relay_alerted_for = $1
+             WHERE name = $2 AND (relay_alerted_for IS NULL OR relay_alerted_for <> $1)",
+        )
+        .bind(ms(last_inbound))
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+        if opened.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let queued = queue_instance_alerts(
+            &mut tx,
+            instance,
+            crate::alerts::relay::RELAY_SILENCE,
+            ms(last_inbound),
+            sinks,
+            ms(now),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(queued))
+    }
+
+    async fn relay_alerted_for(&self, instance: &str) -> Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query("SELECT relay_alerted_for FROM instances WHERE name = $1")
+            .bind(instance)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<i64>, _>("relay_alerted_for")?
+                .map(from_ms),
+            None => None,
+        })
     }
 
     async fn arrivals(&self, instance: &str) -> Result<crate::alerts::silence::Arrivals> {

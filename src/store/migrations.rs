@@ -108,6 +108,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0016_outbox_send_started.sql"),
         postgres: include_str!("../../migrations/postgres/0016_outbox_send_started.sql"),
     },
+    Migration {
+        version: 17,
+        name: "relay_watch",
+        sqlite: include_str!("../../migrations/sqlite/0017_relay_watch.sql"),
+        postgres: include_str!("../../migrations/postgres/0017_relay_watch.sql"),
+    },
 ];
 
 /// The versions recorded as applied; an error when there is no

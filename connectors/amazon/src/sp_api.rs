@@ -8,10 +8,17 @@
 //! Enrichment is best effort: a poll never fails because of it, and it
 //! never exceeds the operation's usage plan (getOrder: 0.5 requests/s,
 //! burst 30; a 429 carries no Retry-After, so we back off ourselves).
+//!
+//! The silent-channel watchdog counts orders with `getOrders`
+//! ([`SpApi::count_orders`]): when SP-API shows new orders while no relay
+//! mail arrives, Seller Central's notification setting is likely broken.
+//! getOrders has its own usage plan (0.0167 requests/s, burst 20) and so
+//! its own limiter.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use hourglass_connector::limit::Limiter;
 use hourglass_connector::secret::{ExposeSecret, SecretRef};
 use hourglass_connector::{ConnectorError, Direction, Message, RateLimit};
@@ -58,6 +65,11 @@ pub struct SpApiConfig {
     /// Time one poll may spend enriching; orders left over stay plain.
     #[serde(default = "default_budget_secs")]
     pub poll_budget_secs: u64,
+    /// The marketplaces whose orders the watchdog counts (getOrders
+    /// `MarketplaceIds`; `A1PA6795UKMFR9` is amazon.de, `ATVPDKIKX0DER`
+    /// amazon.com). Empty: relay mail is not checked against orders.
+    #[serde(default)]
+    pub marketplace_ids: Vec<String>,
 }
 
 fn default_token_url() -> String {
@@ -101,7 +113,28 @@ pub struct SpApi {
     /// getOrder's pace: `requests_per_second` and `burst`, paused after a
     /// 429.
     limiter: Limiter,
+    /// getOrders' pace: its own usage plan ([`ORDERS_QUOTA`]).
+    orders_limiter: Limiter,
     state: Mutex<State>,
+}
+
+/// getOrders' published usage plan (ordersV0.json): 0.0167 requests/s
+/// (one a minute), burst 20.
+pub const ORDERS_QUOTA: RateLimit = RateLimit {
+    per_second: 0.0167,
+    burst: 20,
+};
+/// getOrders' largest page (`MaxResultsPerPage`, 1-100).
+const ORDERS_PAGE: u32 = 100;
+
+/// Orders counted by [`SpApi::count_orders`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderCount {
+    pub orders: u64,
+    /// False when pages were left unread (the page limit, or the usage
+    /// plan would not allow them before the deadline): `orders` is then
+    /// a lower bound.
+    pub complete: bool,
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(3600);
@@ -131,6 +164,7 @@ impl SpApi {
             refresh_token,
             http,
             limiter,
+            orders_limiter: Limiter::new(Some(ORDERS_QUOTA)),
             state: Mutex::new(State {
                 token: None,
                 cache: HashMap::new(),
@@ -243,6 +277,158 @@ impl SpApi {
         Ok(Some(order))
     }
 
+    /// The marketplaces configured for getOrders.
+    pub fn marketplace_ids(&self) -> &[String] {
+        &self.config.marketplace_ids
+    }
+
+    /// getOrders: the orders of the configured marketplaces created after
+    /// `created_after` (and before `created_before`), following `NextToken`
+    /// for at most `max_pages` pages, each paced by getOrders' usage plan
+    /// and only when it can be made before `deadline`.
+    ///
+    /// Errors as ordersV0.json documents them: 400 `InvalidInput` (Other,
+    /// naming Amazon's message), 403 `Unauthorized` (an expired access
+    /// token is renewed once, then Auth), 429 `QuotaExceeded` (RateLimited
+    /// with `Retry-After` when Amazon sends one; the limiter pauses either
+    /// way), 5xx (Transient), a body that is not the documented JSON
+    /// (BadData). Never a secret in an error.
+    pub async fn count_orders(
+        &self,
+        created_after: DateTime<Utc>,
+        created_before: Option<DateTime<Utc>>,
+        max_pages: usize,
+        deadline: Instant,
+    ) -> Result<OrderCount, ConnectorError> {
+        if self.config.marketplace_ids.is_empty() {
+            return Err(ConnectorError::Other(
+                "getOrders needs sp_api.marketplace_ids".to_owned(),
+            ));
+        }
+        let iso = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let marketplaces = self.config.marketplace_ids.join(",");
+        let mut query = vec![
+            ("MarketplaceIds", marketplaces.clone()),
+            ("CreatedAfter", iso(created_after)),
+            ("MaxResultsPerPage", ORDERS_PAGE.to_string()),
+        ];
+        if let Some(before) = created_before {
+            query.push(("CreatedBefore", iso(before)));
+        }
+        let mut orders = 0u64;
+        for _ in 0..max_pages {
+            let Some(body) = self.orders_page(&query, deadline).await? else {
+                return Ok(OrderCount {
+                    orders,
+                    complete: false,
+                });
+            };
+            let page = parse_orders_page(&body)?;
+            orders += page.orders;
+            match page.next_token {
+                // With NextToken, the other filters are those of the first
+                // request; MarketplaceIds is still required.
+                Some(token) => {
+                    query = vec![
+                        ("MarketplaceIds", marketplaces.clone()),
+                        ("NextToken", token),
+                    ];
+                }
+                None => {
+                    return Ok(OrderCount {
+                        orders,
+                        complete: true,
+                    })
+                }
+            }
+        }
+        Ok(OrderCount {
+            orders,
+            complete: false,
+        })
+    }
+
+    /// One getOrders request; `None` when the usage plan allows none
+    /// before `deadline`.
+    async fn orders_page(
+        &self,
+        query: &[(&str, String)],
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, ConnectorError> {
+        let url = format!(
+            "{}/orders/v0/orders",
+            self.config.endpoint.trim_end_matches('/')
+        );
+        let mut renewed = false;
+        loop {
+            if !self.orders_limiter.acquire_before(deadline).await {
+                return Ok(None);
+            }
+            let token = {
+                let mut state = self.state.lock().await;
+                self.access_token(&mut state).await?
+            };
+            let resp = self
+                .http
+                .get(&url)
+                .query(query)
+                .header("x-amz-access-token", token.expose_secret())
+                .header("accept", "application/json")
+                .send()
+                .await
+                .map_err(|e| {
+                    ConnectorError::Transient(format!("getOrders: {}", e.without_url()))
+                })?;
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| {
+                    ConnectorError::Transient(format!("getOrders response: {}", e.without_url()))
+                })?
+                .to_vec();
+            match status {
+                200 => return Ok(Some(body)),
+                403 if !renewed => {
+                    // An access token can expire (or be revoked) before
+                    // its hour is up: renew it once.
+                    self.state.lock().await.token = None;
+                    renewed = true;
+                }
+                401 | 403 => {
+                    self.state.lock().await.token = None;
+                    return Err(ConnectorError::Auth(format!(
+                        "getOrders refused: HTTP {status}{}",
+                        amazon_error(&body)
+                    )));
+                }
+                429 => {
+                    let pause = retry_after.unwrap_or(THROTTLE_PAUSE);
+                    self.orders_limiter.pause_until(Instant::now() + pause);
+                    return Err(ConnectorError::RateLimited { retry_after });
+                }
+                400 | 404 => {
+                    return Err(ConnectorError::Other(format!(
+                        "getOrders refused the request: HTTP {status}{}",
+                        amazon_error(&body)
+                    )))
+                }
+                _ => {
+                    return Err(ConnectorError::Transient(format!(
+                        "getOrders: HTTP {status}{}",
+                        amazon_error(&body)
+                    )))
+                }
+            }
+        }
+    }
+
     /// Adds `meta.order` to buyer messages with an order id, within the
     /// poll's time budget. Failures are logged, never returned.
     pub async fn enrich(&self, messages: &mut [Message]) {
@@ -273,6 +459,52 @@ impl SpApi {
             }
         }
     }
+}
+
+/// One page of a getOrders answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrdersPage {
+    pub orders: u64,
+    pub next_token: Option<String>,
+}
+
+/// Reads a getOrders body (`{"payload": {"Orders": [...], "NextToken"}}`);
+/// anything else is BadData saying what was wrong.
+pub fn parse_orders_page(body: &[u8]) -> Result<OrdersPage, ConnectorError> {
+    let bad = |reason: String| ConnectorError::BadData {
+        reason,
+        raw: body.to_vec(),
+    };
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("getOrders answered a body that is not JSON: {e}")))?;
+    let orders = v
+        .get("payload")
+        .and_then(|p| p.get("Orders"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("getOrders answered JSON without payload.Orders".to_owned()))?;
+    let next_token = v["payload"]
+        .get("NextToken")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    Ok(OrdersPage {
+        orders: orders.len() as u64,
+        next_token,
+    })
+}
+
+/// ` (InvalidInput: Invalid Input)` from SP-API's `{"errors": [...]}`,
+/// else nothing.
+fn amazon_error(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    let Some(e) = v.get("errors").and_then(|e| e.get(0)) else {
+        return String::new();
+    };
+    let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+    let message: String = field("message").chars().take(200).collect();
+    format!(" ({}: {message})", field("code"))
 }
 
 /// The parts of a getOrder payload an agent looks at.
@@ -320,5 +552,40 @@ mod tests {
         assert_eq!(s["total"]["amount"], "49.90");
         assert_eq!(s["total"]["currency"], "EUR");
         assert_eq!(summarize(&json!({"errors": []})), None);
+    }
+
+    #[test]
+    fn a_get_orders_page_is_counted_or_refused_clearly() {
+        let page = parse_orders_page(
+            br#"{"payload": {"Orders": [{"AmazonOrderId": "1"}, {"AmazonOrderId": "2"}], "NextToken": "abc"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            page,
+            OrdersPage {
+                orders: 2,
+                next_token: Some("abc".into())
+            }
+        );
+        let last = parse_orders_page(br#"{"payload": {"Orders": [], "NextToken": ""}}"#).unwrap();
+        assert_eq!(last.next_token, None, "an empty NextToken ends the pages");
+        for (body, says) in [
+            (&b"<html>Bad gateway</html>"[..], "not JSON"),
+            (&br#"{"payload": {}}"#[..], "without payload.Orders"),
+            (&br#"{"errors": []}"#[..], "without payload.Orders"),
+        ] {
+            match parse_orders_page(body) {
+                Err(ConnectorError::BadData { reason, raw }) => {
+                    assert!(reason.contains(says), "{reason}");
+                    assert_eq!(raw, body);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            amazon_error(br#"{"errors": [{"code": "InvalidInput", "message": "Invalid Input"}]}"#),
+            " (InvalidInput: Invalid Input)"
+        );
+        assert_eq!(amazon_error(b"nope"), "");
     }
 }

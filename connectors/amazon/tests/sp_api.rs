@@ -162,6 +162,7 @@ fn connector(dir: &tempfile::TempDir, base: &str, refresh: &str) -> AmazonConnec
             requests_per_second: 2.0,
             burst: 1,
             poll_budget_secs: 15,
+            marketplace_ids: vec![],
         })
         .unwrap()
 }
