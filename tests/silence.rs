@@ -141,8 +141,10 @@ sinks = ["admin"]
     // The last message came between 6 and 7 hours ago.
     let silent_for = stopped["silent_for"].as_str().unwrap();
     assert!(silent_for.starts_with("6h"), "{stopped}");
+    // At least the configured level; how far above depends on the
+    // minute of the hour the test runs in.
     assert!(
-        stopped["expected_messages"].as_f64().unwrap() >= 5.0,
+        stopped["expected_messages"].as_f64().unwrap() >= 4.0,
         "{stopped}"
     );
     assert!(

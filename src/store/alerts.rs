@@ -381,28 +381,15 @@ impl AlertStore for SqlStore {
         sinks: &[NewDelivery],
         now: DateTime<Utc>,
     ) -> Result<Option<usize>> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = self.begin_write(&mut conn).await?;
-        let opened = sqlx::query(
-            "UPDATE instances SET silence_alerted_for = $1
-             WHERE name = $2 AND (silence_alerted_for IS NULL OR silence_alerted_for <> $1)",
-        )
-        .bind(ms(last_inbound))
-        .bind(instance)
-        .execute(&mut *tx)
-        .await?;
-        if opened.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let subject = AlertSubject::Instance {
+        self.raise_silence_episode(
             instance,
-            problem: "silence",
-            episode: ms(last_inbound),
-        };
-        let queued = queue_alerts(&mut tx, subject, sinks, ms(now)).await?;
-        tx.commit().await?;
-        Ok(Some(queued))
+            "silence_alerted_for",
+            "silence",
+            last_inbound,
+            sinks,
+            now,
+        )
+        .await
     }
 
     async fn take_thread(&self, id: i64, actor: &str, now: DateTime<Utc>) -> Result<Option<Taken>> {
@@ -486,31 +473,15 @@ impl AlertStore for SqlStore {
         sinks: &[NewDelivery],
         now: DateTime<Utc>,
     ) -> Result<Option<usize>> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = self.begin_write(&mut conn).await?;
-        let opened = sqlx::query(
-            "UPDATE instances SET relay_alerted_for = $1
-             WHERE name = $2 AND (relay_alerted_for IS NULL OR relay_alerted_for <> $1)",
-        )
-        .bind(ms(last_inbound))
-        .bind(instance)
-        .execute(&mut *tx)
-        .await?;
-        if opened.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let queued = queue_instance_alerts(
-            &mut tx,
+        self.raise_silence_episode(
             instance,
+            "relay_alerted_for",
             crate::alerts::relay::RELAY_SILENCE,
-            ms(last_inbound),
+            last_inbound,
             sinks,
-            ms(now),
+            now,
         )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(queued))
+        .await
     }
 
     async fn relay_alerted_for(&self, instance: &str) -> Result<Option<DateTime<Utc>>> {
@@ -736,6 +707,44 @@ impl SqlStore {
             }
         }
         Ok(())
+    }
+}
+
+impl SqlStore {
+    /// Opens an instance's silence episode, named by its last inbound
+    /// message and recorded in `column`, and queues `sinks`' deliveries;
+    /// `None` when that silence was alerted already.
+    async fn raise_silence_episode(
+        &self,
+        instance: &str,
+        column: &str,
+        problem: &str,
+        last_inbound: DateTime<Utc>,
+        sinks: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut conn).await?;
+        let opened = sqlx::query(&format!(
+            "UPDATE instances SET {column} = $1
+             WHERE name = $2 AND ({column} IS NULL OR {column} <> $1)"
+        ))
+        .bind(ms(last_inbound))
+        .bind(instance)
+        .execute(&mut *tx)
+        .await?;
+        if opened.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let subject = AlertSubject::Instance {
+            instance,
+            problem,
+            episode: ms(last_inbound),
+        };
+        let queued = queue_alerts(&mut tx, subject, sinks, ms(now)).await?;
+        tx.commit().await?;
+        Ok(Some(queued))
     }
 }
 
