@@ -79,7 +79,7 @@ fn app(dovecot: &Dovecot, instances: &str, watchdog: &str, hooks: &WebhookReceiv
     let mut app = TestApp::new(
         None,
         &format!(
-            "{instances}[alerts.watchdog]\ncheck_every = \"1s\"\norders_min_silence = \"1h\"\n{watchdog}\n\
+            "{instances}[alerts.watchdog]\ncheck_every = \"1s\"\n{watchdog}\n\
              [[alerts.sinks]]\nname = \"admin\"\ntype = \"webhook\"\nurl = \"{}\"\n\n\
              [[alerts.routes]]\nthresholds = [\"silence\"]\nsinks = [\"admin\"]\n",
             hooks.url("/admin")
@@ -163,7 +163,12 @@ fn relay_mail_that_stops_while_orders_come_alerts_once_and_a_quiet_or_busy_shop_
     ]
     .concat();
     // A check a day: each silence is looked at once per daemon.
-    let app = app(&dovecot, &body, "orders_check_every = \"1d\"\n", &hooks);
+    let app = app(
+        &dovecot,
+        &body,
+        "orders_min_silence = \"1h\"\norders_check_every = \"1d\"\n",
+        &hooks,
+    );
     let mut daemon = app.spawn_daemon();
     wait_until(WAIT, || messages(&app) == 16 * 3 + 4)
         .unwrap_or_else(|_| panic!("the relay mail never arrived; log:\n{}", daemon.log()));
@@ -265,7 +270,7 @@ fn get_orders_failures_are_logged_and_retried_without_an_alert_or_a_crash() {
     let app = app(
         &dovecot,
         &instance("flaky", "INBOX", DE, &dovecot, &sp),
-        "orders_check_every = \"1s\"\norders_without_mail = 5\n",
+        "orders_min_silence = \"1h\"\norders_check_every = \"1s\"\norders_without_mail = 5\n",
         &hooks,
     );
     let mut daemon = app.spawn_daemon();
@@ -301,4 +306,61 @@ fn get_orders_failures_are_logged_and_retried_without_an_alert_or_a_crash() {
     assert_eq!(sp.list_requests(), 5, "{log}");
     assert!(daemon.is_running());
     daemon.stop_cleanly();
+}
+
+#[test]
+fn a_shop_whose_relay_mail_never_arrived_alerts_once_from_when_the_daemon_began_watching() {
+    // A fresh install whose Seller Central notifications were never set:
+    // not one relay message, ever, while the shop sells.
+    let dovecot = Dovecot::start().unwrap();
+    let sp = SpApiMock::start().unwrap();
+    let hooks = WebhookReceiver::start();
+    // Orders from before the daemon watched do not count.
+    orders(&sp, DE, "302old", (0..10).map(|k| 60 + k));
+    let app = app(
+        &dovecot,
+        &instance("fresh", "INBOX", DE, &dovecot, &sp),
+        "orders_min_silence = \"1s\"\norders_check_every = \"1s\"\norders_without_mail = 5\n",
+        &hooks,
+    );
+    let mut daemon = app.spawn_daemon();
+    passes(&daemon, 2);
+    assert!(
+        relay_alerts(&hooks).is_empty(),
+        "{:?}",
+        relay_alerts(&hooks)
+    );
+    // Four orders since: fewer than orders_without_mail.
+    for k in 0..4 {
+        sp.add_order_at(&format!("302-{k}"), DE, Utc::now());
+    }
+    passes(&daemon, 3);
+    assert!(
+        relay_alerts(&hooks).is_empty(),
+        "{:?}",
+        relay_alerts(&hooks)
+    );
+    // The fifth order makes it a broken setting.
+    sp.add_order_at("302-4", DE, Utc::now());
+    wait_until(WAIT, || !relay_alerts(&hooks).is_empty())
+        .unwrap_or_else(|_| panic!("no relay alert; log:\n{}", daemon.log()));
+    let got = relay_alerts(&hooks);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["orders"], 5, "{}", got[0]);
+    assert!(got[0]["last_message_at"].is_null(), "{}", got[0]);
+    assert!(
+        got[0]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("Relay mail never arrived: fresh (amazon)"),
+        "{}",
+        got[0]
+    );
+
+    // Restarted, it still has received nothing: no second alert.
+    daemon.stop_cleanly();
+    sp.add_order_at("302-5", DE, Utc::now());
+    let daemon = app.spawn_daemon();
+    passes(&daemon, 3);
+    assert_eq!(relay_alerts(&hooks).len(), 1, "{:?}", relay_alerts(&hooks));
 }

@@ -131,17 +131,21 @@ pub fn what_to_check(instance: &str, mailbox: Option<&str>) -> String {
     )
 }
 
-/// The alert as JSON (never a secret).
+/// The alert as JSON (never a secret). `last_message` is `None` for an
+/// instance that never received relay mail; `since` starts the silence
+/// (the last message, or when the daemon began watching).
+#[allow(clippy::too_many_arguments)]
 pub fn payload(
     instance: &str,
     channel: &str,
-    last: DateTime<Utc>,
+    last_message: Option<DateTime<Utc>>,
+    since: DateTime<Utc>,
     verdict: &Verdict,
     mailbox: Option<&str>,
     public_url: Option<&str>,
     now: DateTime<Utc>,
 ) -> Value {
-    let silent_ms = (now - last).num_milliseconds().max(0);
+    let silent_ms = (now - since).num_milliseconds().max(0);
     let silent_for = format_compact(Duration::from_millis(silent_ms as u64));
     let complete = verdict.complete;
     let count = if complete {
@@ -149,7 +153,7 @@ pub fn payload(
     } else {
         format!("at least {}", verdict.orders)
     };
-    let since = last.format("%Y-%m-%d %H:%M UTC");
+    let since_text = since.format("%Y-%m-%d %H:%M UTC");
     let usual = match verdict.per_order {
         Some(r) => format!(
             "about {r:.2} buyer messages per order (the {WEEKS} weeks before): about {:.0} \
@@ -168,15 +172,22 @@ pub fn payload(
         "instance": instance,
         "type": "amazon",
         "channel": channel,
-        "title": format!(
-            "Relay mail stopped: {instance} (amazon) has had no buyer message for {silent_for} \
-             while SP-API shows {count} new orders"
-        ),
-        "last_message_at": last,
+        "title": match last_message {
+            Some(_) => format!(
+                "Relay mail stopped: {instance} (amazon) has had no buyer message for {silent_for} \
+                 while SP-API shows {count} new orders"
+            ),
+            None => format!(
+                "Relay mail never arrived: {instance} (amazon) has received no buyer message \
+                 since hourglass began watching it {silent_for} ago, while SP-API shows {count} \
+                 new orders"
+            ),
+        },
+        "last_message_at": last_message,
         "silent_for": silent_for,
         "orders": verdict.orders,
         "orders_complete": complete,
-        "orders_text": format!("{count} orders created since {since} (SP-API getOrders)"),
+        "orders_text": format!("{count} orders created since {since_text} (SP-API getOrders)"),
         "messages_per_order": verdict.per_order.map(|r| (r * 1000.0).round() / 1000.0),
         "expected_messages": verdict.per_order.map(|r| (r * verdict.orders as f64 * 10.0).round() / 10.0),
         "usual": usual,
@@ -192,6 +203,9 @@ struct Watched {
     channel: String,
     mailbox: Option<String>,
     api: Arc<SpApi>,
+    /// When this daemon began watching: the silence of an instance that
+    /// never received relay mail starts here.
+    watching_since: DateTime<Utc>,
     /// The silence the ratio was learnt for, and what was learnt.
     learnt: Option<(DateTime<Utc>, Option<History>)>,
     /// No getOrders call before this, for the silence named here (a new
@@ -237,6 +251,7 @@ fn watched(ctx: &Context) -> Vec<Watched> {
                 channel: inst.channel(),
                 mailbox,
                 api: Arc::new(api),
+                watching_since: Utc::now(),
                 learnt: None,
                 next_call: (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MIN_UTC),
             }),
@@ -299,8 +314,13 @@ async fn check(ctx: &Context, cfg: &WatchdogConfig, w: &mut Watched) -> anyhow::
         return Ok(());
     }
     let arrivals = ctx.store.arrivals(name).await?;
-    let Some(last) = arrivals.last else {
-        return Ok(());
+    // `last` starts the silence: the last relay message, or, for an
+    // instance that never received one (a notification setting never
+    // made), the moment this daemon began watching it. That silence is
+    // named by the epoch, so it alerts once, across restarts too.
+    let (last, episode) = match arrivals.last {
+        Some(last) => (last, last),
+        None => (w.watching_since, DateTime::<Utc>::UNIX_EPOCH),
     };
     let now = Utc::now();
     if now - last < cfg.orders_min_silence.chrono()
@@ -308,7 +328,7 @@ async fn check(ctx: &Context, cfg: &WatchdogConfig, w: &mut Watched) -> anyhow::
     {
         return Ok(());
     }
-    if ctx.store.relay_alerted_for(name).await? == Some(last) {
+    if ctx.store.relay_alerted_for(name).await? == Some(episode) {
         return Ok(());
     }
     w.next_call = (last, now + cfg.orders_check_every.chrono());
@@ -344,6 +364,7 @@ async fn check(ctx: &Context, cfg: &WatchdogConfig, w: &mut Watched) -> anyhow::
             let payload = payload(
                 name,
                 &w.channel,
+                arrivals.last.is_some().then_some(last),
                 last,
                 &verdict,
                 w.mailbox.as_deref(),
@@ -354,7 +375,7 @@ async fn check(ctx: &Context, cfg: &WatchdogConfig, w: &mut Watched) -> anyhow::
                 super::admin::deliveries(&ctx.config, name, &w.channel, SILENCE, &payload, now);
             match ctx
                 .store
-                .raise_relay_alert(name, last, &deliveries, now)
+                .raise_relay_alert(name, episode, &deliveries, now)
                 .await?
             {
                 Some(n) => warn!(
@@ -551,6 +572,7 @@ mod tests {
         let p = payload(
             "amazon-de",
             "amazon",
+            Some(last),
             last,
             &verdict,
             Some("seller@shop.example"),
@@ -589,7 +611,16 @@ mod tests {
         assert!(r.text.contains("*@marketplace.amazon.<tld>"), "{}", r.text);
 
         verdict.complete = false;
-        let partial = payload("amazon-de", "amazon", last, &verdict, None, None, now);
+        let partial = payload(
+            "amazon-de",
+            "amazon",
+            Some(last),
+            last,
+            &verdict,
+            None,
+            None,
+            now,
+        );
         assert!(
             partial["title"]
                 .as_str()
@@ -597,5 +628,17 @@ mod tests {
                 .contains("at least 42 new orders"),
             "{partial}"
         );
+
+        // Never a relay message: the silence runs from when the daemon
+        // began watching, and no last message is named.
+        let never = payload("amazon-de", "amazon", None, last, &verdict, None, None, now);
+        assert!(never["last_message_at"].is_null(), "{never}");
+        let r = super::super::engine::render(&never, now);
+        assert_eq!(
+            r.title,
+            "Relay mail never arrived: amazon-de (amazon) has received no buyer message since \
+             hourglass began watching it 7h ago, while SP-API shows at least 42 new orders"
+        );
+        assert!(!r.text.contains("Last relay message"), "{}", r.text);
     }
 }
