@@ -18,7 +18,9 @@
 //! the ceiling of any IMAP ingest: the same folders fetched over one
 //! connection and parsed with mail-parser, nothing stored; hourglass's
 //! share of it is printed too, with hourglass's CPU time per message and
-//! peak RSS (from `wait4`). Hourglass runs once per store each run: SQLite
+//! peak RSS (from `wait4`, of the sync process alone: a small copy of
+//! this binary spawns it, as Linux would count this one's memory in a
+//! child it spawns). Hourglass runs once per store each run: SQLite
 //! and PostgreSQL (the tests' throwaway cluster, a fresh database per run;
 //! `HOURGLASS_BENCH_STORES=sqlite` for one only). Each run is
 //! checked: every message in the store, the expected threads, the expected
@@ -57,6 +59,9 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Some(usage_file) = std::env::var_os(MEASURE_ENV) {
+        measure_child(Path::new(&usage_file), std::env::args_os().skip(1));
+    }
     let n = env_or("HOURGLASS_BENCH_MESSAGES", 20_000).max(10);
     let runs = env_or("HOURGLASS_BENCH_RUNS", 3).max(1);
     let have_mbsync = Command::new(MBSYNC)
@@ -320,44 +325,81 @@ struct HourglassRun {
     awaiting: usize,
 }
 
+/// The environment variable that makes this binary the measuring parent
+/// of a command (see [`measure_child`]): the file it writes the usage to.
+const MEASURE_ENV: &str = "HG_BENCH_MEASURE_TO";
+
 /// Runs `command` to its end like `Command::output`, and also returns its
 /// CPU time (user + system, seconds) and peak RSS (MB) as `wait4` reports
 /// them.
-fn output_with_usage(command: &mut Command) -> anyhow::Result<(std::process::Output, f64, f64)> {
-    use std::io::Read;
-    use std::os::unix::process::ExitStatusExt;
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stdout_pipe = child.stdout.take().context("no stdout pipe")?;
-    let mut stderr_pipe = child.stderr.take().context("no stderr pipe")?;
-    let stderr_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr_pipe.read_to_end(&mut buf);
-        buf
-    });
-    let mut stdout = Vec::new();
-    stdout_pipe.read_to_end(&mut stdout)?;
-    let stderr = stderr_reader.join().unwrap_or_default();
-    let pid = libc::pid_t::try_from(child.id())?;
-    let mut status: libc::c_int = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet waited for; both pointers
-    // point to live values of the types wait4 expects.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    ensure!(waited == pid, "wait4: {}", std::io::Error::last_os_error());
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
-    // Linux reports ru_maxrss in kilobytes.
-    let rss_mb = usage.ru_maxrss as f64 / 1024.0;
-    let output = std::process::Output {
-        status: std::process::ExitStatus::from_raw(status),
-        stdout,
-        stderr,
-    };
+///
+/// Not spawned from this process: Linux counts the memory of the process
+/// that spawns a child in the child's `ru_maxrss` (the high-water mark of
+/// the address space an `exec` replaces is kept), and this one holds the
+/// whole corpus, so `/bin/true` spawned from here "peaks" at ~100 MB. A
+/// fresh copy of this binary, still small, spawns the command instead and
+/// reports its `wait4` figures ([`measure_child`]).
+fn output_with_usage(command: &Command) -> anyhow::Result<(std::process::Output, f64, f64)> {
+    let usage_file = tempfile::NamedTempFile::new()?;
+    let mut measured = Command::new(std::env::current_exe()?);
+    measured
+        .env(MEASURE_ENV, usage_file.path())
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(v) => measured.env(key, v),
+            None => measured.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        measured.current_dir(dir);
+    }
+    let output = measured.output()?;
+    let usage = std::fs::read_to_string(usage_file.path())?;
+    let (cpu, rss_mb) = usage
+        .split_once(' ')
+        .and_then(|(c, r)| Some((c.trim().parse().ok()?, r.trim().parse().ok()?)))
+        .with_context(|| format!("no usage from the measuring parent: {usage:?}"))?;
     Ok((output, cpu, rss_mb))
+}
+
+/// The measuring parent: runs the command in `args`, with this process's
+/// stdin, stdout and stderr, and writes its CPU seconds and peak RSS (MB)
+/// to `usage_file`; exits with its exit code.
+fn measure_child(usage_file: &Path, mut args: impl Iterator<Item = std::ffi::OsString>) -> ! {
+    use std::os::unix::process::ExitStatusExt;
+    let run = || -> anyhow::Result<i32> {
+        let program = args.next().context("no command to measure")?;
+        let child = Command::new(program)
+            .args(args)
+            .env_remove(MEASURE_ENV)
+            .spawn()?;
+        let pid = libc::pid_t::try_from(child.id())?;
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `pid` is our own child, not yet waited for; both pointers
+        // point to live values of the types wait4 expects.
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        ensure!(waited == pid, "wait4: {}", std::io::Error::last_os_error());
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let cpu = secs(usage.ru_utime) + secs(usage.ru_stime);
+        // Linux reports ru_maxrss in kilobytes.
+        let rss_mb = usage.ru_maxrss as f64 / 1024.0;
+        std::fs::write(usage_file, format!("{cpu} {rss_mb}"))?;
+        let status = std::process::ExitStatus::from_raw(status);
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    };
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("measuring parent: {e:#}");
+            std::process::exit(125)
+        }
+    }
 }
 
 fn run_hourglass(
@@ -427,7 +469,7 @@ idle = false
         .env("HG_BENCH_IMAP_PASSWORD", dovecot.password())
         .env_remove("HOURGLASS_CONFIG");
     let t = Instant::now();
-    let (out, cpu_seconds, peak_rss_mb) = output_with_usage(&mut sync)?;
+    let (out, cpu_seconds, peak_rss_mb) = output_with_usage(&sync)?;
     let seconds = t.elapsed().as_secs_f64();
     ensure!(
         out.status.success(),

@@ -75,11 +75,15 @@ impl IngestStore for SqlStore {
             check_fence(&mut tx, instance, fence).await?;
         }
         let mut touched = BTreeSet::new();
-        let mut customers = HashMap::new();
+        let customers = customers_for(&mut tx, &batch.messages, now).await?;
         let mut keys = BTreeSet::new();
         let mut with_identities = Vec::with_capacity(batch.messages.len());
         for m in &batch.messages {
-            let identity = customer_for(&mut tx, m, now, &mut customers).await?;
+            let identity = m
+                .customer
+                .as_ref()
+                .and_then(|c| customers.get(&(c.channel.as_str(), c.handle.as_str())))
+                .copied();
             if let Some((identity_id, _)) = identity {
                 keys.extend(keys_of(m).into_iter().map(|k| (identity_id, k)));
             }
@@ -121,10 +125,11 @@ impl IngestStore for SqlStore {
         for chunk in rows.chunks(MESSAGES_PER_STATEMENT) {
             inserted.extend(insert_messages(&mut tx, instance, chunk, now).await?);
         }
+        let mut attachments = Vec::new();
         for (thread_id, m) in rows {
             // The first of a batch's copies of a message is the new one.
             if let Some(message_id) = inserted.remove(&m.external_id) {
-                insert_attachments(&mut tx, message_id, m).await?;
+                attachments.extend(m.attachments.iter().map(|a| (message_id, a)));
                 report.inserted += 1;
                 touched.insert(thread_id);
                 // A platform notice that our reply did not arrive (Amazon's
@@ -140,6 +145,7 @@ impl IngestStore for SqlStore {
                 report.duplicates += 1;
             }
         }
+        insert_attachments(&mut tx, &attachments).await?;
         for q in &batch.quarantined {
             insert_quarantined(&mut tx, instance, q, now).await?;
             report.quarantined += 1;
@@ -305,63 +311,134 @@ async fn apply_status(
     Ok(Some(thread_id))
 }
 
-/// Finds or creates the identity behind a message and its customer:
-/// `(identity_id, customer_id)`. A new identity starts as a customer of
-/// its own; the keys it shares with others join it to theirs at the end
-/// of the batch ([`link_batch`]).
-async fn customer_for(
+/// Identities per statement in [`customers_for`]: 6 values each.
+const IDENTITIES_PER_STATEMENT: usize = 32;
+
+/// Finds or creates the identity behind each message and its customer:
+/// `(identity_id, customer_id)` by `(channel, handle)`. A new identity
+/// starts as a customer of its own (named after its first message); the
+/// keys it shares with others join it to theirs at the end of the batch
+/// ([`link_batch`]). A few statements per 32 identities rather than up to
+/// three per message.
+async fn customers_for<'m>(
     conn: &mut AnyConnection,
-    m: &Message,
+    messages: &'m [Message],
     now: i64,
-    known: &mut HashMap<(String, String), (i64, i64)>,
-) -> Result<Option<(i64, i64)>> {
-    let Some(ident) = &m.customer else {
-        return Ok(None);
-    };
-    // Within one ingest, an identity resolves to the same customer each
-    // time: ask the database once.
-    let key = (ident.channel.clone(), ident.handle.clone());
-    if let Some(ids) = known.get(&key) {
-        return Ok(Some(*ids));
+) -> Result<HashMap<(&'m str, &'m str), (i64, i64)>> {
+    // Each identity once, with what its first message says of it:
+    // PostgreSQL refuses a key twice in one statement.
+    let mut wanted: Vec<(&'m str, &'m str, &'m Message)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for m in messages {
+        if let Some(ident) = &m.customer {
+            if seen.insert((ident.channel.as_str(), ident.handle.as_str())) {
+                wanted.push((ident.channel.as_str(), ident.handle.as_str(), m));
+            }
+        }
     }
-    let found =
-        sqlx::query("SELECT id, customer_id FROM identities WHERE channel = $1 AND handle = $2")
-            .bind(&ident.channel)
-            .bind(&ident.handle)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some(row) = found {
-        let ids = (row.try_get("id")?, row.try_get("customer_id")?);
-        known.insert(key, ids);
-        return Ok(Some(ids));
+    let mut found = HashMap::with_capacity(wanted.len());
+    for chunk in wanted.chunks(IDENTITIES_PER_STATEMENT * 4) {
+        let sql = format!(
+            "SELECT id, customer_id, channel, handle FROM identities
+             WHERE (channel, handle) IN (VALUES {})",
+            super::dialect::value_rows(1, chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (channel, handle, _) in chunk {
+            q = q.bind(*channel).bind(*handle);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let key: (String, String) = (row.try_get("channel")?, row.try_get("handle")?);
+            found.insert(key, (row.try_get("id")?, row.try_get("customer_id")?));
+        }
     }
-    let customer_id: i64 = sqlx::query(
-        "INSERT INTO customers (display_name, created_at) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(ident.display_name.clone().or_else(|| m.author.clone()))
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get("id")?;
-    // Another daemon may have won the race: its row is the one that counts,
-    // and the no-op update makes RETURNING give it.
-    let row = sqlx::query(
-        "INSERT INTO identities (customer_id, channel, handle, display_name, email, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (channel, handle) DO UPDATE SET handle = excluded.handle
-         RETURNING id, customer_id",
-    )
-    .bind(customer_id)
-    .bind(&ident.channel)
-    .bind(&ident.handle)
-    .bind(&ident.display_name)
-    .bind(ident.email.as_ref().map(|e| e.to_lowercase()))
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await?;
-    let ids = (row.try_get("id")?, row.try_get("customer_id")?);
-    known.insert(key, ids);
-    Ok(Some(ids))
+    let mut ids = HashMap::with_capacity(wanted.len());
+    let mut new = Vec::new();
+    for (channel, handle, m) in wanted {
+        match found.get(&(channel.to_owned(), handle.to_owned())) {
+            Some(known) => {
+                ids.insert((channel, handle), *known);
+            }
+            None => new.push((channel, handle, m)),
+        }
+    }
+    for chunk in new.chunks(IDENTITIES_PER_STATEMENT) {
+        // One customer per new identity. Both stores hand out the ids of a
+        // multi-row INSERT in the order of its rows (SQLite's next rowid
+        // under the write lock, PostgreSQL's nextval per row as the VALUES
+        // are read), so the ids in order are the rows in order.
+        let sql = format!(
+            "INSERT INTO customers (display_name, created_at) VALUES {} RETURNING id",
+            (0..chunk.len())
+                .map(|r| format!("(${}, $1)", r + 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (_, _, m) in chunk {
+            let ident = m.customer.as_ref();
+            q = q.bind(
+                ident
+                    .and_then(|i| i.display_name.clone())
+                    .or_else(|| m.author.clone()),
+            );
+        }
+        let mut customer_ids = q
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("id"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        customer_ids.sort_unstable();
+        if customer_ids.len() != chunk.len() {
+            return Err(super::StoreError::Invalid(format!(
+                "Created {} customers for {} new identities",
+                customer_ids.len(),
+                chunk.len()
+            )));
+        }
+        // Another daemon may have won the race for an identity: its row is
+        // the one that counts, and the no-op update makes RETURNING give it.
+        let sql = format!(
+            "INSERT INTO identities (customer_id, channel, handle, display_name, email, created_at)
+             VALUES {}
+             ON CONFLICT (channel, handle) DO UPDATE SET handle = excluded.handle
+             RETURNING id, customer_id, channel, handle",
+            (0..chunk.len())
+                .map(|r| format!("({}, $1)", super::dialect::placeholders_from(2 + r * 5, 5)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for ((channel, handle, m), customer_id) in chunk.iter().zip(&customer_ids) {
+            let ident = m.customer.as_ref();
+            q = q
+                .bind(*customer_id)
+                .bind(*channel)
+                .bind(*handle)
+                .bind(ident.and_then(|i| i.display_name.as_deref()))
+                .bind(
+                    ident
+                        .and_then(|i| i.email.as_ref())
+                        .map(|e| e.to_lowercase()),
+                );
+        }
+        let mut created = HashMap::with_capacity(chunk.len());
+        for row in q.fetch_all(&mut *conn).await? {
+            let key: (String, String) = (row.try_get("channel")?, row.try_get("handle")?);
+            created.insert(key, (row.try_get("id")?, row.try_get("customer_id")?));
+        }
+        for (channel, handle, _) in chunk {
+            let got = created
+                .get(&((*channel).to_owned(), (*handle).to_owned()))
+                .copied()
+                .ok_or_else(|| {
+                    super::StoreError::Invalid(format!("No identity for {channel} {handle}"))
+                })?;
+            ids.insert((*channel, *handle), got);
+        }
+    }
+    Ok(ids)
 }
 
 /// A thread's facts as a batch's messages tell them, in the order the
@@ -570,19 +647,30 @@ pub(super) async fn insert_messages(
         .collect()
 }
 
-async fn insert_attachments(conn: &mut AnyConnection, message_id: i64, m: &Message) -> Result<()> {
-    for a in &m.attachments {
-        sqlx::query(
-            "INSERT INTO attachments (message_id, filename, content_type, size, data)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(message_id)
-        .bind(&a.filename)
-        .bind(&a.content_type)
-        .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
-        .bind(a.data.clone())
-        .execute(&mut *conn)
-        .await?;
+/// Attachments per INSERT: 5 values each; their bytes make the statement
+/// large anyway, so a few rows suffice to save the round trips.
+const ATTACHMENTS_PER_STATEMENT: usize = 16;
+
+/// The attachments of the batch's new messages, by message id.
+async fn insert_attachments(
+    conn: &mut AnyConnection,
+    attachments: &[(i64, &hourglass_connector::Attachment)],
+) -> Result<()> {
+    for chunk in attachments.chunks(ATTACHMENTS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO attachments (message_id, filename, content_type, size, data) VALUES {}",
+            super::dialect::value_rows(1, chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for (message_id, a) in chunk {
+            q = q
+                .bind(*message_id)
+                .bind(&a.filename)
+                .bind(&a.content_type)
+                .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
+                .bind(a.data.clone());
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
