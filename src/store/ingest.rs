@@ -363,40 +363,48 @@ async fn customers_for<'m>(
         }
     }
     for chunk in new.chunks(IDENTITIES_PER_STATEMENT) {
-        // One customer per new identity. Both stores hand out the ids of a
-        // multi-row INSERT in the order of its rows (SQLite's next rowid
-        // under the write lock, PostgreSQL's nextval per row as the VALUES
-        // are read), so the ids in order are the rows in order.
+        // One customer per new identity, named after its first message.
+        // Neither store promises RETURNING's rows in the order of the
+        // VALUES, so each new row is matched back by the name it was
+        // created with: rows with the same name are alike, so which of
+        // them an identity gets does not matter.
+        let names: Vec<Option<String>> = chunk
+            .iter()
+            .map(|(_, _, m)| {
+                m.customer
+                    .as_ref()
+                    .and_then(|i| i.display_name.clone())
+                    .or_else(|| m.author.clone())
+            })
+            .collect();
         let sql = format!(
-            "INSERT INTO customers (display_name, created_at) VALUES {} RETURNING id",
+            "INSERT INTO customers (display_name, created_at) VALUES {} RETURNING id, display_name",
             (0..chunk.len())
                 .map(|r| format!("(${}, $1)", r + 2))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
         let mut q = sqlx::query(&sql).bind(now);
-        for (_, _, m) in chunk {
-            let ident = m.customer.as_ref();
-            q = q.bind(
-                ident
-                    .and_then(|i| i.display_name.clone())
-                    .or_else(|| m.author.clone()),
-            );
+        for name in &names {
+            q = q.bind(name.as_deref());
         }
-        let mut customer_ids = q
-            .fetch_all(&mut *conn)
-            .await?
+        let mut by_name: HashMap<Option<String>, Vec<i64>> = HashMap::new();
+        for row in q.fetch_all(&mut *conn).await? {
+            by_name
+                .entry(row.try_get("display_name")?)
+                .or_default()
+                .push(row.try_get("id")?);
+        }
+        let customer_ids = names
             .iter()
-            .map(|r| r.try_get::<i64, _>("id"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        customer_ids.sort_unstable();
-        if customer_ids.len() != chunk.len() {
-            return Err(super::StoreError::Invalid(format!(
-                "Created {} customers for {} new identities",
-                customer_ids.len(),
-                chunk.len()
-            )));
-        }
+            .map(|name| by_name.get_mut(name).and_then(Vec::pop))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| {
+                super::StoreError::Invalid(format!(
+                    "Created customers do not match the {} new identities",
+                    chunk.len()
+                ))
+            })?;
         // Another daemon may have won the race for an identity: its row is
         // the one that counts, and the no-op update makes RETURNING give it.
         let sql = format!(
