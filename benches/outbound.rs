@@ -143,7 +143,7 @@ fn run_once(store: &StoreKind, rate: f64, run: usize, replies: usize) -> anyhow:
     let (mut daemon, _notify) = common::spawn_ready(BIN, &path, Stdio::null(), dir.path())?;
     let ticks_at_start = common::cpu_ticks(daemon.id());
     let deadline = Instant::now() + Duration::from_secs_f64(replies as f64 / rate * 3.0 + 60.0);
-    while mock.accepted().len() < replies && Instant::now() < deadline {
+    while mock.accepted_count() < replies && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let cpu_s = (common::cpu_ticks(daemon.id()) - ticks_at_start) as f64 / common::clk_tck();

@@ -235,7 +235,7 @@ async fn run_setup(
     let queued_at = Instant::now();
     let replies = queue_replies(&store, sizes.replies_per_thread).await? as usize;
     let drain_by = Instant::now() + Duration::from_secs(600);
-    while mock.accepted().len() < replies && Instant::now() < drain_by {
+    while mock.accepted_count() < replies && Instant::now() < drain_by {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drained = mock

@@ -145,3 +145,64 @@ async fn cycles_on_postgres() {
     let store = SqlStore::connect(&url, None, 2).await.unwrap();
     story(store, Backend::Postgres).await;
 }
+
+/// One ingest that answers, reopens and moves the cycles of several
+/// threads at once: the clock writes them together (one statement per
+/// kind of change), and every thread still gets its own rows.
+async fn many_threads_in_one_batch(store: SqlStore) {
+    store.migrate().await.unwrap();
+    store
+        .register_instance("amazon-eu", "amazon", "amazon")
+        .await
+        .unwrap();
+    let c = clocking();
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let at = |h: i64| now - Duration::hours(h);
+    let ms = |h: i64| at(h).timestamp_millis();
+    use Direction::*;
+    let first = Batch {
+        messages: ["t0", "t1", "t2", "t3", "t4"]
+            .iter()
+            .map(|t| msg(&format!("{t}-in"), t, Inbound, at(30), false))
+            .collect(),
+        ..Default::default()
+    };
+    store.ingest("amazon-eu", &first, &c).await.unwrap();
+    let second = Batch {
+        messages: vec![
+            msg("t0-re", "t0", Outbound, at(20), false), // answers t0
+            msg("t1-re", "t1", Outbound, at(21), false), // answers t1
+            msg("t2-old", "t2", Inbound, at(40), false), // t2's cycle opened earlier
+            msg("t3-re", "t3", Outbound, at(25), false), // answers t3 ...
+            msg("t3-again", "t3", Inbound, at(10), false), // ... which opens again
+        ],
+        ..Default::default()
+    };
+    store.ingest("amazon-eu", &second, &c).await.unwrap();
+    let mut want: Vec<Row3> = vec![
+        ("t0".into(), ms(30), Some(ms(20)), None),
+        ("t1".into(), ms(30), Some(ms(21)), None),
+        ("t2".into(), ms(40), None, None),
+        ("t3".into(), ms(30), Some(ms(25)), None),
+        ("t3".into(), ms(10), None, None),
+        ("t4".into(), ms(30), None, None),
+    ];
+    want.sort();
+    assert_eq!(rows(&store).await, want);
+}
+
+#[tokio::test]
+async fn many_threads_in_one_batch_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/hg.db", dir.path().display());
+    let store = SqlStore::connect(&url, None, 2).await.unwrap();
+    many_threads_in_one_batch(store).await;
+}
+
+#[tokio::test]
+async fn many_threads_in_one_batch_on_postgres() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let url = pg.create_database("reply_cycles_batch").unwrap();
+    let store = SqlStore::connect(&url, None, 2).await.unwrap();
+    many_threads_in_one_batch(store).await;
+}

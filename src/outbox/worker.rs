@@ -86,6 +86,7 @@ async fn run(ctx: Context, stop: CancellationToken) {
             min_backoff: ctx.config.daemon.min_backoff.0,
             max_backoff: ctx.config.daemon.max_backoff.0,
             writes: writes.clone(),
+            in_flight: tokio::sync::Semaphore::new(ctx.config.outbox.concurrency.max(1)),
             pending: std::sync::Mutex::new(Vec::new()),
             auth_failed: AtomicBool::new(false),
             put_backs: AtomicUsize::new(0),
@@ -119,6 +120,8 @@ struct Sender {
     min_backoff: Duration,
     max_backoff: Duration,
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// Calls to the platform under way (`concurrency` permits).
+    in_flight: tokio::sync::Semaphore,
     /// Outcomes waiting for the next write turn (see `complete`).
     pending: std::sync::Mutex<Vec<Pending>>,
     /// The platform refused our credentials: nothing more is sent until the
@@ -149,7 +152,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What to do with a reply after looking for it on the platform.
 enum Checked {
     Send,
-    Done,
+    /// Not to be sent; the outcome to record, if any.
+    Done(Option<OutboxOutcome>),
 }
 
 /// How long a sender whose credentials were refused waits before it
@@ -167,14 +171,20 @@ impl Sender {
 
     /// How many replies to claim at once: what the rate limit lets us send
     /// in half a lease, so that no claimed reply waits until its lease runs
-    /// out.
+    /// out; and at most about a second's worth (200 at least), so that the
+    /// pause between two batches (the last outcomes, the claim, reading
+    /// the threads: a few milliseconds) costs at most a percent or so of a
+    /// fast quota.
     fn claim_limit(&self) -> i64 {
         let half_lease = self.lease().as_secs_f64() / 2.0;
-        let n = match self.send_limit.config() {
-            Some(c) => f64::from(c.burst.div_ceil(2)) + c.per_second * half_lease,
-            None => (self.config.concurrency.max(1) * 16) as f64,
+        let (n, most) = match self.send_limit.config() {
+            Some(c) => (
+                f64::from(c.burst.div_ceil(2)) + c.per_second * half_lease,
+                (c.per_second.ceil() as i64).clamp(200, 2000),
+            ),
+            None => ((self.config.concurrency.max(1) * 16) as f64, 200),
         };
-        (n.floor() as i64).clamp(1, 200)
+        (n.floor() as i64).clamp(1, most)
     }
 
     async fn run(self: Arc<Self>, stop: CancellationToken) {
@@ -293,20 +303,27 @@ impl Sender {
                 }
             }
         }
+        // The threads of the whole batch in two reads, not two per reply.
+        let ids: Vec<i64> = groups.iter().map(|(id, _)| *id).collect();
+        let details = match self.store.threads_for_reply(&ids, Utc::now()).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(instance = %self.name, error = %e, "Cannot read the threads of claimed replies; trying again.");
+                for item in groups.iter().flat_map(|(_, items)| items) {
+                    self.put_back(item, item.previous_state != "sending").await;
+                }
+                return;
+            }
+        };
+        let details = &details;
         futures::stream::iter(groups)
-            .for_each_concurrent(self.config.concurrency.max(1), |(thread_id, items)| async move {
-                let detail = match self.store.thread_for_reply(thread_id, Utc::now()).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        warn!(instance = %self.name, thread = thread_id, error = %e, "Cannot read the thread of a reply; trying again.");
-                        for item in &items {
-                            self.put_back(item, item.previous_state != "sending").await;
-                        }
-                        return;
-                    }
-                };
+            // Every thread of the batch at once: `in_flight` keeps the
+            // platform's calls to `concurrency`, and a thread whose reply
+            // is being recorded does not hold a place another could send in.
+            .for_each_concurrent(None, |(thread_id, items)| async move {
+                let detail = details.get(&thread_id);
                 for item in &items {
-                    self.process(item, detail.as_ref(), claimed_at, stop).await;
+                    self.process(item, detail, claimed_at, stop).await;
                 }
             })
             .await;
@@ -316,6 +333,10 @@ impl Sender {
         }
     }
 
+    /// Sends one reply and records how that ended. The platform sees at
+    /// most `concurrency` calls of this instance at once (`in_flight`);
+    /// the outcome is recorded after the call has given its place up, so
+    /// that the next send never waits for this one's commit.
     async fn process(
         &self,
         item: &OutboxItem,
@@ -323,6 +344,26 @@ impl Sender {
         claimed_at: Instant,
         stop: &CancellationToken,
     ) {
+        let outcome = {
+            // Never closed: an error cannot happen, and would only lift the bound.
+            let _in_flight = self.in_flight.acquire().await.ok();
+            self.attempt(item, detail, claimed_at, stop).await
+        };
+        if let Some(outcome) = outcome {
+            self.complete(item, outcome).await;
+        }
+    }
+
+    /// Sends one reply, or finds out it must not be sent now: the outcome
+    /// to record, if any (a reply put back, or left in `sending` on
+    /// purpose, has none).
+    async fn attempt(
+        &self,
+        item: &OutboxItem,
+        detail: Option<&ThreadDetail>,
+        claimed_at: Instant,
+        stop: &CancellationToken,
+    ) -> Option<OutboxOutcome> {
         let lease = self.lease();
         // A send starts in the first half of the lease and must end before
         // the lease does, or another claim could take the reply meanwhile.
@@ -331,24 +372,16 @@ impl Sender {
         let recovering = item.previous_state == "sending";
         if self.halted(stop) || Instant::now() >= start_by {
             self.put_back(item, !recovering).await;
-            return;
+            return None;
         }
         let Some(detail) = detail else {
-            self.complete(
-                item,
-                OutboxOutcome::Failed {
-                    error: format!("Thread {} no longer exists", item.thread_id),
-                },
-            )
-            .await;
-            return;
+            return Some(OutboxOutcome::Failed {
+                error: format!("Thread {} no longer exists", item.thread_id),
+            });
         };
         let reply = match build_reply(item, detail) {
             Ok(r) => r,
-            Err(error) => {
-                self.complete(item, OutboxOutcome::Failed { error }).await;
-                return;
-            }
+            Err(error) => return Some(OutboxOutcome::Failed { error }),
         };
         // A platform that cannot prove a reply absent (SMTP) is asked only
         // when the interrupted attempt had started its send: one that
@@ -356,7 +389,7 @@ impl Sender {
         let marks = self.inst.connector.marks_send_start();
         if recovering && (item.send_started || !marks) {
             match self.check(item, &reply, start_by, finish_by, stop).await {
-                Checked::Done => return,
+                Checked::Done(outcome) => return outcome,
                 Checked::Send => {}
             }
         }
@@ -374,7 +407,7 @@ impl Sender {
         // absent from it): back in the queue as it was.
         if !ready || self.halted(stop) {
             self.put_back(item, true).await;
-            return;
+            return None;
         }
         if marks {
             let marked = {
@@ -387,7 +420,7 @@ impl Sender {
                 // Not sent: without the mark a crash could send it twice.
                 warn!(instance = %self.name, reply = %item.id, error = %e, "Cannot record that a reply's send starts; it is not sent now and is claimed again.");
                 self.put_back(item, true).await;
-                return;
+                return None;
             }
         }
         let busy = crate::watchdog::busy(format!("sending a reply of {}", self.name));
@@ -413,22 +446,22 @@ impl Sender {
                 // the platform, so it goes back as it was.
                 warn!(instance = %self.name, reply = %item.id, "A reply's lease ran short before it could be sent; not sent now, it goes back to the queue.");
                 self.put_back(item, true).await;
+                None
             }
-            Err(Late::Midway) => warn!(
-                instance = %self.name,
-                reply = %item.id,
-                "The platform did not answer in time; whether the reply arrived is unknown. It stays in sending and is looked up on the platform after its lease."
-            ),
+            Err(Late::Midway) => {
+                warn!(
+                    instance = %self.name,
+                    reply = %item.id,
+                    "The platform did not answer in time; whether the reply arrived is unknown. It stays in sending and is looked up on the platform after its lease."
+                );
+                None
+            }
             Ok(Ok(sent)) => {
                 info!(instance = %self.name, reply = %item.id, thread = item.thread_id, external_id = %sent.external_id, "Reply sent.");
-                self.complete(
-                    item,
-                    OutboxOutcome::Sent {
-                        external_id: sent.external_id,
-                        sent_at: sent.sent_at,
-                    },
-                )
-                .await;
+                Some(OutboxOutcome::Sent {
+                    external_id: sent.external_id,
+                    sent_at: sent.sent_at,
+                })
             }
             // The platform answered, but not in a form we can read (a
             // gateway's HTML page with 200, a cut-off body): the reply may
@@ -436,13 +469,16 @@ impl Sender {
             // were marked failed although the platform had them, inviting
             // an agent to send them again. Like a send that timed out, it
             // stays in sending and is looked up on the platform.
-            Ok(Err(ConnectorError::BadData { reason, .. })) => warn!(
-                instance = %self.name,
-                reply = %item.id,
-                error = %reason,
-                "The platform's answer to a reply cannot be read; whether the reply arrived is unknown. It stays in sending and is looked up on the platform after its lease."
-            ),
-            Ok(Err(e)) => self.send_failed(item, e).await,
+            Ok(Err(ConnectorError::BadData { reason, .. })) => {
+                warn!(
+                    instance = %self.name,
+                    reply = %item.id,
+                    error = %reason,
+                    "The platform's answer to a reply cannot be read; whether the reply arrived is unknown. It stays in sending and is looked up on the platform after its lease."
+                );
+                None
+            }
+            Ok(Err(e)) => Some(self.send_failed(item, e).await),
         }
     }
 
@@ -462,7 +498,7 @@ impl Sender {
         };
         if !ready {
             // Still unknown; it stays in sending and is checked next time.
-            return Checked::Done;
+            return Checked::Done(None);
         }
         let found = before(finish_by, self.inst.connector.check_sent(reply))
             .await
@@ -474,15 +510,10 @@ impl Sender {
         match found {
             Ok(SentCheck::Sent(sent)) => {
                 info!(instance = %self.name, reply = %item.id, external_id = %sent.external_id, "A reply interrupted by a stop is on the platform; recorded as sent, not resent.");
-                self.complete(
-                    item,
-                    OutboxOutcome::Sent {
-                        external_id: sent.external_id,
-                        sent_at: sent.sent_at,
-                    },
-                )
-                .await;
-                Checked::Done
+                Checked::Done(Some(OutboxOutcome::Sent {
+                    external_id: sent.external_id,
+                    sent_at: sent.sent_at,
+                }))
             }
             Ok(SentCheck::NotSent) => {
                 info!(instance = %self.name, reply = %item.id, "A reply interrupted by a stop is not on the platform; sending it.");
@@ -490,17 +521,12 @@ impl Sender {
             }
             Ok(SentCheck::CannotTell) => {
                 warn!(instance = %self.name, reply = %item.id, "A reply was interrupted mid-send and the platform cannot tell whether it arrived; marked uncertain for a human.");
-                self.complete(
-                    item,
-                    OutboxOutcome::Uncertain {
-                        error: format!(
-                            "hourglass stopped while sending this reply and {} cannot tell whether it arrived; check the conversation on the platform before sending it again",
-                            self.inst.connector.kind()
-                        ),
-                    },
-                )
-                .await;
-                Checked::Done
+                Checked::Done(Some(OutboxOutcome::Uncertain {
+                    error: format!(
+                        "hourglass stopped while sending this reply and {} cannot tell whether it arrived; check the conversation on the platform before sending it again",
+                        self.inst.connector.kind()
+                    ),
+                }))
             }
             Err(e) => {
                 if let ConnectorError::RateLimited {
@@ -512,24 +538,21 @@ impl Sender {
                 let attempt = item.attempts + 1;
                 if attempt >= i64::from(self.config.max_attempts) {
                     warn!(instance = %self.name, reply = %item.id, error = %e, "Cannot find out whether an interrupted reply arrived; marked uncertain for a human.");
-                    self.complete(
-                        item,
-                        OutboxOutcome::Uncertain {
-                            error: format!(
-                                "hourglass stopped while sending this reply and could not check it after {attempt} attempts: {e}"
-                            ),
-                        },
-                    )
-                    .await;
+                    Checked::Done(Some(OutboxOutcome::Uncertain {
+                        error: format!(
+                            "hourglass stopped while sending this reply and could not check it after {attempt} attempts: {e}"
+                        ),
+                    }))
                 } else {
                     warn!(instance = %self.name, reply = %item.id, error = %e, "Cannot check whether an interrupted reply arrived; it stays in sending and is checked again after its lease.");
+                    Checked::Done(None)
                 }
-                Checked::Done
             }
         }
     }
 
-    async fn send_failed(&self, item: &OutboxItem, e: ConnectorError) {
+    /// What to record after the platform refused a reply or failed.
+    async fn send_failed(&self, item: &OutboxItem, e: ConnectorError) -> OutboxOutcome {
         let attempt = item.attempts + 1;
         let failures = u32::try_from(attempt).unwrap_or(u32::MAX);
         let now = Utc::now();
@@ -600,7 +623,7 @@ impl Sender {
                 }
             }
         };
-        self.complete(item, outcome).await;
+        outcome
     }
 
     /// Records an outcome, retrying briefly on store errors. If it still

@@ -4,7 +4,7 @@
 //! changed the thread: an ingest, a sent reply, or an agent's mark (no
 //! response needed, snooze), which live here too.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use hourglass_connector::Direction;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::dialect::{placeholders, value_rows};
+use super::dialect::{placeholders, placeholders_from, value_rows};
 use super::sql::{insert_audit, opt_ms, opt_time};
 use super::{from_ms, ms, Result, SqlStore, StoreError};
 use crate::clock::{self, Fact, Policy, Threshold};
@@ -112,7 +112,7 @@ impl ClockStore for SqlStore {
 const CLOCK_ROW: &str = "SELECT id, instance, marketplace, awaiting_since, handled_at, \
     snoozed_at, snoozed_until, alerted_remaining_ms FROM threads";
 
-/// A thread's recorded cycles, as [`write_cycles`] compares them.
+/// A thread's recorded cycles, as [`CycleChanges::derive`] compares them.
 const CYCLES_ROW: &str = "SELECT thread_id, started_at, marketplace, answered_at, \
     no_response_needed_at FROM reply_cycles";
 
@@ -183,8 +183,10 @@ pub(super) async fn reclock(
         .map(cycle_from_row)
         .collect::<Result<Vec<_>>>()?;
     let clock = evaluate_clock(thread_id, &facts, &t, clocking)?;
-    write_clocks(conn, &[clock], now).await?;
-    write_cycles(conn, thread_id, &facts, &t, &stored, clocking).await
+    write_clocks(conn, &[clock], now, false).await?;
+    let mut changes = CycleChanges::default();
+    changes.derive(thread_id, &facts, &t, &stored)?;
+    changes.write(conn, &clocking.channel).await
 }
 
 /// [`reclock`] for many threads, reading their messages and clock columns
@@ -194,6 +196,27 @@ pub(super) async fn reclock_many(
     ids: &BTreeSet<i64>,
     clocking: &Clocking,
     now: i64,
+) -> Result<()> {
+    reclock_threads(conn, ids, clocking, now, false).await
+}
+
+/// [`reclock_many`] for threads a reply was just sent on: their error (a
+/// reply that failed before) clears in the same statement as the clock.
+pub(super) async fn reclock_replied(
+    conn: &mut AnyConnection,
+    ids: &BTreeSet<i64>,
+    clocking: &Clocking,
+    now: i64,
+) -> Result<()> {
+    reclock_threads(conn, ids, clocking, now, true).await
+}
+
+async fn reclock_threads(
+    conn: &mut AnyConnection,
+    ids: &BTreeSet<i64>,
+    clocking: &Clocking,
+    now: i64,
+    clear_error: bool,
 ) -> Result<()> {
     let ids: Vec<i64> = ids.iter().copied().collect();
     for chunk in ids.chunks(RECLOCK_CHUNK) {
@@ -231,16 +254,18 @@ pub(super) async fn reclock_many(
             q = q.bind(*id);
         }
         let mut clocks = Vec::with_capacity(chunk.len());
+        let mut changes = CycleChanges::default();
         for t in &q.fetch_all(&mut *conn).await? {
             let id: i64 = t.try_get("id")?;
             let facts = facts.get(&id).map(Vec::as_slice).unwrap_or_default();
             clocks.push(evaluate_clock(id, facts, t, clocking)?);
             let stored = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
-            write_cycles(conn, id, facts, t, stored, clocking).await?;
+            changes.derive(id, facts, t, stored)?;
         }
         for group in clocks.chunks(CLOCKS_PER_STATEMENT) {
-            write_clocks(conn, group, now).await?;
+            write_clocks(conn, group, now, clear_error).await?;
         }
+        changes.write(conn, &clocking.channel).await?;
     }
     Ok(())
 }
@@ -313,10 +338,21 @@ fn evaluate_clock(
 
 /// Writes evaluated clocks, in one statement: each row's values go
 /// through a CTE (`WITH ... UPDATE ... FROM`, on SQLite and PostgreSQL).
-async fn write_clocks(conn: &mut AnyConnection, clocks: &[ThreadClock], now: i64) -> Result<()> {
+/// With `clear_error`, the threads' `last_error` clears too.
+async fn write_clocks(
+    conn: &mut AnyConnection,
+    clocks: &[ThreadClock],
+    now: i64,
+    clear_error: bool,
+) -> Result<()> {
     if clocks.is_empty() {
         return Ok(());
     }
+    let clear = if clear_error {
+        ", last_error = NULL"
+    } else {
+        ""
+    };
     let sql = format!(
         "WITH v (v_id, v_awaiting_since, v_due_at, v_window, v_last_in, v_last_out,
                 v_snoozed_at, v_snoozed_until, v_fired, v_next_alert, v_count)
@@ -325,7 +361,7 @@ async fn write_clocks(conn: &mut AnyConnection, clocks: &[ThreadClock], now: i64
             reply_window_closes_at = v.v_window, last_inbound_at = v.v_last_in,
             last_outbound_at = v.v_last_out, snoozed_at = v.v_snoozed_at,
             snoozed_until = v.v_snoozed_until, alerted_remaining_ms = v.v_fired,
-            next_alert_at = v.v_next_alert, message_count = v.v_count, updated_at = $1
+            next_alert_at = v.v_next_alert, message_count = v.v_count, updated_at = $1{clear}
          FROM v WHERE threads.id = v.v_id",
         value_rows(2, clocks.len(), 11)
     );
@@ -348,76 +384,152 @@ async fn write_clocks(conn: &mut AnyConnection, clocks: &[ThreadClock], now: i64
     Ok(())
 }
 
-/// Brings a thread's `reply_cycles` rows in line with its messages and
-/// marks, writing only what changed (usually one row: the cycle a new
-/// message opened or a reply closed). The "no response needed" marks are
-/// the thread's latest (`handled_at`) and those recorded on earlier
-/// cycles, since the thread keeps only the latest.
-async fn write_cycles(
-    conn: &mut AnyConnection,
+/// A `reply_cycles` row to insert or update, as [`CycleChanges::write`]
+/// binds it.
+struct CycleRow {
     thread_id: i64,
-    facts: &[Fact],
-    t: &AnyRow,
-    stored: &[StoredCycle],
-    clocking: &Clocking,
-) -> Result<()> {
-    let instance: String = t.try_get("instance")?;
-    let marketplace: String = t
-        .try_get::<Option<String>, _>("marketplace")?
-        .unwrap_or_default();
-    let mut marks: Vec<DateTime<Utc>> = stored
-        .iter()
-        .filter_map(|(c, _)| c.no_response_needed_at)
-        .collect();
-    marks.extend(opt_time(t, "handled_at")?);
-    let derived = crate::lrr::cycles(facts, &marks);
-    let old: HashMap<DateTime<Utc>, &StoredCycle> =
-        stored.iter().map(|s| (s.0.started_at, s)).collect();
-    for c in &derived {
-        match old.get(&c.started_at) {
-            Some((o, m)) if o == c && *m == marketplace => {}
-            Some(_) => {
-                sqlx::query(
-                    "UPDATE reply_cycles SET answered_at = $1, no_response_needed_at = $2,
-                        marketplace = $3
-                     WHERE thread_id = $4 AND started_at = $5",
-                )
-                .bind(opt_ms(c.answered_at))
-                .bind(opt_ms(c.no_response_needed_at))
-                .bind(&marketplace)
-                .bind(thread_id)
-                .bind(ms(c.started_at))
-                .execute(&mut *conn)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO reply_cycles (thread_id, started_at, instance, channel,
-                        marketplace, answered_at, no_response_needed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(thread_id)
-                .bind(ms(c.started_at))
-                .bind(&instance)
-                .bind(&clocking.channel)
-                .bind(&marketplace)
-                .bind(opt_ms(c.answered_at))
-                .bind(opt_ms(c.no_response_needed_at))
-                .execute(&mut *conn)
-                .await?;
+    started_at: i64,
+    instance: String,
+    marketplace: String,
+    answered_at: Option<i64>,
+    no_response_needed_at: Option<i64>,
+}
+
+/// Cycle rows written per statement by [`CycleChanges::write`]: at most 7
+/// values each, far below either backend's bind limit.
+const CYCLES_PER_STATEMENT: usize = 100;
+
+/// What [`CycleChanges::derive`] found out of line in `reply_cycles`, for
+/// many threads, written by [`CycleChanges::write`] in three statements
+/// per hundred rows rather than one statement per changed cycle.
+#[derive(Default)]
+struct CycleChanges {
+    inserts: Vec<CycleRow>,
+    updates: Vec<CycleRow>,
+    /// `(thread_id, started_at)`.
+    deletes: Vec<(i64, i64)>,
+}
+
+impl CycleChanges {
+    /// Compares a thread's `reply_cycles` rows with its messages and marks
+    /// and notes what differs (usually one row: the cycle a new message
+    /// opened or a reply closed). The "no response needed" marks are the
+    /// thread's latest (`handled_at`) and those recorded on earlier
+    /// cycles, since the thread keeps only the latest.
+    fn derive(
+        &mut self,
+        thread_id: i64,
+        facts: &[Fact],
+        t: &AnyRow,
+        stored: &[StoredCycle],
+    ) -> Result<()> {
+        let instance: String = t.try_get("instance")?;
+        let marketplace: String = t
+            .try_get::<Option<String>, _>("marketplace")?
+            .unwrap_or_default();
+        let mut marks: Vec<DateTime<Utc>> = stored
+            .iter()
+            .filter_map(|(c, _)| c.no_response_needed_at)
+            .collect();
+        marks.extend(opt_time(t, "handled_at")?);
+        let derived = crate::lrr::cycles(facts, &marks);
+        let old: HashMap<DateTime<Utc>, &StoredCycle> =
+            stored.iter().map(|s| (s.0.started_at, s)).collect();
+        for c in &derived {
+            let row = || CycleRow {
+                thread_id,
+                started_at: ms(c.started_at),
+                instance: instance.clone(),
+                marketplace: marketplace.clone(),
+                answered_at: opt_ms(c.answered_at),
+                no_response_needed_at: opt_ms(c.no_response_needed_at),
+            };
+            match old.get(&c.started_at) {
+                Some((o, m)) if o == c && *m == marketplace => {}
+                Some(_) => self.updates.push(row()),
+                None => self.inserts.push(row()),
             }
         }
-    }
-    // A cycle that no longer exists: an older message arrived late and
-    // opened the cycle earlier.
-    for (started_at, _) in old {
-        if !derived.iter().any(|c| c.started_at == started_at) {
-            sqlx::query("DELETE FROM reply_cycles WHERE thread_id = $1 AND started_at = $2")
-                .bind(thread_id)
-                .bind(ms(started_at))
-                .execute(&mut *conn)
-                .await?;
+        // A cycle that no longer exists: an older message arrived late and
+        // opened the cycle earlier.
+        let kept: HashSet<DateTime<Utc>> = derived.iter().map(|c| c.started_at).collect();
+        for started_at in old.keys() {
+            if !kept.contains(started_at) {
+                self.deletes.push((thread_id, ms(*started_at)));
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Writes the changes: one `DELETE`, one multi-row `INSERT` and one
+    /// `WITH ... UPDATE ... FROM` per hundred rows. A deleted and an
+    /// inserted row never share a key (a thread's cycle is either still
+    /// derived or gone), so the order does not matter; deletes go first
+    /// all the same.
+    async fn write(&self, conn: &mut AnyConnection, channel: &str) -> Result<()> {
+        for chunk in self.deletes.chunks(CYCLES_PER_STATEMENT) {
+            let sql = format!(
+                "WITH v (v_thread, v_started) AS (VALUES {})
+                 DELETE FROM reply_cycles WHERE EXISTS (
+                    SELECT 1 FROM v WHERE v.v_thread = reply_cycles.thread_id
+                      AND v.v_started = reply_cycles.started_at)",
+                value_rows(1, chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (thread_id, started_at) in chunk {
+                q = q.bind(*thread_id).bind(*started_at);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for chunk in self.inserts.chunks(CYCLES_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO reply_cycles (channel, thread_id, started_at, instance,
+                    marketplace, answered_at, no_response_needed_at)
+                 VALUES {}",
+                cycle_insert_rows(chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(channel);
+            for c in chunk {
+                q = q
+                    .bind(c.thread_id)
+                    .bind(c.started_at)
+                    .bind(&c.instance)
+                    .bind(&c.marketplace)
+                    .bind(c.answered_at)
+                    .bind(c.no_response_needed_at);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for chunk in self.updates.chunks(CYCLES_PER_STATEMENT) {
+            let sql = format!(
+                "WITH v (v_thread, v_started, v_answered, v_nrn, v_marketplace)
+                    AS (VALUES {})
+                 UPDATE reply_cycles SET answered_at = v.v_answered,
+                    no_response_needed_at = v.v_nrn, marketplace = v.v_marketplace
+                 FROM v WHERE reply_cycles.thread_id = v.v_thread
+                    AND reply_cycles.started_at = v.v_started",
+                value_rows(1, chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for c in chunk {
+                q = q
+                    .bind(c.thread_id)
+                    .bind(c.started_at)
+                    .bind(c.answered_at)
+                    .bind(c.no_response_needed_at)
+                    .bind(&c.marketplace);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// `($1, $2, ..., $7), ($1, $8, ..., $13), ...`: the rows of the cycles'
+/// `INSERT`, each starting with the shared channel (`$1`).
+fn cycle_insert_rows(rows: usize) -> String {
+    (0..rows)
+        .map(|r| format!("($1, {})", placeholders_from(2 + r * 6, 6)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -18,8 +18,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::alerts::set_thread_error;
-use super::clock::reclock_many;
-use super::dialect::{placeholders, placeholders_from, value_rows};
+use super::clock::reclock_replied;
+use super::dialect::{placeholders_from, value_rows};
 use super::ingest::{insert_messages, MESSAGES_PER_STATEMENT};
 use super::sql::{insert_audit, insert_audits};
 use super::{ms, Clocking, Result, SqlStore, StoreError};
@@ -426,19 +426,7 @@ async fn record_sent(
         }
     }
     let threads: BTreeSet<i64> = sent.iter().map(|r| r.thread_id).collect();
-    let ids: Vec<i64> = threads.iter().copied().collect();
-    for chunk in ids.chunks(MESSAGES_PER_STATEMENT) {
-        let sql = format!(
-            "UPDATE threads SET last_error = NULL WHERE id IN ({})",
-            placeholders(chunk.len())
-        );
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    reclock_many(conn, &threads, clocking, now).await?;
+    reclock_replied(conn, &threads, clocking, now).await?;
     let lines: Vec<(i64, &str)> = sent.iter().map(|r| (r.thread_id, r.id.as_str())).collect();
     insert_audits(conn, now, "outbox", "reply_sent", &lines).await
 }

@@ -3,6 +3,7 @@
 //! status is derived here, at read time, from its clock columns and `now`.
 //! Threads are written by ingest, the clock and the outbox.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use super::dialect::placeholders;
 use super::sql::opt_time;
 use super::{from_ms, ms, Result, SqlStore};
 use crate::clock::{self, Status};
@@ -118,10 +120,16 @@ pub trait ThreadStore: Send + Sync {
     /// One thread with its messages, replies and audit log.
     async fn thread(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>>;
 
-    /// What sending a reply needs of a thread, in two reads: the thread and
-    /// its last inbound message only (`messages` holds at most that one;
-    /// `outbox` and `audit` are empty). The outbox reads this per reply.
-    async fn thread_for_reply(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>>;
+    /// What sending replies needs of their threads, in two reads per 500
+    /// threads: each thread and its last inbound message only (`messages`
+    /// holds at most that one; `outbox` and `audit` are empty). The outbox
+    /// reads this per claimed batch. A thread that does not exist is not
+    /// in the map.
+    async fn threads_for_reply(
+        &self,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<i64, ThreadDetail>>;
     /// The other threads of the customer behind thread `id` (other
     /// channels, other orders), most recently active first, at most 20:
     /// the web inbox shows a customer's whole conversation.
@@ -287,31 +295,60 @@ impl ThreadStore for SqlStore {
         rows.iter().map(|r| thread_from_row(r, now)).collect()
     }
 
-    async fn thread_for_reply(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>> {
+    async fn threads_for_reply(
+        &self,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<i64, ThreadDetail>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(out);
+        }
         let mut conn = self.pool.acquire().await?;
-        let Some(thread) = thread_summary(&mut conn, id, now).await? else {
-            return Ok(None);
-        };
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE thread_id = $1 AND direction = 'inbound'
-             ORDER BY sent_at DESC, id DESC LIMIT 1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(Some(ThreadDetail {
-            thread,
-            messages: row
-                .as_ref()
-                .map(message_from_row)
-                .transpose()?
-                .into_iter()
-                .collect(),
-            outbox: Vec::new(),
-            audit: Vec::new(),
-        }))
+        for chunk in ids.chunks(FOR_REPLY_CHUNK) {
+            let list = placeholders(chunk.len());
+            let sql = format!(
+                "SELECT {THREAD_COLUMNS} FROM threads t LEFT JOIN customers c ON c.id = t.customer_id
+                 WHERE t.id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let thread = thread_from_row(&row, now)?;
+                out.insert(
+                    thread.id,
+                    ThreadDetail {
+                        thread,
+                        messages: Vec::new(),
+                        outbox: Vec::new(),
+                        audit: Vec::new(),
+                    },
+                );
+            }
+            // Each thread's last inbound message, found through the
+            // `messages_thread` index, one lookup per thread.
+            let sql = format!(
+                "SELECT thread_id AS reply_thread, {MESSAGE_COLUMNS} FROM messages
+                 WHERE id IN (
+                    SELECT (SELECT l.id FROM messages l
+                            WHERE l.thread_id = t.id AND l.direction = 'inbound'
+                            ORDER BY l.sent_at DESC, l.id DESC LIMIT 1)
+                    FROM threads t WHERE t.id IN ({list}))"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let thread: i64 = row.try_get("reply_thread")?;
+                if let Some(d) = out.get_mut(&thread) {
+                    d.messages.push(message_from_row(&row)?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn thread(&self, id: i64, now: DateTime<Utc>) -> Result<Option<ThreadDetail>> {
@@ -373,6 +410,9 @@ impl ThreadStore for SqlStore {
         }))
     }
 }
+
+/// Threads read per query by [`ThreadStore::threads_for_reply`].
+const FOR_REPLY_CHUNK: usize = 500;
 
 const MESSAGE_COLUMNS: &str =
     "id, external_id, direction, automatic, sent_at, author, subject, body, meta, reply_to, \

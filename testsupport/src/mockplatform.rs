@@ -126,6 +126,13 @@ impl MockPlatform {
         self.shared.lock().accepted.clone()
     }
 
+    /// How many messages were accepted (duplicates included): what a
+    /// caller waiting for them polls, without copying them all each time
+    /// while the mock's handlers wait for the lock.
+    pub fn accepted_count(&self) -> usize {
+        self.shared.lock().accepted.len()
+    }
+
     /// How many times each idempotency key was accepted.
     pub fn counts_by_key(&self) -> HashMap<String, usize> {
         let mut out = HashMap::new();
