@@ -153,10 +153,10 @@ mod tests {
         for _ in 0..22 {
             l.acquire().await;
         }
-        // 2 at once (half the burst), then 20 at 10 ms each.
+        // 2 at once (half the burst), then 20 at 10 ms each: never
+        // faster than the quota (how much slower depends on the machine).
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(190), "{took:?}");
-        assert!(took < Duration::from_millis(400), "{took:?}");
     }
 
     #[tokio::test]
