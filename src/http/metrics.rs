@@ -235,19 +235,29 @@ fn thread_rows(threads: &[(String, String, i64)]) -> Vec<(String, i64)> {
     out
 }
 
+/// Writes one metric family: its HELP and TYPE lines, then a sample per
+/// row (labels already rendered as `{...}`).
+fn family<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: Vec<(String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in rows {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+    out.push('\n');
+}
+
 fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
     let Some(s) = s else {
         return;
     };
-    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, i64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-        out.push('\n');
-    };
     family(
+        out,
         "hourglass_threads",
         "gauge",
         "Threads by channel and status.",
@@ -260,6 +270,7 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
         .map(|(_, _, n)| n)
         .sum();
     family(
+        out,
         "hourglass_threads_breached",
         "gauge",
         "Threads past their reply deadline and still unanswered.",
@@ -267,6 +278,7 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
     );
     if let Some(due) = s.next_due_at {
         family(
+            out,
             "hourglass_next_deadline_seconds",
             "gauge",
             "Seconds until the next reply deadline of an awaiting thread.",
@@ -274,6 +286,7 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
         );
     }
     family(
+        out,
         "hourglass_outbox_replies",
         "gauge",
         "Replies in the outbox by state (sent, failed = refused or undeliverable, ...).",
@@ -283,6 +296,7 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
             .collect(),
     );
     family(
+        out,
         "hourglass_alerts",
         "gauge",
         "Alert deliveries by sink and outcome.",
@@ -297,6 +311,7 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
             .collect(),
     );
     family(
+        out,
         "hourglass_quarantined_items",
         "gauge",
         "Items that could not be read, kept with their raw bytes.",
@@ -339,39 +354,33 @@ fn render_store(out: &mut String, s: Option<&MetricsSnapshot>) {
             }
         }
     }
-    let mut float_family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-        out.push('\n');
-    };
-    float_family(
+    family(
+        out,
         "hourglass_late_response_rate",
+        "gauge",
         "Share (0..1) of customer messages answered after 24 h or not at all, per window.",
         rates,
     );
-    float_family(
+    family(
+
+        out,
+
         "hourglass_late_response_rate_forecast",
+
+        "gauge",
         "The rate tomorrow if the messages awaiting now are answered at their deadlines, or not at all.",
         forecasts,
     );
-    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, i64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-        out.push('\n');
-    };
     family(
+
+        out,
         "hourglass_late_response_cycles",
         "gauge",
         "Customer messages that opened an awaiting cycle, per window and standing (late, on time, pending).",
         cycles,
     );
     family(
+        out,
         "hourglass_webhook_deliveries_pending",
         "gauge",
         "Webhook deliveries stored but not yet turned into messages.",

@@ -187,27 +187,21 @@ impl StatsStore for SqlStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let mut queued = 0;
-        for (sink, payload) in sinks {
-            let done = sqlx::query(
-                "INSERT INTO instance_alerts (instance, problem, episode, sink, state, attempts,
-                    next_attempt_at, payload, created_at)
-                 VALUES ($1, $2, $3, $4, 'queued', 0, $3, $5, $3)
-                 ON CONFLICT (instance, problem, episode, sink) DO NOTHING",
-            )
-            .bind(instance)
-            .bind(
-                format!("late_response_rate {marketplace}")
-                    .trim_end()
-                    .to_owned(),
-            )
-            .bind(ms(now))
-            .bind(sink)
-            .bind(payload.to_string())
-            .execute(&mut *tx)
-            .await?;
-            queued += done.rows_affected() as usize;
-        }
+        let problem = format!("late_response_rate {marketplace}");
+        let subject = super::alerts::AlertSubject::Instance {
+            instance,
+            problem: problem.trim_end(),
+            episode: ms(now),
+        };
+        let deliveries: Vec<super::alerts::NewDelivery> = sinks
+            .iter()
+            .map(|(sink, payload)| super::alerts::NewDelivery {
+                sink: sink.clone(),
+                payload: payload.clone(),
+                held_until: None,
+            })
+            .collect();
+        let queued = super::alerts::queue_alerts(&mut tx, subject, &deliveries, ms(now)).await?;
         tx.commit().await?;
         Ok(Some(queued))
     }
