@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
-use super::dialect::placeholders;
+use super::dialect::{placeholders, positional};
 use super::sql::insert_audit;
 use super::threads::{thread_from_row, ThreadSummary, THREAD_COLUMNS};
 use super::{from_ms, ms, Result, SqlStore, StoreError};
@@ -239,6 +239,7 @@ pub(super) async fn link_batch(
             "INSERT INTO identity_keys (identity_id, kind, value, created_at) VALUES {values}
              ON CONFLICT DO NOTHING"
         );
+        let sql = positional(conn, &sql);
         let mut q = sqlx::query(&sql);
         for (identity, (kind, value)) in chunk {
             q = q.bind(*identity).bind(*kind).bind(value.as_str()).bind(now);
@@ -269,6 +270,7 @@ pub(super) async fn link_batch(
                AND NOT (a.channel = 'amazon' AND b.channel = 'amazon')",
             placeholders(chunk.len())
         );
+        let sql = positional(conn, &sql);
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(*id);

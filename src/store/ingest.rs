@@ -17,6 +17,7 @@ use sqlx::{AnyConnection, Row};
 use super::alerts::set_thread_error;
 use super::clock::reclock_many;
 use super::customers::link_batch;
+use super::dialect::positional;
 use super::instances::save_cursors;
 use super::leases::{check_fence, Fence};
 use super::quarantine::insert_quarantined;
@@ -343,6 +344,7 @@ async fn customers_for<'m>(
              WHERE (channel, handle) IN (VALUES {})",
             super::dialect::value_rows(1, chunk.len(), 2)
         );
+        let sql = positional(conn, &sql);
         let mut q = sqlx::query(&sql);
         for (channel, handle, _) in chunk {
             q = q.bind(*channel).bind(*handle);
@@ -380,13 +382,14 @@ async fn customers_for<'m>(
         let sql = format!(
             "INSERT INTO customers (display_name, created_at) VALUES {} RETURNING id, display_name",
             (0..chunk.len())
-                .map(|r| format!("(${}, $1)", r + 2))
+                .map(|r| format!("(${}, ${})", 2 * r + 1, 2 * r + 2))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        let sql = positional(conn, &sql);
+        let mut q = sqlx::query(&sql);
         for name in &names {
-            q = q.bind(name.as_deref());
+            q = q.bind(name.as_deref()).bind(now);
         }
         let mut by_name: HashMap<Option<String>, Vec<i64>> = HashMap::new();
         for row in q.fetch_all(&mut *conn).await? {
@@ -412,12 +415,10 @@ async fn customers_for<'m>(
              VALUES {}
              ON CONFLICT (channel, handle) DO UPDATE SET handle = excluded.handle
              RETURNING id, customer_id, channel, handle",
-            (0..chunk.len())
-                .map(|r| format!("({}, $1)", super::dialect::placeholders_from(2 + r * 5, 5)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::dialect::value_rows(1, chunk.len(), 6)
         );
-        let mut q = sqlx::query(&sql).bind(now);
+        let sql = positional(conn, &sql);
+        let mut q = sqlx::query(&sql);
         for ((channel, handle, m), customer_id) in chunk.iter().zip(&customer_ids) {
             let ident = m.customer.as_ref();
             q = q
@@ -429,7 +430,8 @@ async fn customers_for<'m>(
                     ident
                         .and_then(|i| i.email.as_ref())
                         .map(|e| e.to_lowercase()),
-                );
+                )
+                .bind(now);
         }
         let mut created = HashMap::with_capacity(chunk.len());
         for row in q.fetch_all(&mut *conn).await? {
@@ -531,20 +533,16 @@ async fn threads_for(
                 language = COALESCE(threads.language, excluded.language),
                 reply_to = COALESCE(excluded.reply_to, threads.reply_to)
              RETURNING id, thread_key",
-            (0..chunk.len())
-                .map(|r| {
-                    let first = 4 + r * 8;
-                    format!(
-                        "($1, $1, $2, $3, {})",
-                        super::dialect::placeholders_from(first, 8)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::dialect::value_rows(1, chunk.len(), 12)
         );
-        let mut q = sqlx::query(&sql).bind(now).bind(instance).bind(channel);
+        let sql = positional(conn, &sql);
+        let mut q = sqlx::query(&sql);
         for (key, f) in chunk {
             q = q
+                .bind(now)
+                .bind(now)
+                .bind(instance)
+                .bind(channel)
                 .bind(*key)
                 .bind(f.customer_id)
                 .bind(f.subject)
@@ -629,6 +627,7 @@ pub(super) async fn insert_messages(
          ON CONFLICT (instance, external_id) DO NOTHING
          RETURNING id, external_id"
     );
+    let sql = positional(conn, &sql);
     let mut query = sqlx::query(&sql);
     for (thread_id, m) in rows {
         query = query
@@ -669,6 +668,7 @@ async fn insert_attachments(
             "INSERT INTO attachments (message_id, filename, content_type, size, data) VALUES {}",
             super::dialect::value_rows(1, chunk.len(), 5)
         );
+        let sql = positional(conn, &sql);
         let mut q = sqlx::query(&sql);
         for (message_id, a) in chunk {
             q = q
