@@ -338,10 +338,12 @@ async fn customers_for<'m>(
         }
     }
     let mut found = HashMap::with_capacity(wanted.len());
+    // `IN (SELECT … FROM (VALUES …))`, not `IN (VALUES …)`: SQLite reads
+    // the latter by scanning every identity, once per statement.
     for chunk in wanted.chunks(IDENTITIES_PER_STATEMENT * 4) {
         let sql = format!(
             "SELECT id, customer_id, channel, handle FROM identities
-             WHERE (channel, handle) IN (VALUES {})",
+             WHERE (channel, handle) IN (SELECT column1, column2 FROM (VALUES {}) AS v)",
             super::dialect::value_rows(1, chunk.len(), 2)
         );
         let sql = positional(conn, &sql);
