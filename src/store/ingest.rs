@@ -594,9 +594,10 @@ pub fn capped_html(html: &Option<String>) -> Option<&str> {
 }
 
 /// Messages per INSERT: each is one round trip to the database, and one
-/// hand-off to sqlx's SQLite thread. 15 values a row keeps a statement far
-/// below SQLite's and PostgreSQL's limits on bound values.
-pub(super) const MESSAGES_PER_STATEMENT: usize = 16;
+/// hand-off to sqlx's SQLite thread. 64 rows of 15 values (960) stay far
+/// below SQLite's (32,766) and PostgreSQL's (65,535) limits on bound
+/// values; bound positionally on SQLite, their number costs nothing more.
+pub(super) const MESSAGES_PER_STATEMENT: usize = 64;
 
 const MESSAGE_COLUMNS: &str = "thread_id, instance, external_id, direction, automatic, sent_at,
     author, subject, body, html, order_id, language, reply_to, meta, created_at";
