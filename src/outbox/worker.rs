@@ -88,6 +88,7 @@ async fn run(ctx: Context, stop: CancellationToken) {
             writes: writes.clone(),
             in_flight: tokio::sync::Semaphore::new(ctx.config.outbox.concurrency.max(1)),
             pending: std::sync::Mutex::new(Vec::new()),
+            last_record: std::sync::Mutex::new(Instant::now()),
             auth_failed: AtomicBool::new(false),
             put_backs: AtomicUsize::new(0),
             outstanding: AtomicUsize::new(0),
@@ -126,6 +127,8 @@ struct Sender {
     in_flight: tokio::sync::Semaphore,
     /// Outcomes waiting for the next write turn (see `complete`).
     pending: std::sync::Mutex<Vec<Pending>>,
+    /// When the last group of outcomes was recorded.
+    last_record: std::sync::Mutex<Instant>,
     /// The platform refused our credentials: nothing more is sent until the
     /// configuration is reloaded.
     auth_failed: AtomicBool,
@@ -161,6 +164,12 @@ enum Checked {
     /// Not to be sent; the outcome to record, if any.
     Done(Option<OutboxOutcome>),
 }
+
+/// Outcomes recorded within this long of the last group wait until it has
+/// passed, to be recorded together (see `Sender::complete`)...
+const GATHER: Duration = Duration::from_millis(10);
+/// ... unless this many are waiting already.
+const GATHER_MOST: usize = 100;
 
 /// How long a sender whose credentials were refused waits before it
 /// tries again (at least; `max_backoff` when that is longer).
@@ -701,25 +710,47 @@ impl Sender {
     ///
     /// Outcomes are committed in groups: while one sender holds the write
     /// turn, the outcomes of the others gather in `pending`, and the next
-    /// to take the turn records all of them in one transaction. Nobody
-    /// waits for a timer, and under load one commit serves many replies.
+    /// to take the turn records all of them in one transaction. Under load
+    /// a group is recorded at most every `GATHER`, so that one commit
+    /// serves many replies; a lone outcome is recorded at once.
     async fn complete(&self, item: &OutboxItem, outcome: OutboxOutcome) {
         const TRIES: u64 = 6;
         for attempt in 1..=TRIES {
-            let (done, result) = tokio::sync::oneshot::channel();
+            let (done, mut result) = tokio::sync::oneshot::channel();
             lock(&self.pending).push(Pending {
                 id: item.id.clone(),
                 outcome: outcome.clone(),
                 done,
             });
-            {
-                let _w = self.writes.lock().await;
-                let batch = std::mem::take(&mut *lock(&self.pending));
-                if !batch.is_empty() {
-                    self.record(batch).await;
+            // Whoever holds the write turn next records ours too: no need
+            // to wait for a turn of our own then.
+            let recorded = tokio::select! {
+                biased;
+                r = &mut result => Some(r),
+                _w = self.writes.lock() => {
+                    // Under load (the last group was recorded moments
+                    // ago), the outcomes gather a few milliseconds longer:
+                    // each statement is a hand-off to the store's thread,
+                    // and groups of two or three replies made those
+                    // hand-offs most of the CPU a reply cost at 1,000 sends
+                    // a second. Sends go on meanwhile.
+                    let wait = GATHER.saturating_sub(lock(&self.last_record).elapsed());
+                    if !wait.is_zero() && lock(&self.pending).len() < GATHER_MOST {
+                        tokio::time::sleep(wait).await;
+                    }
+                    let batch = std::mem::take(&mut *lock(&self.pending));
+                    if !batch.is_empty() {
+                        self.record(batch).await;
+                        *lock(&self.last_record) = Instant::now();
+                    }
+                    None
                 }
-            }
-            match result.await {
+            };
+            let result = match recorded {
+                Some(r) => r,
+                None => result.await,
+            };
+            match result {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) if attempt < TRIES => {
                     debug!(reply = %item.id, error = %e, "Cannot record a reply's outcome yet; retrying.");
