@@ -471,22 +471,23 @@ impl Sender {
                 Checked::Send => {}
             }
         }
+        // Counted as under way until the platform answered (`_call`).
         let ready = tokio::select! {
-            _ = async {
+            call = async {
                 if let Some(per_thread) = &self.per_thread {
                     per_thread.until_key_ready(&item.thread_id).await;
                 }
-                self.send_limit.acquire().await;
-            } => true,
-            _ = tokio::time::sleep_until(start_by) => false,
-            _ = stop.cancelled() => false,
+                self.send_limit.acquire_call().await
+            } => Some(call),
+            _ = tokio::time::sleep_until(start_by) => None,
+            _ = stop.cancelled() => None,
         };
         // Not handed to the platform (and, when recovering, known to be
         // absent from it): back in the queue as it was.
-        if !ready || self.halted(stop) {
+        let Some(_call) = ready.filter(|_| !self.halted(stop)) else {
             self.put_back(item, true).await;
             return None;
-        }
+        };
         if marks {
             let marked = {
                 let _w = self.writes.lock().await;
