@@ -52,10 +52,7 @@ impl Bucket {
     /// 1,000/s benchmark: eight calls stuck for 20 ms, then five more at
     /// once.
     fn take(&mut self, now: Instant, in_flight: usize) -> Result<(), Duration> {
-        let room = (self.platform_burst - in_flight as f64).max(1.0);
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst.min(room));
-        self.last = now;
+        self.refill(now, in_flight);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
@@ -64,6 +61,19 @@ impl Bucket {
                 (1.0 - self.tokens) / self.per_second,
             ))
         }
+    }
+}
+
+impl Bucket {
+    /// Refills for the time since the last refill, during which `in_flight`
+    /// calls were under way. Done whenever that number changes, so that
+    /// calls answered together after a stall do not leave a full bucket
+    /// behind: the platform took them all at once and its bucket is low.
+    fn refill(&mut self, now: Instant, in_flight: usize) {
+        let room = (self.platform_burst - in_flight as f64).max(1.0);
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst.min(room));
+        self.last = now;
     }
 }
 
@@ -88,7 +98,17 @@ pub struct Call<'a> {
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
-        self.limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let l = self.limiter;
+        match &l.bucket {
+            Some(b) => {
+                let mut b = lock(b);
+                b.refill(Instant::now(), l.in_flight.load(Ordering::Acquire));
+                l.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            None => {
+                l.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -254,8 +274,15 @@ mod tests {
         // together when the stall ends, and only two more fit beside them.
         let later = start + Duration::from_millis(20);
         assert_eq!(burst(&mut b, later, 8), 2);
-        // Answered: half the burst again once the bucket has refilled.
-        let after = later + Duration::from_millis(20);
+        // Stuck again, then answered all at once: still only two, not the
+        // half burst (the platform just took those eight).
+        let stuck = later + Duration::from_millis(20);
+        for in_flight in (1..=8).rev() {
+            b.refill(stuck, in_flight);
+        }
+        assert_eq!(burst(&mut b, stuck, 0), 2);
+        // Half the burst again once the bucket has refilled.
+        let after = stuck + Duration::from_millis(20);
         assert_eq!(burst(&mut b, after, 0), 5);
     }
 
