@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench outbound` (env `OUTBOUND_REPLIES`, `OUTBOUND_RUNS`,
 //! `OUTBOUND_QUOTAS` = "200,1000", `OUTBOUND_STORES` = "sqlite,postgres"
-//! to change the size).
+//! to change the size; `OUTBOUND_GAPS=1` prints every pause over 15 ms
+//! between two arrivals at the mock, where a lost share usually hides).
 
 mod common;
 
@@ -161,6 +162,19 @@ fn run_once(store: &StoreKind, rate: f64, run: usize, replies: usize) -> anyhow:
         anyhow::bail!("nothing arrived");
     };
     let seconds = last.at.duration_since(first.at).as_secs_f64();
+    if std::env::var("OUTBOUND_GAPS").is_ok() {
+        for w in accepted.windows(2) {
+            let gap = w[1].at.duration_since(w[0].at);
+            if gap > Duration::from_millis(15) {
+                eprintln!(
+                    "gap {:?} at {:.3}s (#{})",
+                    gap,
+                    w[0].at.duration_since(first.at).as_secs_f64(),
+                    w[0].id
+                );
+            }
+        }
+    }
     // What the platform's bucket allowed between the first and the last
     // arrival: the full burst plus the sustained rate.
     let allowed = f64::from(BURST) + rate * seconds;

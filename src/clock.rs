@@ -244,6 +244,25 @@ pub fn evaluate(
     }
 }
 
+/// The clock after one more human reply sent `at`, from the clock before
+/// it, without the thread's other messages: what [`evaluate`] gives over
+/// the messages plus the reply, with the same mark. `None` when the
+/// messages are needed: a reply older than the customer's last message
+/// (a later customer message may still await an answer).
+pub fn after_reply(before: &ClockState, at: DateTime<Utc>) -> Option<ClockState> {
+    if before.last_inbound_at.is_some_and(|last_in| at < last_in) {
+        return None;
+    }
+    // Every customer message is answered (at or before `at`); the window
+    // and the last inbound depend on customer messages only.
+    Some(ClockState {
+        awaiting_since: None,
+        due_at: None,
+        last_outbound_at: before.last_outbound_at.max(Some(at)),
+        ..*before
+    })
+}
+
 /// A thread's status as users see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -732,5 +751,67 @@ mod tests {
         );
         // Not awaiting: nothing to do.
         assert_eq!(next_alert_at(None, &points, None, None), None);
+    }
+
+    /// The clock and the cycles after a sent reply, told from the state
+    /// before it (the store's fast path), agree with the full recompute
+    /// over every message whenever the fast path answers; and it answers
+    /// for the common case, a reply later than every customer message.
+    #[test]
+    fn a_reply_told_from_the_clock_before_it_agrees_with_the_full_recompute() {
+        use proptest::prelude::*;
+        let base = t("2026-11-20T10:00:00Z");
+        let at = move |minutes: i64| base + Duration::minutes(minutes);
+        let fact_s = (0u8..4, 0i64..12).prop_map(move |(kind, m)| Fact {
+            direction: match kind {
+                0 | 1 => Inbound,
+                2 => Outbound,
+                _ => System,
+            },
+            automatic: kind == 3,
+            sent_at: at(m),
+        });
+        let case = (
+            proptest::collection::vec(fact_s, 0..8),
+            proptest::collection::vec(0i64..12, 0..3),
+            0i64..14,
+            prop_oneof![Just("amazon"), Just("whatsapp")],
+        );
+        let policy = Policy::wall_clock(Duration::hours(24));
+        let answered = std::cell::Cell::new(0u32);
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        runner
+            .run(&case, |(facts, marks, reply, channel)| {
+                let marks: Vec<DateTime<Utc>> = marks.into_iter().map(at).collect();
+                let handled = marks.iter().max().copied();
+                let reply_at = at(reply);
+                let mut after = facts.clone();
+                after.push(fact(Outbound, &reply_at.to_rfc3339()));
+                let before_clock = evaluate(&facts, handled, &policy, channel);
+                let full_clock = evaluate(&after, handled, &policy, channel);
+                let before_cycles = crate::lrr::cycles(&facts, &marks);
+                let full_cycles = crate::lrr::cycles(&after, &marks);
+                let fast_clock = after_reply(&before_clock, reply_at);
+                let fast_cycles = crate::lrr::cycles_after_reply(
+                    &before_cycles,
+                    before_clock.last_inbound_at,
+                    reply_at,
+                );
+                if let Some(c) = fast_clock {
+                    prop_assert_eq!(c, full_clock);
+                }
+                if let Some(c) = &fast_cycles {
+                    prop_assert_eq!(c, &full_cycles);
+                }
+                let later_than_every_message = facts.iter().all(|f| f.sent_at < reply_at)
+                    && marks.iter().all(|m| *m < reply_at);
+                if later_than_every_message {
+                    prop_assert!(fast_clock.is_some() && fast_cycles.is_some());
+                    answered.set(answered.get() + 1);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(answered.get() > 0, "the common case was generated");
     }
 }

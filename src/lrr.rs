@@ -104,6 +104,38 @@ pub fn cycles(facts: &[Fact], marks: &[DateTime<Utc>]) -> Vec<Cycle> {
     out
 }
 
+/// The cycles after one more human reply sent `at`, from the cycles
+/// before it (oldest first, as [`cycles`] gives them), without the
+/// thread's messages: what [`cycles`] gives over the messages plus the
+/// reply, with the same marks. `None` when the messages are needed: a
+/// reply older than the customer's last message (`last_inbound`), or
+/// older than (or tied with a mark at) the end of the last cycle, which
+/// it would then have answered instead.
+pub fn cycles_after_reply(
+    before: &[Cycle],
+    last_inbound: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> Option<Vec<Cycle>> {
+    if last_inbound.is_some_and(|last_in| at < last_in) {
+        return None;
+    }
+    let mut out = before.to_vec();
+    let Some(last) = out.last_mut() else {
+        // No cycle: no customer message at all.
+        return Some(out);
+    };
+    match (last.answered_at, last.no_response_needed_at) {
+        // Open: nothing answered it yet, the reply does.
+        (None, None) if at >= last.started_at => last.answered_at = Some(at),
+        (None, None) => return None,
+        // Answered or marked before the reply: the reply answers nothing.
+        (Some(end), _) if at >= end => {}
+        (None, Some(end)) if at > end => {}
+        _ => return None,
+    }
+    Some(out)
+}
+
 /// Where a cycle stands at `now`; `None`: excluded (no response needed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Standing {

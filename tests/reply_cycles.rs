@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use hourglass::clock::{self, Policy};
 use hourglass::store::prelude::*;
-use hourglass::store::{Backend, Clocking, SqlStore, MIGRATIONS};
+use hourglass::store::{Backend, Clocking, NewReply, OutboxOutcome, SqlStore, MIGRATIONS};
 use hourglass_connector::{Batch, Direction, Message};
 use sqlx::Row;
 
@@ -205,4 +205,164 @@ async fn many_threads_in_one_batch_on_postgres() {
     let url = pg.create_database("reply_cycles_batch").unwrap();
     let store = SqlStore::connect(&url, None, 2).await.unwrap();
     many_threads_in_one_batch(store).await;
+}
+
+/// A thread's clock columns, by thread key.
+async fn clocks(store: &SqlStore) -> Vec<(String, Vec<Option<i64>>)> {
+    let cols = [
+        "awaiting_since",
+        "due_at",
+        "last_inbound_at",
+        "last_outbound_at",
+        "reply_window_closes_at",
+        "next_alert_at",
+        "alerted_remaining_ms",
+        "handled_at",
+        "message_count",
+    ];
+    let sql = format!(
+        "SELECT thread_key, {} FROM threads ORDER BY thread_key",
+        cols.join(", ")
+    );
+    sqlx::query(&sql)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("thread_key").unwrap(),
+                cols.iter().map(|c| r.try_get(*c).unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// A reply sent through the outbox (whose clock is told from the thread's
+/// clock before it, without reading its messages, when it can be) leaves
+/// the same clock and cycles as the same reply ingested (recomputed from
+/// every message): on an open cycle, an answered one, a marked one, and a
+/// reply older than the customer's last message.
+async fn sent_reply_as_ingested(sent: SqlStore, ingested: SqlStore) {
+    let c = clocking();
+    let now = Utc::now().duration_trunc(Duration::seconds(1)).unwrap();
+    let at = |h: i64| now - Duration::hours(h);
+    use Direction::*;
+    let history = Batch {
+        messages: vec![
+            msg("o1", "open", Inbound, at(30), false),
+            msg("a1", "answered", Inbound, at(30), false),
+            msg("a2", "answered", Outbound, at(20), false),
+            msg("m1", "marked", Inbound, at(30), false),
+            msg("l1", "older", Inbound, at(30), false),
+            msg("l2", "older", Inbound, at(2), false),
+        ],
+        ..Default::default()
+    };
+    // (thread, when the reply was sent)
+    let replies = [
+        ("open", at(1)),
+        ("answered", at(1)),
+        ("marked", at(1)),
+        ("older", at(10)),
+    ];
+    for store in [&sent, &ingested] {
+        store.migrate().await.unwrap();
+        store
+            .register_instance("amazon-eu", "amazon", "amazon")
+            .await
+            .unwrap();
+        store.ingest("amazon-eu", &history, &c).await.unwrap();
+        let marked: i64 = sqlx::query("SELECT id FROM threads WHERE thread_key = 'marked'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get("id")
+            .unwrap();
+        store
+            .mark_no_response_needed(marked, "ana", &c, at(5))
+            .await
+            .unwrap();
+    }
+    for (key, _) in &replies {
+        let id: i64 = sqlx::query("SELECT id FROM threads WHERE thread_key = $1")
+            .bind(*key)
+            .fetch_one(sent.pool())
+            .await
+            .unwrap()
+            .try_get("id")
+            .unwrap();
+        sent.enqueue_reply(&NewReply {
+            id: format!("r-{key}"),
+            thread_id: id,
+            body: "Thanks!".into(),
+            template: None,
+            created_by: "ana".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let claimed = sent
+        .claim_outbox_for(
+            "amazon-eu",
+            "w1",
+            std::time::Duration::from_secs(60),
+            10,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), replies.len());
+    let outcomes: Vec<(String, OutboxOutcome)> = replies
+        .iter()
+        .map(|(key, sent_at)| {
+            (
+                format!("r-{key}"),
+                OutboxOutcome::Sent {
+                    external_id: format!("x-{key}"),
+                    sent_at: *sent_at,
+                },
+            )
+        })
+        .collect();
+    let all: Vec<(&str, &OutboxOutcome)> = outcomes.iter().map(|(i, o)| (i.as_str(), o)).collect();
+    sent.complete_outbox_many(&all, &c).await.unwrap();
+    let same = Batch {
+        messages: replies
+            .iter()
+            .map(|(key, sent_at)| msg(&format!("x-{key}"), key, Outbound, *sent_at, false))
+            .collect(),
+        ..Default::default()
+    };
+    ingested.ingest("amazon-eu", &same, &c).await.unwrap();
+
+    assert_eq!(clocks(&sent).await, clocks(&ingested).await);
+    assert_eq!(rows(&sent).await, rows(&ingested).await);
+    let open = clocks(&sent).await;
+    assert!(
+        open.iter()
+            .any(|(k, cols)| k == "older" && cols[0].is_some()),
+        "the customer's later message still awaits an answer: {open:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_sent_reply_leaves_the_clock_an_ingested_one_does_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
+    let sent = SqlStore::connect(&store("sent"), None, 2).await.unwrap();
+    let ingested = SqlStore::connect(&store("ingested"), None, 2)
+        .await
+        .unwrap();
+    sent_reply_as_ingested(sent, ingested).await;
+}
+
+#[tokio::test]
+async fn a_sent_reply_leaves_the_clock_an_ingested_one_does_on_postgres() {
+    let pg = hourglass_testsupport::postgres::Postgres::start().unwrap();
+    let sent = pg.create_database("reply_sent").unwrap();
+    let ingested = pg.create_database("reply_ingested").unwrap();
+    let sent = SqlStore::connect(&sent, None, 2).await.unwrap();
+    let ingested = SqlStore::connect(&ingested, None, 2).await.unwrap();
+    sent_reply_as_ingested(sent, ingested).await;
 }

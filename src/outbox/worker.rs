@@ -88,8 +88,11 @@ async fn run(ctx: Context, stop: CancellationToken) {
             writes: writes.clone(),
             in_flight: tokio::sync::Semaphore::new(ctx.config.outbox.concurrency.max(1)),
             pending: std::sync::Mutex::new(Vec::new()),
+            last_record: std::sync::Mutex::new(Instant::now()),
             auth_failed: AtomicBool::new(false),
             put_backs: AtomicUsize::new(0),
+            outstanding: AtomicUsize::new(0),
+            progress: Notify::new(),
             leases: ctx.leases.clone(),
             app: ctx.config.clone(),
         });
@@ -124,12 +127,18 @@ struct Sender {
     in_flight: tokio::sync::Semaphore,
     /// Outcomes waiting for the next write turn (see `complete`).
     pending: std::sync::Mutex<Vec<Pending>>,
+    /// When the last group of outcomes was recorded.
+    last_record: std::sync::Mutex<Instant>,
     /// The platform refused our credentials: nothing more is sent until the
     /// configuration is reloaded.
     auth_failed: AtomicBool,
     /// Claimed replies given back unsent, to notice a batch that made no
     /// progress (the store failing) and not spin on it.
     put_backs: AtomicUsize,
+    /// Claimed replies not yet done with, over all batches under way.
+    outstanding: AtomicUsize,
+    /// Notified whenever one of them is done.
+    progress: Notify,
     /// The instances this daemon holds the lease of: only the holder sends
     /// an instance's replies, so that several daemons together keep to the
     /// platform's rate limit.
@@ -156,6 +165,12 @@ enum Checked {
     Done(Option<OutboxOutcome>),
 }
 
+/// Outcomes recorded within this long of the last group wait until it has
+/// passed, to be recorded together (see `Sender::complete`)...
+const GATHER: Duration = Duration::from_millis(10);
+/// ... unless this many are waiting already.
+const GATHER_MOST: usize = 100;
+
 /// How long a sender whose credentials were refused waits before it
 /// tries again (at least; `max_backoff` when that is longer).
 const AUTH_RETRY: Duration = Duration::from_secs(30);
@@ -169,12 +184,11 @@ impl Sender {
         stop.is_cancelled() || self.auth_failed.load(Ordering::Relaxed)
     }
 
-    /// How many replies to claim at once: what the rate limit lets us send
-    /// in half a lease, so that no claimed reply waits until its lease runs
-    /// out; and at most about a second's worth (200 at least), so that the
-    /// pause between two batches (the last outcomes, the claim, reading
-    /// the threads: a few milliseconds) costs at most a percent or so of a
-    /// fast quota.
+    /// How many replies to hold claimed at once (over the batches under
+    /// way): what the rate limit lets us send in half a lease, so that no
+    /// claimed reply waits until its lease runs out; and at most about a
+    /// second's worth (200 at least), so that a claim stays a short
+    /// transaction. The next claim comes when half of them are done.
     fn claim_limit(&self) -> i64 {
         let half_lease = self.lease().as_secs_f64() / 2.0;
         let (n, most) = match self.send_limit.config() {
@@ -194,10 +208,30 @@ impl Sender {
             rate_limit = ?self.send_limit.config(),
             "Outbox sender started."
         );
+        // Batches being sent. The next batch is claimed while the current
+        // one still has replies to send, so that sending never stops for
+        // the claim: the rate limiter's burst covers only a few
+        // milliseconds of a fast quota, and a pause between two batches (the
+        // last outcomes, the claim, the threads' read) cost 5 to 8 % of
+        // 1,000 sends a second.
+        let mut batches: tokio::task::JoinSet<bool> = tokio::task::JoinSet::new();
         loop {
             loop {
                 if self.halted(&stop) {
                     break;
+                }
+                // A batch that gave every reply back unsent (the store
+                // failing): wait before claiming them again.
+                let mut stalled = false;
+                while let Some(done) = batches.try_join_next() {
+                    stalled |= done.unwrap_or(false);
+                }
+                if stalled {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    continue;
                 }
                 // The platform asked us to wait: claiming now would only make
                 // replies sit out their lease.
@@ -217,6 +251,18 @@ impl Sender {
                     }
                     continue;
                 }
+                // Claimed ahead, but not more than one claim's worth: the
+                // next claim waits until half the replies at hand are done.
+                let limit = self.claim_limit();
+                let at_hand = self.outstanding.load(Ordering::Acquire);
+                let half = (limit as usize).div_ceil(2);
+                if at_hand >= half {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = self.outstanding_at_most(half - 1) => {}
+                    }
+                    continue;
+                }
                 // Registered before the claim, so that a reply queued between an
                 // empty claim and the wait still wakes us.
                 let notified = enqueued().notified();
@@ -231,7 +277,7 @@ impl Sender {
                             &self.name,
                             &self.worker_id,
                             self.lease(),
-                            self.claim_limit(),
+                            (limit - at_hand as i64).max(1),
                             Utc::now(),
                         )
                         .await
@@ -248,23 +294,33 @@ impl Sender {
                     }
                 };
                 if items.is_empty() {
+                    // Replies still queued may wait behind an earlier reply of
+                    // their thread that is being sent: try again once a
+                    // quarter of the replies at hand are done.
+                    let fewer = at_hand.saturating_sub((limit as usize / 4).max(1));
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = &mut notified => {}
                         _ = tokio::time::sleep(poll) => {}
+                        _ = self.outstanding_at_most(fewer), if at_hand > 0 => {}
                     }
                     continue;
                 }
                 let claimed = items.len();
-                let before = self.put_backs.load(Ordering::Relaxed);
-                self.send_batch(items, claimed_at, &stop).await;
-                if self.put_backs.load(Ordering::Relaxed) - before >= claimed {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                }
+                self.outstanding.fetch_add(claimed, Ordering::AcqRel);
+                let me = self.clone();
+                let stop = stop.clone();
+                batches.spawn(async move {
+                    let before = me.put_backs.load(Ordering::Relaxed);
+                    me.send_batch(items, claimed_at, &stop).await;
+                    // Counts the put-backs of concurrent batches too: at
+                    // worst a pause of `poll` that was not needed.
+                    me.put_backs.load(Ordering::Relaxed) - before >= claimed
+                });
             }
+            // Every claimed reply is sent, recorded or given back before the
+            // sender stops or waits.
+            while batches.join_next().await.is_some() {}
             if stop.is_cancelled() {
                 break;
             }
@@ -282,6 +338,26 @@ impl Sender {
             self.auth_failed.store(false, Ordering::Relaxed);
         }
         debug!(instance = %self.name, "Outbox sender stopped.");
+    }
+
+    /// Waits until at most `n` claimed replies are not yet done.
+    async fn outstanding_at_most(&self, n: usize) {
+        loop {
+            let done = self.progress.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.outstanding.load(Ordering::Acquire) <= n {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    /// One claimed reply is done with (sent, recorded, given back or left
+    /// for the check after its lease).
+    fn one_done(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.progress.notify_waiters();
     }
 
     /// Sends a claimed batch: threads concurrently, the replies of one
@@ -311,6 +387,7 @@ impl Sender {
                 warn!(instance = %self.name, error = %e, "Cannot read the threads of claimed replies; trying again.");
                 for item in groups.iter().flat_map(|(_, items)| items) {
                     self.put_back(item, item.previous_state != "sending").await;
+                    self.one_done();
                 }
                 return;
             }
@@ -324,6 +401,7 @@ impl Sender {
                 let detail = details.get(&thread_id);
                 for item in &items {
                     self.process(item, detail, claimed_at, stop).await;
+                    self.one_done();
                 }
             })
             .await;
@@ -393,22 +471,23 @@ impl Sender {
                 Checked::Send => {}
             }
         }
+        // Counted as under way until the platform answered (`_call`).
         let ready = tokio::select! {
-            _ = async {
+            call = async {
                 if let Some(per_thread) = &self.per_thread {
                     per_thread.until_key_ready(&item.thread_id).await;
                 }
-                self.send_limit.acquire().await;
-            } => true,
-            _ = tokio::time::sleep_until(start_by) => false,
-            _ = stop.cancelled() => false,
+                self.send_limit.acquire_call().await
+            } => Some(call),
+            _ = tokio::time::sleep_until(start_by) => None,
+            _ = stop.cancelled() => None,
         };
         // Not handed to the platform (and, when recovering, known to be
         // absent from it): back in the queue as it was.
-        if !ready || self.halted(stop) {
+        let Some(_call) = ready.filter(|_| !self.halted(stop)) else {
             self.put_back(item, true).await;
             return None;
-        }
+        };
         if marks {
             let marked = {
                 let _w = self.writes.lock().await;
@@ -632,25 +711,47 @@ impl Sender {
     ///
     /// Outcomes are committed in groups: while one sender holds the write
     /// turn, the outcomes of the others gather in `pending`, and the next
-    /// to take the turn records all of them in one transaction. Nobody
-    /// waits for a timer, and under load one commit serves many replies.
+    /// to take the turn records all of them in one transaction. Under load
+    /// a group is recorded at most every `GATHER`, so that one commit
+    /// serves many replies; a lone outcome is recorded at once.
     async fn complete(&self, item: &OutboxItem, outcome: OutboxOutcome) {
         const TRIES: u64 = 6;
         for attempt in 1..=TRIES {
-            let (done, result) = tokio::sync::oneshot::channel();
+            let (done, mut result) = tokio::sync::oneshot::channel();
             lock(&self.pending).push(Pending {
                 id: item.id.clone(),
                 outcome: outcome.clone(),
                 done,
             });
-            {
-                let _w = self.writes.lock().await;
-                let batch = std::mem::take(&mut *lock(&self.pending));
-                if !batch.is_empty() {
-                    self.record(batch).await;
+            // Whoever holds the write turn next records ours too: no need
+            // to wait for a turn of our own then.
+            let recorded = tokio::select! {
+                biased;
+                r = &mut result => Some(r),
+                _w = self.writes.lock() => {
+                    // Under load (the last group was recorded moments
+                    // ago), the outcomes gather a few milliseconds longer:
+                    // each statement is a hand-off to the store's thread,
+                    // and groups of two or three replies made those
+                    // hand-offs most of the CPU a reply cost at 1,000 sends
+                    // a second. Sends go on meanwhile.
+                    let wait = GATHER.saturating_sub(lock(&self.last_record).elapsed());
+                    if !wait.is_zero() && lock(&self.pending).len() < GATHER_MOST {
+                        tokio::time::sleep(wait).await;
+                    }
+                    let batch = std::mem::take(&mut *lock(&self.pending));
+                    if !batch.is_empty() {
+                        self.record(batch).await;
+                        *lock(&self.last_record) = Instant::now();
+                    }
+                    None
                 }
-            }
-            match result.await {
+            };
+            let result = match recorded {
+                Some(r) => r,
+                None => result.await,
+            };
+            match result {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) if attempt < TRIES => {
                     debug!(reply = %item.id, error = %e, "Cannot record a reply's outcome yet; retrying.");

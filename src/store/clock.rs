@@ -110,7 +110,8 @@ impl ClockStore for SqlStore {
 
 /// A thread's clock columns, as [`write_clock`] reads them.
 const CLOCK_ROW: &str = "SELECT id, instance, marketplace, awaiting_since, handled_at, \
-    snoozed_at, snoozed_until, alerted_remaining_ms FROM threads";
+    snoozed_at, snoozed_until, alerted_remaining_ms, due_at, last_inbound_at, \
+    last_outbound_at, reply_window_closes_at, message_count FROM threads";
 
 /// A thread's recorded cycles, as [`CycleChanges::derive`] compares them.
 const CYCLES_ROW: &str = "SELECT thread_id, started_at, marketplace, answered_at, \
@@ -202,13 +203,98 @@ pub(super) async fn reclock_many(
 
 /// [`reclock_many`] for threads a reply was just sent on: their error (a
 /// reply that failed before) clears in the same statement as the clock.
+/// `replies` holds the replies that became new messages, by thread. A
+/// thread with one new reply, later than its customer's messages (the
+/// common case), gets its clock and cycles from their stored state plus
+/// that reply ([`clock::after_reply`], [`crate::lrr::cycles_after_reply`]),
+/// without reading its messages again; any other is recomputed in full.
 pub(super) async fn reclock_replied(
     conn: &mut AnyConnection,
     ids: &BTreeSet<i64>,
+    replies: &HashMap<i64, Vec<DateTime<Utc>>>,
     clocking: &Clocking,
     now: i64,
 ) -> Result<()> {
-    reclock_threads(conn, ids, clocking, now, true).await
+    let ids: Vec<i64> = ids.iter().copied().collect();
+    let mut in_full = BTreeSet::new();
+    for chunk in ids.chunks(RECLOCK_CHUNK) {
+        let list = placeholders(chunk.len());
+        let stored = stored_cycles(conn, chunk, &list).await?;
+        let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        let mut clocks = Vec::with_capacity(chunk.len());
+        let mut changes = CycleChanges::default();
+        for t in &q.fetch_all(&mut *conn).await? {
+            let id: i64 = t.try_get("id")?;
+            let stored = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
+            let at = match replies.get(&id).map(Vec::as_slice) {
+                Some([at]) => *at,
+                _ => {
+                    in_full.insert(id);
+                    continue;
+                }
+            };
+            let before = stored_clock(t)?;
+            let mut cycles: Vec<crate::lrr::Cycle> = stored.iter().map(|(c, _)| *c).collect();
+            cycles.sort_by_key(|c| c.started_at);
+            let after = clock::after_reply(&before, at).zip(crate::lrr::cycles_after_reply(
+                &cycles,
+                before.last_inbound_at,
+                at,
+            ));
+            let Some((state, cycles)) = after else {
+                in_full.insert(id);
+                continue;
+            };
+            let count: i64 = t.try_get("message_count")?;
+            clocks.push(clock_columns(id, state, count + 1, t, clocking)?);
+            changes.compare(id, &cycles, t, stored)?;
+        }
+        for group in clocks.chunks(CLOCKS_PER_STATEMENT) {
+            write_clocks(conn, group, now, true).await?;
+        }
+        changes.write(conn, &clocking.channel).await?;
+    }
+    if in_full.is_empty() {
+        return Ok(());
+    }
+    reclock_threads(conn, &in_full, clocking, now, true).await
+}
+
+/// The clock a thread's row holds, as [`clock::evaluate`] last derived it.
+fn stored_clock(t: &AnyRow) -> Result<clock::ClockState> {
+    Ok(clock::ClockState {
+        awaiting_since: opt_time(t, "awaiting_since")?,
+        due_at: opt_time(t, "due_at")?,
+        last_inbound_at: opt_time(t, "last_inbound_at")?,
+        last_outbound_at: opt_time(t, "last_outbound_at")?,
+        reply_window_closes_at: opt_time(t, "reply_window_closes_at")?,
+    })
+}
+
+/// The `reply_cycles` rows of the threads `chunk` (`list`: its
+/// placeholders), by thread.
+async fn stored_cycles(
+    conn: &mut AnyConnection,
+    chunk: &[i64],
+    list: &str,
+) -> Result<HashMap<i64, Vec<StoredCycle>>> {
+    let sql = format!("{CYCLES_ROW} WHERE thread_id IN ({list})");
+    let mut q = sqlx::query(&sql);
+    for id in chunk {
+        q = q.bind(*id);
+    }
+    let mut stored: HashMap<i64, Vec<StoredCycle>> = HashMap::new();
+    for row in &q.fetch_all(&mut *conn).await? {
+        stored
+            .entry(row.try_get("thread_id")?)
+            .or_default()
+            .push(cycle_from_row(row)?);
+    }
+    Ok(stored)
 }
 
 async fn reclock_threads(
@@ -236,18 +322,7 @@ async fn reclock_threads(
                 .or_default()
                 .push(fact_from_row(row)?);
         }
-        let sql = format!("{CYCLES_ROW} WHERE thread_id IN ({list})");
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        let mut stored: HashMap<i64, Vec<StoredCycle>> = HashMap::new();
-        for row in &q.fetch_all(&mut *conn).await? {
-            stored
-                .entry(row.try_get("thread_id")?)
-                .or_default()
-                .push(cycle_from_row(row)?);
-        }
+        let stored = stored_cycles(conn, chunk, &list).await?;
         let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
         let mut q = sqlx::query(&sql);
         for id in chunk {
@@ -296,13 +371,26 @@ fn evaluate_clock(
     t: &AnyRow,
     clocking: &Clocking,
 ) -> Result<ThreadClock> {
-    let old_since: Option<i64> = t.try_get("awaiting_since")?;
     let handled_at = opt_time(t, "handled_at")?;
+    let state = clock::evaluate(facts, handled_at, &clocking.policy, &clocking.channel);
+    clock_columns(thread_id, state, facts.len() as i64, t, clocking)
+}
+
+/// A thread's clock columns for the clock `state` of its `message_count`
+/// messages, given its row as read with [`CLOCK_ROW`] (marks, alerts
+/// fired, the clock before).
+fn clock_columns(
+    thread_id: i64,
+    state: clock::ClockState,
+    message_count: i64,
+    t: &AnyRow,
+    clocking: &Clocking,
+) -> Result<ThreadClock> {
+    let old_since: Option<i64> = t.try_get("awaiting_since")?;
     let mut snoozed_at: Option<i64> = t.try_get("snoozed_at")?;
     let mut snoozed_until: Option<i64> = t.try_get("snoozed_until")?;
     let mut fired: Option<i64> = t.try_get("alerted_remaining_ms")?;
 
-    let state = clock::evaluate(facts, handled_at, &clocking.policy, &clocking.channel);
     let since = opt_ms(state.awaiting_since);
     if since != old_since {
         // A new awaiting cycle: every threshold may fire again.
@@ -332,7 +420,7 @@ fn evaluate_clock(
         snoozed_until,
         alerted_remaining_ms: fired,
         next_alert_at: opt_ms(next_alert),
-        message_count: facts.len() as i64,
+        message_count,
     })
 }
 
@@ -423,19 +511,31 @@ impl CycleChanges {
         t: &AnyRow,
         stored: &[StoredCycle],
     ) -> Result<()> {
-        let instance: String = t.try_get("instance")?;
-        let marketplace: String = t
-            .try_get::<Option<String>, _>("marketplace")?
-            .unwrap_or_default();
         let mut marks: Vec<DateTime<Utc>> = stored
             .iter()
             .filter_map(|(c, _)| c.no_response_needed_at)
             .collect();
         marks.extend(opt_time(t, "handled_at")?);
         let derived = crate::lrr::cycles(facts, &marks);
+        self.compare(thread_id, &derived, t, stored)
+    }
+
+    /// Notes what differs between a thread's `derived` cycles and its
+    /// `stored` rows.
+    fn compare(
+        &mut self,
+        thread_id: i64,
+        derived: &[crate::lrr::Cycle],
+        t: &AnyRow,
+        stored: &[StoredCycle],
+    ) -> Result<()> {
+        let instance: String = t.try_get("instance")?;
+        let marketplace: String = t
+            .try_get::<Option<String>, _>("marketplace")?
+            .unwrap_or_default();
         let old: HashMap<DateTime<Utc>, &StoredCycle> =
             stored.iter().map(|s| (s.0.started_at, s)).collect();
-        for c in &derived {
+        for c in derived {
             let row = || CycleRow {
                 thread_id,
                 started_at: ms(c.started_at),

@@ -420,13 +420,24 @@ async fn record_sent(
             .or_default()
             .push((r.thread_id, &r.message));
     }
+    // The replies that became new messages, by thread: the clock takes
+    // them from the thread's clock before them (see `reclock_replied`).
+    let mut replies: HashMap<i64, Vec<DateTime<Utc>>> = HashMap::new();
     for (instance, rows) in by_instance {
         for chunk in rows.chunks(MESSAGES_PER_STATEMENT) {
-            insert_messages(conn, instance, chunk, now).await?;
+            let inserted = insert_messages(conn, instance, chunk, now).await?;
+            for (thread_id, m) in chunk {
+                if inserted.contains_key(&m.external_id)
+                    && m.direction == Direction::Outbound
+                    && !m.automatic
+                {
+                    replies.entry(*thread_id).or_default().push(m.sent_at);
+                }
+            }
         }
     }
     let threads: BTreeSet<i64> = sent.iter().map(|r| r.thread_id).collect();
-    reclock_replied(conn, &threads, clocking, now).await?;
+    reclock_replied(conn, &threads, &replies, clocking, now).await?;
     let lines: Vec<(i64, &str)> = sent.iter().map(|r| (r.thread_id, r.id.as_str())).collect();
     insert_audits(conn, now, "outbox", "reply_sent", &lines).await
 }
