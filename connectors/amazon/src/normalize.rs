@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use hourglass_connector::html::preformatted_html_to_text;
 use hourglass_connector::{extract_order_id, CustomerIdentity, Direction, Message};
-use hourglass_email::normalize::{address_of, html_to_text};
+use hourglass_email::normalize::address_of;
 use regex::Regex;
 use serde_json::Value;
 
@@ -107,9 +108,8 @@ pub fn single_pre(html: &str) -> Option<String> {
     if found.next().is_some() {
         return None;
     }
-    // Through the HTML converter for the entities; wrapped in <pre> so the
-    // line breaks stay.
-    let text = html_to_text(&format!("<pre>{first}</pre>"));
+    // Through the HTML converter for the entities, line breaks as written.
+    let text = preformatted_html_to_text(first);
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
 }

@@ -356,27 +356,9 @@ pub fn external_id(message_id: Option<&str>, raw: &[u8]) -> String {
     }
 }
 
-/// HTML to readable text: paragraphs and lists kept, links as footnotes.
-pub fn html_to_text(html: &str) -> String {
-    match html2text::from_read(html.as_bytes(), 1000) {
-        Ok(t) => t.trim().to_owned(),
-        Err(_) => strip_tags(html),
-    }
-}
-
-fn strip_tags(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.trim().to_owned()
-}
+/// HTML to readable text: paragraphs and lists kept, links as footnotes
+/// (shared by every connector, see [`hourglass_connector::html`]).
+pub use hourglass_connector::html_to_text;
 
 /// `Name <addr@host>` or `addr@host` to the lowercased address.
 pub fn address_of(s: &str) -> String {
