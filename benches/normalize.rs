@@ -14,6 +14,9 @@
 //! Times are the thread's CPU time, so other work on the machine moves
 //! them little. Profile with `perf record --call-graph dwarf` on the
 //! bench binary; `HOURGLASS_BENCH_ONLY=normalize` runs that step alone.
+//! `HOURGLASS_BENCH_DUMP=FILE` writes every normalized message as a line
+//! of JSON, to check that a change to the normalization changes no
+//! output (diff the files of two builds).
 
 #[path = "ingest.rs"]
 #[allow(dead_code)]
@@ -21,7 +24,7 @@ mod ingest;
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 use hourglass_email::normalize::{html_to_text, parse_mail, ParseContext};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -76,7 +79,11 @@ fn main() -> anyhow::Result<()> {
         bytes as f64 / 1e6
     );
     let own = vec!["seller@shop.example".to_owned()];
-    let now = Utc::now();
+    // After the corpus's last mail, the same in every run.
+    let now = Utc
+        .with_ymd_and_hms(2027, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
     let ctx = |sent: bool| ParseContext {
         folder: if sent { "Sent" } else { "INBOX" },
         uid: Some(1),
@@ -118,6 +125,22 @@ fn main() -> anyhow::Result<()> {
             "  {:<44} {us:>8.1}   ({:.1} MB of text)",
             "email parse_mail + amazon normalize",
             text as f64 / 1e6
+        );
+    }
+    if let Some(path) = std::env::var_os("HOURGLASS_BENCH_DUMP") {
+        use std::io::Write as _;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for m in mails {
+            match parse_mail(&m.raw, pick(m)).map(hourglass_amazon::normalize::normalize) {
+                Ok(msg) => serde_json::to_writer(&mut out, &msg)?,
+                Err(e) => write!(out, "error: {}", e.reason)?,
+            }
+            writeln!(out)?;
+        }
+        out.flush()?;
+        println!(
+            "  (normalized messages written to {})",
+            path.to_string_lossy()
         );
     }
     if only.is_empty() || only == "html" {
