@@ -4,6 +4,7 @@
 //! Pure functions, each with a table test.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use hourglass_connector::html::preformatted_html_to_text;
@@ -101,17 +102,52 @@ pub fn between_markers(text: &str) -> Option<String> {
 
 /// The buyer's text in newer HTML mail: the content of its one `<pre>`.
 pub fn single_pre(html: &str) -> Option<String> {
-    static RE: OnceLock<Option<Regex>> = OnceLock::new();
-    let re = regex(&RE, r"(?is)<pre\b[^>]*>(.*?)</pre\s*>")?;
-    let mut found = re.captures_iter(html);
-    let first = found.next()?.get(1)?.as_str();
-    if found.next().is_some() {
+    let (content, end) = next_pre(html, 0)?;
+    if next_pre(html, end).is_some() {
         return None;
     }
     // Through the HTML converter for the entities, line breaks as written.
-    let text = preformatted_html_to_text(first);
+    let text = preformatted_html_to_text(&html[content]);
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// The next `<pre ...>content</pre >` at or after `from` (any case): the
+/// content's range and where the element ends. A plain search, as a
+/// regex with a lazy capture across the whole mail runs the slowest of
+/// the regex crate's engines.
+fn next_pre(html: &str, from: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    let mut at = from;
+    loop {
+        let open = at + html.get(at..)?.find('<')?;
+        at = open + 1;
+        let name = html.get(open + 1..open + 4)?;
+        let after = html[open + 4..].chars().next();
+        // `<pre` as a whole word: not `<prefix>`.
+        if !name.eq_ignore_ascii_case("pre")
+            || after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let start = open + 4 + html[open + 4..].find('>')? + 1;
+        let mut search = start;
+        while let Some(p) = html.get(search..)?.find("</") {
+            let close = search + p;
+            search = close + 2;
+            if !html
+                .get(close + 2..close + 5)
+                .is_some_and(|n| n.eq_ignore_ascii_case("pre"))
+            {
+                continue;
+            }
+            let rest = html[close + 5..].trim_start();
+            if rest.starts_with('>') {
+                let end = html.len() - rest.len() + 1;
+                return Some((start..close, end));
+            }
+        }
+        return None;
+    }
 }
 
 /// Amazon's id of a buyer message: `[commMgrTok:<ID>]`.
@@ -159,6 +195,31 @@ pub fn marketplace_language(marketplace: &str) -> Option<&'static str> {
         "sa" | "eg" => "ar",
         _ => return None,
     })
+}
+
+/// FNV-1a: the index's keys are a few bytes long, where SipHash's setup
+/// costs more than the lookup.
+#[derive(Default)]
+struct Fnv(u64);
+
+// One bit per language in the index.
+const _: () = assert!(STOPWORDS.len() <= 8);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 const STOPWORDS: &[(&str, &[&str])] = &[
@@ -277,17 +338,21 @@ const STOPWORDS: &[(&str, &[&str])] = &[
 /// The language of a buyer's text: the language whose common words it
 /// uses most, when that is clear; else the marketplace's.
 pub fn detect_language(text: &str, marketplace: Option<&str>) -> Option<String> {
-    // Each common word, with the languages it belongs to: one lookup per
-    // word of the text instead of a scan of every list.
-    static INDEX: OnceLock<HashMap<&'static str, Vec<usize>>> = OnceLock::new();
-    let index = INDEX.get_or_init(|| {
-        let mut index: HashMap<&'static str, Vec<usize>> = HashMap::new();
+    // Each common word, with the languages it belongs to (a bit each):
+    // one lookup per word of the text instead of a scan of every list.
+    // Words longer than the longest common word are not looked up.
+    type Index = HashMap<&'static str, u8, BuildHasherDefault<Fnv>>;
+    static INDEX: OnceLock<(Index, usize)> = OnceLock::new();
+    let (index, longest) = INDEX.get_or_init(|| {
+        let mut index = Index::default();
+        let mut longest = 0;
         for (lang, (_, list)) in STOPWORDS.iter().enumerate() {
             for word in *list {
-                index.entry(*word).or_default().push(lang);
+                *index.entry(*word).or_default() |= 1 << lang;
+                longest = longest.max(word.chars().count());
             }
         }
-        index
+        (index, longest)
     });
     let mut hits = [0usize; STOPWORDS.len()];
     let mut lower = String::new();
@@ -295,16 +360,30 @@ pub fn detect_language(text: &str, marketplace: Option<&str>) -> Option<String> 
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
     {
+        // Lowercasing never makes a word shorter in characters.
+        if word.len() > *longest && word.chars().count() > *longest {
+            continue;
+        }
         // Most words are lower case already: no copy for those.
-        let key = if word.chars().any(char::is_uppercase) {
+        let key = if word.is_ascii() {
+            if word.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower.clear();
+                lower.push_str(word);
+                lower.make_ascii_lowercase();
+                lower.as_str()
+            } else {
+                word
+            }
+        } else if word.chars().any(char::is_uppercase) {
             lower.clear();
             lower.extend(word.chars().flat_map(char::to_lowercase));
             lower.as_str()
         } else {
             word
         };
-        for &lang in index.get(key).map(Vec::as_slice).unwrap_or_default() {
-            hits[lang] += 1;
+        let langs = index.get(key).copied().unwrap_or_default();
+        for (lang, hit) in hits.iter_mut().enumerate() {
+            *hit += usize::from(langs & (1 << lang) != 0);
         }
     }
     // Letters only one of these languages uses settle close calls.
@@ -580,6 +659,21 @@ mod tests {
         assert_eq!(single_pre(html).as_deref(), Some("Bonjour,\nc'est cassé."));
         assert_eq!(single_pre("<pre>a</pre><pre>b</pre>"), None);
         assert_eq!(single_pre("<p>none</p>"), None);
+        let cases = [
+            ("<PRE class=x>Hi\n  there</Pre\n>", Some("Hi\n  there")),
+            ("<prefix>no</prefix><pre>yes</pre>", Some("yes")),
+            ("<pre>a</pre><PRE >b</pre>", None),
+            ("<pre>a</prefix></pre>", Some("a")),
+            ("<pre>never closed", None),
+            ("<pre never closed", None),
+            ("<pre>  </pre>", None),
+            ("<pre>x<pre>y</pre>", Some("x\n\ny")),
+            ("<pr", None),
+            ("<pre>é</pre \u{a0}>", Some("é")),
+        ];
+        for (html, want) in cases {
+            assert_eq!(single_pre(html).as_deref(), want, "{html}");
+        }
     }
 
     #[test]
