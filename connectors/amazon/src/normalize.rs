@@ -355,14 +355,13 @@ pub fn detect_language(text: &str, marketplace: Option<&str>) -> Option<String> 
         (index, longest)
     });
     let mut hits = [0usize; STOPWORDS.len()];
+    // Letters only one of these languages uses settle close calls.
+    let mut letters = [("ro", 0usize), ("pt", 0), ("de", 0), ("es", 0)];
     let mut lower = String::new();
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
+    let mut count_word = |word: &str| {
         // Lowercasing never makes a word shorter in characters.
         if word.len() > *longest && word.chars().count() > *longest {
-            continue;
+            return;
         }
         // Most words are lower case already: no copy for those.
         let key = if word.is_ascii() {
@@ -385,18 +384,41 @@ pub fn detect_language(text: &str, marketplace: Option<&str>) -> Option<String> 
         for (lang, hit) in hits.iter_mut().enumerate() {
             *hit += usize::from(langs & (1 << lang) != 0);
         }
-    }
-    // Letters only one of these languages uses settle close calls.
-    let mut letters = [("ro", 0usize), ("pt", 0), ("de", 0), ("es", 0)];
-    for c in text.chars() {
-        let slot = match c {
-            'ș' | 'ț' | 'ş' | 'ţ' | 'ă' => 0,
-            'ã' | 'õ' => 1,
-            'ß' | 'ä' | 'ö' | 'ü' => 2,
-            'ñ' | '¿' | '¡' => 3,
-            _ => continue,
+    };
+    // Words are runs of alphanumeric characters. One pass over the bytes:
+    // only non-ASCII characters are decoded (and checked for the letters).
+    let bytes = text.as_bytes();
+    let mut word_start = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let (len, in_word) = if bytes[i].is_ascii() {
+            (1, bytes[i].is_ascii_alphanumeric())
+        } else {
+            let c = text[i..].chars().next().unwrap_or(' ');
+            let slot = match c {
+                'ș' | 'ț' | 'ş' | 'ţ' | 'ă' => Some(0),
+                'ã' | 'õ' => Some(1),
+                'ß' | 'ä' | 'ö' | 'ü' => Some(2),
+                'ñ' | '¿' | '¡' => Some(3),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                letters[slot].1 += 1;
+            }
+            (c.len_utf8(), c.is_alphanumeric())
         };
-        letters[slot].1 += 1;
+        match (in_word, word_start) {
+            (true, None) => word_start = Some(i),
+            (false, Some(start)) => {
+                count_word(&text[start..i]);
+                word_start = None;
+            }
+            _ => {}
+        }
+        i += len;
+    }
+    if let Some(start) = word_start {
+        count_word(&text[start..]);
     }
     let mut scores: Vec<(&str, usize)> = STOPWORDS
         .iter()
@@ -482,7 +504,9 @@ pub fn normalize(mut m: Message) -> Message {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let subject = m.subject.clone().unwrap_or_default();
-    let original_text = m.text.clone();
+    // The text as parsed, moved out: it is put back unless replaced.
+    let original_text = std::mem::take(&mut m.text);
+    let mut text: Option<String> = None;
     let token =
         comm_mgr_token(&original_text).or_else(|| m.html.as_deref().and_then(comm_mgr_token));
 
@@ -496,7 +520,7 @@ pub fn normalize(mut m: Message) -> Message {
         let order = extract_order_id(&subject).or_else(|| extract_order_id(&original_text));
         let buyer = from_name.as_deref().and_then(buyer_name);
         m.language = detect_language(&body, marketplace.as_deref());
-        m.text = body;
+        text = Some(body);
         m.thread_key = thread_key(&handle, order.as_deref());
         m.order_id = order;
         m.marketplace = marketplace;
@@ -553,8 +577,8 @@ pub fn normalize(mut m: Message) -> Message {
         m.order_id = order;
         if let Some(reason) = delivery_failure(&subject, &original_text) {
             set_meta(&mut m, "delivery_failure", Value::String(reason.clone()));
-            if !m.text.contains(&reason) {
-                m.text = format!("Delivery failure: {reason}\n\n{}", m.text);
+            if !original_text.contains(&reason) {
+                text = Some(format!("Delivery failure: {reason}\n\n{original_text}"));
             }
         }
     }
@@ -566,6 +590,7 @@ pub fn normalize(mut m: Message) -> Message {
     if let Some(id) = no_response {
         set_meta(&mut m, "no_response_needed_msg", Value::String(id));
     }
+    m.text = text.unwrap_or(original_text);
     m
 }
 
