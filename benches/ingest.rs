@@ -648,13 +648,13 @@ fn write_maildir(root: &Path, corpus: &Corpus) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Mail {
-    sent: bool,
-    raw: Vec<u8>,
+pub(crate) struct Mail {
+    pub(crate) sent: bool,
+    pub(crate) raw: Vec<u8>,
 }
 
-struct Corpus {
-    mails: Vec<Mail>,
+pub(crate) struct Corpus {
+    pub(crate) mails: Vec<Mail>,
     /// Conversations, i.e. the threads hourglass must make.
     threads: usize,
     /// Conversations whose last message is the customer's: a running clock.
@@ -1399,7 +1399,7 @@ fn assemble(sent: bool, headers: &str, body: &[u8]) -> Mail {
 }
 
 impl Corpus {
-    fn generate(n: usize) -> Corpus {
+    pub(crate) fn generate(n: usize) -> Corpus {
         let mut g = Gen {
             rng: Rng(SEED),
             seq: 0,

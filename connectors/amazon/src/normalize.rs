@@ -4,10 +4,12 @@
 //! Pure functions, each with a table test.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
+use hourglass_connector::html::preformatted_html_to_text;
 use hourglass_connector::{extract_order_id, CustomerIdentity, Direction, Message};
-use hourglass_email::normalize::{address_of, html_to_text};
+use hourglass_email::normalize::address_of;
 use regex::Regex;
 use serde_json::Value;
 
@@ -100,18 +102,52 @@ pub fn between_markers(text: &str) -> Option<String> {
 
 /// The buyer's text in newer HTML mail: the content of its one `<pre>`.
 pub fn single_pre(html: &str) -> Option<String> {
-    static RE: OnceLock<Option<Regex>> = OnceLock::new();
-    let re = regex(&RE, r"(?is)<pre\b[^>]*>(.*?)</pre\s*>")?;
-    let mut found = re.captures_iter(html);
-    let first = found.next()?.get(1)?.as_str();
-    if found.next().is_some() {
+    let (content, end) = next_pre(html, 0)?;
+    if next_pre(html, end).is_some() {
         return None;
     }
-    // Through the HTML converter for the entities; wrapped in <pre> so the
-    // line breaks stay.
-    let text = html_to_text(&format!("<pre>{first}</pre>"));
+    // Through the HTML converter for the entities, line breaks as written.
+    let text = preformatted_html_to_text(&html[content]);
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// The next `<pre ...>content</pre >` at or after `from` (any case): the
+/// content's range and where the element ends. A plain search, as a
+/// regex with a lazy capture across the whole mail runs the slowest of
+/// the regex crate's engines.
+fn next_pre(html: &str, from: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    let mut at = from;
+    loop {
+        let open = at + html.get(at..)?.find('<')?;
+        at = open + 1;
+        let name = html.get(open + 1..open + 4)?;
+        let after = html[open + 4..].chars().next();
+        // `<pre` as a whole word: not `<prefix>`.
+        if !name.eq_ignore_ascii_case("pre")
+            || after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let start = open + 4 + html[open + 4..].find('>')? + 1;
+        let mut search = start;
+        while let Some(p) = html.get(search..)?.find("</") {
+            let close = search + p;
+            search = close + 2;
+            if !html
+                .get(close + 2..close + 5)
+                .is_some_and(|n| n.eq_ignore_ascii_case("pre"))
+            {
+                continue;
+            }
+            let rest = html[close + 5..].trim_start();
+            if rest.starts_with('>') {
+                let end = html.len() - rest.len() + 1;
+                return Some((start..close, end));
+            }
+        }
+        return None;
+    }
 }
 
 /// Amazon's id of a buyer message: `[commMgrTok:<ID>]`.
@@ -159,6 +195,31 @@ pub fn marketplace_language(marketplace: &str) -> Option<&'static str> {
         "sa" | "eg" => "ar",
         _ => return None,
     })
+}
+
+/// FNV-1a: the index's keys are a few bytes long, where SipHash's setup
+/// costs more than the lookup.
+#[derive(Default)]
+struct Fnv(u64);
+
+// One bit per language in the index.
+const _: () = assert!(STOPWORDS.len() <= 8);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 const STOPWORDS: &[(&str, &[&str])] = &[
@@ -277,47 +338,87 @@ const STOPWORDS: &[(&str, &[&str])] = &[
 /// The language of a buyer's text: the language whose common words it
 /// uses most, when that is clear; else the marketplace's.
 pub fn detect_language(text: &str, marketplace: Option<&str>) -> Option<String> {
-    // Each common word, with the languages it belongs to: one lookup per
-    // word of the text instead of a scan of every list.
-    static INDEX: OnceLock<HashMap<&'static str, Vec<usize>>> = OnceLock::new();
-    let index = INDEX.get_or_init(|| {
-        let mut index: HashMap<&'static str, Vec<usize>> = HashMap::new();
+    // Each common word, with the languages it belongs to (a bit each):
+    // one lookup per word of the text instead of a scan of every list.
+    // Words longer than the longest common word are not looked up.
+    type Index = HashMap<&'static str, u8, BuildHasherDefault<Fnv>>;
+    static INDEX: OnceLock<(Index, usize)> = OnceLock::new();
+    let (index, longest) = INDEX.get_or_init(|| {
+        let mut index = Index::default();
+        let mut longest = 0;
         for (lang, (_, list)) in STOPWORDS.iter().enumerate() {
             for word in *list {
-                index.entry(*word).or_default().push(lang);
+                *index.entry(*word).or_default() |= 1 << lang;
+                longest = longest.max(word.chars().count());
             }
         }
-        index
+        (index, longest)
     });
     let mut hits = [0usize; STOPWORDS.len()];
+    // Letters only one of these languages uses settle close calls.
+    let mut letters = [("ro", 0usize), ("pt", 0), ("de", 0), ("es", 0)];
     let mut lower = String::new();
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
+    let mut count_word = |word: &str| {
+        // Lowercasing never makes a word shorter in characters.
+        if word.len() > *longest && word.chars().count() > *longest {
+            return;
+        }
         // Most words are lower case already: no copy for those.
-        let key = if word.chars().any(char::is_uppercase) {
+        let key = if word.is_ascii() {
+            if word.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower.clear();
+                lower.push_str(word);
+                lower.make_ascii_lowercase();
+                lower.as_str()
+            } else {
+                word
+            }
+        } else if word.chars().any(char::is_uppercase) {
             lower.clear();
             lower.extend(word.chars().flat_map(char::to_lowercase));
             lower.as_str()
         } else {
             word
         };
-        for &lang in index.get(key).map(Vec::as_slice).unwrap_or_default() {
-            hits[lang] += 1;
+        let langs = index.get(key).copied().unwrap_or_default();
+        for (lang, hit) in hits.iter_mut().enumerate() {
+            *hit += usize::from(langs & (1 << lang) != 0);
         }
-    }
-    // Letters only one of these languages uses settle close calls.
-    let mut letters = [("ro", 0usize), ("pt", 0), ("de", 0), ("es", 0)];
-    for c in text.chars() {
-        let slot = match c {
-            'ș' | 'ț' | 'ş' | 'ţ' | 'ă' => 0,
-            'ã' | 'õ' => 1,
-            'ß' | 'ä' | 'ö' | 'ü' => 2,
-            'ñ' | '¿' | '¡' => 3,
-            _ => continue,
+    };
+    // Words are runs of alphanumeric characters. One pass over the bytes:
+    // only non-ASCII characters are decoded (and checked for the letters).
+    let bytes = text.as_bytes();
+    let mut word_start = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let (len, in_word) = if bytes[i].is_ascii() {
+            (1, bytes[i].is_ascii_alphanumeric())
+        } else {
+            let c = text[i..].chars().next().unwrap_or(' ');
+            let slot = match c {
+                'ș' | 'ț' | 'ş' | 'ţ' | 'ă' => Some(0),
+                'ã' | 'õ' => Some(1),
+                'ß' | 'ä' | 'ö' | 'ü' => Some(2),
+                'ñ' | '¿' | '¡' => Some(3),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                letters[slot].1 += 1;
+            }
+            (c.len_utf8(), c.is_alphanumeric())
         };
-        letters[slot].1 += 1;
+        match (in_word, word_start) {
+            (true, None) => word_start = Some(i),
+            (false, Some(start)) => {
+                count_word(&text[start..i]);
+                word_start = None;
+            }
+            _ => {}
+        }
+        i += len;
+    }
+    if let Some(start) = word_start {
+        count_word(&text[start..]);
     }
     let mut scores: Vec<(&str, usize)> = STOPWORDS
         .iter()
@@ -403,7 +504,9 @@ pub fn normalize(mut m: Message) -> Message {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let subject = m.subject.clone().unwrap_or_default();
-    let original_text = m.text.clone();
+    // The text as parsed, moved out: it is put back unless replaced.
+    let original_text = std::mem::take(&mut m.text);
+    let mut text: Option<String> = None;
     let token =
         comm_mgr_token(&original_text).or_else(|| m.html.as_deref().and_then(comm_mgr_token));
 
@@ -417,7 +520,7 @@ pub fn normalize(mut m: Message) -> Message {
         let order = extract_order_id(&subject).or_else(|| extract_order_id(&original_text));
         let buyer = from_name.as_deref().and_then(buyer_name);
         m.language = detect_language(&body, marketplace.as_deref());
-        m.text = body;
+        text = Some(body);
         m.thread_key = thread_key(&handle, order.as_deref());
         m.order_id = order;
         m.marketplace = marketplace;
@@ -474,8 +577,8 @@ pub fn normalize(mut m: Message) -> Message {
         m.order_id = order;
         if let Some(reason) = delivery_failure(&subject, &original_text) {
             set_meta(&mut m, "delivery_failure", Value::String(reason.clone()));
-            if !m.text.contains(&reason) {
-                m.text = format!("Delivery failure: {reason}\n\n{}", m.text);
+            if !original_text.contains(&reason) {
+                text = Some(format!("Delivery failure: {reason}\n\n{original_text}"));
             }
         }
     }
@@ -487,6 +590,7 @@ pub fn normalize(mut m: Message) -> Message {
     if let Some(id) = no_response {
         set_meta(&mut m, "no_response_needed_msg", Value::String(id));
     }
+    m.text = text.unwrap_or(original_text);
     m
 }
 
@@ -580,6 +684,21 @@ mod tests {
         assert_eq!(single_pre(html).as_deref(), Some("Bonjour,\nc'est cassé."));
         assert_eq!(single_pre("<pre>a</pre><pre>b</pre>"), None);
         assert_eq!(single_pre("<p>none</p>"), None);
+        let cases = [
+            ("<PRE class=x>Hi\n  there</Pre\n>", Some("Hi\n  there")),
+            ("<prefix>no</prefix><pre>yes</pre>", Some("yes")),
+            ("<pre>a</pre><PRE >b</pre>", None),
+            ("<pre>a</prefix></pre>", Some("a")),
+            ("<pre>never closed", None),
+            ("<pre never closed", None),
+            ("<pre>  </pre>", None),
+            ("<pre>x<pre>y</pre>", Some("x\n\ny")),
+            ("<pr", None),
+            ("<pre>é</pre \u{a0}>", Some("é")),
+        ];
+        for (html, want) in cases {
+            assert_eq!(single_pre(html).as_deref(), want, "{html}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod error;
+pub mod html;
 pub mod limit;
 mod model;
 pub mod oauth;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use error::ConnectorError;
+pub use html::html_to_text;
 pub use model::reply_subject;
 pub use model::{
     ApiCalls, Attachment, Batch, Capabilities, Cursors, CustomerIdentity, DeliveryState,

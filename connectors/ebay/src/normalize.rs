@@ -220,25 +220,8 @@ fn looks_like_html(body: &str) -> bool {
     .any(|t| lower.contains(t))
 }
 
-/// HTML to readable text.
-pub fn html_to_text(html: &str) -> String {
-    match html2text::from_read(html.as_bytes(), 1000) {
-        Ok(t) => t.trim().to_owned(),
-        Err(_) => {
-            let mut out = String::with_capacity(html.len());
-            let mut in_tag = false;
-            for c in html.chars() {
-                match c {
-                    '<' => in_tag = true,
-                    '>' => in_tag = false,
-                    c if !in_tag => out.push(c),
-                    _ => {}
-                }
-            }
-            out.trim().to_owned()
-        }
-    }
-}
+/// HTML to readable text (see [`hourglass_connector::html`]).
+pub use hourglass_connector::html_to_text;
 
 /// One eBay message, normalized. `buyer` is the other party of a member
 /// conversation.

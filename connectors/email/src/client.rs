@@ -587,11 +587,11 @@ fn read_one(
     ctx_template: &ParseContext<'_>,
     batch: &mut Batch,
 ) {
-    let source = format!("{folder} (UIDVALIDITY {uidvalidity}, UID {uid})");
+    let source = || format!("{folder} (UIDVALIDITY {uidvalidity}, UID {uid})");
     let Some(raw) = fetch.body() else {
         batch.quarantined.push(Quarantined {
             external_id: Some(format!("{folder}/{uidvalidity}/{uid}")),
-            source,
+            source: source(),
             error: "the server returned no body for this message".into(),
             raw: Vec::new(),
         });
@@ -614,7 +614,7 @@ fn read_one(
         }
         Err(e) => batch.quarantined.push(Quarantined {
             external_id: Some(format!("{folder}/{uidvalidity}/{uid}")),
-            source,
+            source: source(),
             error: e.reason,
             raw: raw.to_vec(),
         }),

@@ -63,7 +63,7 @@ pub fn parse_mail(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseEr
 
 fn parse_mail_unguarded(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, ParseError> {
     let readable = headers_as_utf8(raw);
-    let mail = MessageParser::default()
+    let mut mail = MessageParser::default()
         .parse(readable.as_ref())
         .ok_or_else(|| parse_error("not an e-mail: no header block found"))?;
 
@@ -120,7 +120,6 @@ fn parse_mail_unguarded(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, P
         return Err(parse_error("inbound mail without a From address"));
     }
 
-    let (text, html) = bodies(&mail);
     let attachments = attachments(&mail);
 
     let header_date = mail
@@ -134,6 +133,8 @@ fn parse_mail_unguarded(raw: &[u8], ctx: &ParseContext<'_>) -> Result<Message, P
     // Other mail may carry one too (a platform's notice); it goes to
     // `meta` for the platform connector to use.
     let original = embedded_original(&mail);
+    // Last: the bodies are moved out of the parsed mail.
+    let (text, html) = bodies(&mut mail);
     let thread_key = match original.as_ref().filter(|_| direction == Direction::System) {
         Some(o) => thread_key(
             o.to.as_deref().unwrap_or_default(),
@@ -293,20 +294,26 @@ pub fn normalize_subject(subject: &str) -> String {
         )
         .ok()
     });
-    let mut s = subject.trim().to_owned();
+    let mut s = subject.trim();
     if let Some(re) = re {
-        loop {
-            let next = re.replace(&s, "").into_owned();
-            if next == s {
-                break;
-            }
-            s = next;
+        // The pattern is anchored: each match is a prefix to cut off.
+        while let Some(m) = re.find(s).filter(|m| m.end() > 0) {
+            s = &s[m.end()..];
         }
     }
-    s.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if out.is_ascii() {
+        out.make_ascii_lowercase();
+        out
+    } else {
+        out.to_lowercase()
+    }
 }
 
 /// The root of the References / In-Reply-To chain, else the mail's own id.
@@ -356,27 +363,9 @@ pub fn external_id(message_id: Option<&str>, raw: &[u8]) -> String {
     }
 }
 
-/// HTML to readable text: paragraphs and lists kept, links as footnotes.
-pub fn html_to_text(html: &str) -> String {
-    match html2text::from_read(html.as_bytes(), 1000) {
-        Ok(t) => t.trim().to_owned(),
-        Err(_) => strip_tags(html),
-    }
-}
-
-fn strip_tags(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.trim().to_owned()
-}
+/// HTML to readable text: paragraphs and lists kept, links as footnotes
+/// (shared by every connector, see [`hourglass_connector::html`]).
+pub use hourglass_connector::html_to_text;
 
 /// `Name <addr@host>` or `addr@host` to the lowercased address.
 pub fn address_of(s: &str) -> String {
@@ -434,33 +423,49 @@ fn header_text(mail: &mail_parser::Message<'_>, name: &str) -> Option<String> {
 }
 
 /// The plain text (decoded text/plain parts, else the HTML converted) and
-/// the original HTML when there was some.
-fn bodies(mail: &mail_parser::Message<'_>) -> (String, Option<String>) {
-    let mut plain = Vec::new();
-    for part in mail.text_bodies() {
-        if let PartType::Text(t) = &part.body {
-            if !t.trim().is_empty() {
-                plain.push(t.trim_end().to_owned());
+/// the original HTML when there was some. The parts' decoded text is
+/// moved out of `mail`, not copied: a mail's bodies are most of its
+/// bytes.
+fn bodies(mail: &mut mail_parser::Message<'_>) -> (String, Option<String>) {
+    let mut take = |ids: &[u32], html: bool| -> Vec<String> {
+        let mut found = Vec::new();
+        for &id in ids {
+            let Some(part) = mail.parts.get_mut(id as usize) else {
+                continue;
+            };
+            match &mut part.body {
+                PartType::Text(t) if !html => found.push(std::mem::take(t).into_owned()),
+                PartType::Html(h) if html => found.push(std::mem::take(h).into_owned()),
+                _ => {}
             }
         }
-    }
-    let mut html = Vec::new();
-    for part in mail.html_bodies() {
-        if let PartType::Html(h) = &part.body {
-            html.push(h.to_string());
-        }
-    }
-    let html = if html.is_empty() {
-        None
-    } else {
-        Some(html.join("\n"))
+        found
     };
-    let text = if plain.is_empty() {
-        html.as_deref().map(html_to_text).unwrap_or_default()
-    } else {
-        plain.join("\n\n")
+    let text_ids = std::mem::take(&mut mail.text_body);
+    let html_ids = std::mem::take(&mut mail.html_body);
+    let mut plain = take(&text_ids, false);
+    let html = take(&html_ids, true);
+    mail.text_body = text_ids;
+    mail.html_body = html_ids;
+    plain.retain(|t| !t.trim().is_empty());
+    for t in &mut plain {
+        t.truncate(t.trim_end().len());
+    }
+    let html = join(html, "\n");
+    let text = match join(plain, "\n\n") {
+        Some(text) => text,
+        None => html.as_deref().map(html_to_text).unwrap_or_default(),
     };
     (text, html)
+}
+
+/// The parts joined, without a copy when there is one.
+fn join(mut parts: Vec<String>, separator: &str) -> Option<String> {
+    match parts.len() {
+        0 => None,
+        1 => parts.pop(),
+        _ => Some(parts.join(separator)),
+    }
 }
 
 fn attachments(mail: &mail_parser::Message<'_>) -> Vec<Attachment> {
@@ -564,16 +569,15 @@ pub fn headers_as_utf8(raw: &[u8]) -> Cow<'_, [u8]> {
 
 /// Where the header block ends (its blank line included in the rest).
 fn header_end(raw: &[u8]) -> usize {
-    let mut at_line_start = true;
-    for (i, b) in raw.iter().enumerate() {
-        match b {
-            b'\n' if at_line_start => return i,
-            b'\n' => at_line_start = true,
-            b'\r' if at_line_start => {}
-            _ => at_line_start = false,
-        }
-    }
-    raw.len()
+    // The LF of the first empty line (LF or CR LF).
+    let blank = |at: usize| match raw.get(at) {
+        Some(b'\n') => Some(at),
+        Some(b'\r') if raw.get(at + 1) == Some(&b'\n') => Some(at + 1),
+        _ => None,
+    };
+    blank(0)
+        .or_else(|| memchr::memchr_iter(b'\n', raw).find_map(|nl| blank(nl + 1)))
+        .unwrap_or(raw.len())
 }
 
 /// The first `charset=` parameter in `bytes` (a Content-Type's).
@@ -620,6 +624,23 @@ mod tests {
     }
 
     #[test]
+    fn the_header_block_ends_at_the_first_empty_line() {
+        let cases: &[(&[u8], usize)] = &[
+            (b"A: b\r\n\r\nbody", 7),
+            (b"A: b\n\nbody", 5),
+            (b"A: b\r\n c\r\n\r\n\r\nbody", 11),
+            (b"\r\nbody", 1),
+            (b"\nbody", 0),
+            (b"A: b\r\n", 6),
+            (b"A: b", 4),
+            (b"", 0),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(header_end(raw), *want, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
     fn subjects_lose_reply_prefixes_in_many_languages() {
         let cases = [
             ("Re: Order question", "order question"),
@@ -633,6 +654,8 @@ mod tests {
             ("Re : Question", "question"),
             ("Reservation", "reservation"),
             ("Rechnung: 42", "rechnung: 42"),
+            ("  Re:  Re:   ", ""),
+            ("Re: ÉTÉ  Ärger", "été ärger"),
             ("", ""),
         ];
         for (input, want) in cases {
