@@ -12,7 +12,7 @@ use hourglass_connector::Direction;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::dialect::{placeholders, placeholders_from, value_rows};
+use super::dialect::{placeholders, placeholders_from, positional, value_rows};
 use super::sql::{insert_audit, opt_ms, opt_time};
 use super::{from_ms, ms, Result, SqlStore, StoreError};
 use crate::clock::{self, Fact, Policy, Threshold};
@@ -221,6 +221,7 @@ pub(super) async fn reclock_replied(
         let list = placeholders(chunk.len());
         let stored = stored_cycles(conn, chunk, &list).await?;
         let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
+        let sql = positional(conn, &sql);
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(*id);
@@ -283,6 +284,7 @@ async fn stored_cycles(
     list: &str,
 ) -> Result<HashMap<i64, Vec<StoredCycle>>> {
     let sql = format!("{CYCLES_ROW} WHERE thread_id IN ({list})");
+    let sql = positional(conn, &sql);
     let mut q = sqlx::query(&sql);
     for id in chunk {
         q = q.bind(*id);
@@ -311,6 +313,7 @@ async fn reclock_threads(
             "SELECT thread_id, {FACT_COLUMNS} FROM messages
              WHERE thread_id IN ({list})"
         );
+        let sql = positional(conn, &sql);
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(*id);
@@ -324,6 +327,7 @@ async fn reclock_threads(
         }
         let stored = stored_cycles(conn, chunk, &list).await?;
         let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
+        let sql = positional(conn, &sql);
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(*id);
@@ -449,11 +453,13 @@ async fn write_clocks(
             reply_window_closes_at = v.v_window, last_inbound_at = v.v_last_in,
             last_outbound_at = v.v_last_out, snoozed_at = v.v_snoozed_at,
             snoozed_until = v.v_snoozed_until, alerted_remaining_ms = v.v_fired,
-            next_alert_at = v.v_next_alert, message_count = v.v_count, updated_at = $1{clear}
+            next_alert_at = v.v_next_alert, message_count = v.v_count, updated_at = ${}{clear}
          FROM v WHERE threads.id = v.v_id",
-        value_rows(2, clocks.len(), 11)
+        value_rows(1, clocks.len(), 11),
+        clocks.len() * 11 + 1
     );
-    let mut q = sqlx::query(&sql).bind(now);
+    let sql = positional(conn, &sql);
+    let mut q = sqlx::query(&sql);
     for c in clocks {
         q = q
             .bind(c.id)
@@ -468,6 +474,7 @@ async fn write_clocks(
             .bind(c.next_alert_at)
             .bind(c.message_count);
     }
+    q = q.bind(now);
     q.execute(&mut *conn).await?;
     Ok(())
 }
@@ -570,11 +577,13 @@ impl CycleChanges {
         for chunk in self.deletes.chunks(CYCLES_PER_STATEMENT) {
             let sql = format!(
                 "WITH v (v_thread, v_started) AS (VALUES {})
-                 DELETE FROM reply_cycles WHERE EXISTS (
-                    SELECT 1 FROM v WHERE v.v_thread = reply_cycles.thread_id
-                      AND v.v_started = reply_cycles.started_at)",
+                 DELETE FROM reply_cycles WHERE (thread_id, started_at) IN (
+                    SELECT v_thread, v_started FROM v)",
                 value_rows(1, chunk.len(), 2)
             );
+            // `IN`, not a correlated `EXISTS`, which SQLite answers by
+            // scanning every cycle of every thread.
+            let sql = positional(conn, &sql);
             let mut q = sqlx::query(&sql);
             for (thread_id, started_at) in chunk {
                 q = q.bind(*thread_id).bind(*started_at);
@@ -610,6 +619,7 @@ impl CycleChanges {
                     AND reply_cycles.started_at = v.v_started",
                 value_rows(1, chunk.len(), 5)
             );
+            let sql = positional(conn, &sql);
             let mut q = sqlx::query(&sql);
             for c in chunk {
                 q = q
