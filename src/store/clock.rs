@@ -220,15 +220,9 @@ pub(super) async fn reclock_replied(
     for chunk in ids.chunks(RECLOCK_CHUNK) {
         let list = placeholders(chunk.len());
         let stored = stored_cycles(conn, chunk, &list).await?;
-        let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
-        let sql = positional(conn, &sql);
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
         let mut clocks = Vec::with_capacity(chunk.len());
         let mut changes = CycleChanges::default();
-        for t in &q.fetch_all(&mut *conn).await? {
+        for t in &clock_rows(conn, chunk, &list).await? {
             let id: i64 = t.try_get("id")?;
             let stored = stored.get(&id).map(Vec::as_slice).unwrap_or_default();
             let at = match replies.get(&id).map(Vec::as_slice) {
@@ -274,6 +268,21 @@ fn stored_clock(t: &AnyRow) -> Result<clock::ClockState> {
         last_outbound_at: opt_time(t, "last_outbound_at")?,
         reply_window_closes_at: opt_time(t, "reply_window_closes_at")?,
     })
+}
+
+/// The stored clock rows of `ids` (`list`: their placeholders).
+async fn clock_rows(
+    conn: &mut AnyConnection,
+    ids: &[i64],
+    list: &str,
+) -> Result<Vec<sqlx::any::AnyRow>> {
+    let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
+    let sql = positional(conn, &sql);
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(&mut *conn).await?)
 }
 
 /// The `reply_cycles` rows of the threads `chunk` (`list`: its
@@ -326,15 +335,9 @@ async fn reclock_threads(
                 .push(fact_from_row(row)?);
         }
         let stored = stored_cycles(conn, chunk, &list).await?;
-        let sql = format!("{CLOCK_ROW} WHERE id IN ({list})");
-        let sql = positional(conn, &sql);
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(*id);
-        }
         let mut clocks = Vec::with_capacity(chunk.len());
         let mut changes = CycleChanges::default();
-        for t in &q.fetch_all(&mut *conn).await? {
+        for t in &clock_rows(conn, chunk, &list).await? {
             let id: i64 = t.try_get("id")?;
             let facts = facts.get(&id).map(Vec::as_slice).unwrap_or_default();
             clocks.push(evaluate_clock(id, facts, t, clocking)?);
